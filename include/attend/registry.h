@@ -1,0 +1,79 @@
+// attend/registry.h: the list of backends and how one is chosen for a call.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "attend/backend.h"
+#include "attend/errors.h"
+
+namespace attend {
+
+// How the caller picks a backend. A value, not a global: pass it per call.
+struct selection {
+  // A backend name; "auto" (highest priority that supports the call); or "measure" (time every
+  // supporting backend once per call signature, cache and reuse the fastest).
+  std::string name = "auto";
+  std::vector<std::string> allow;  // non-empty: only these are considered
+  std::vector<std::string> deny;   // never these
+  // When true, the environment variable ATTEND_BACKEND (if set) replaces `name` (debugging).
+  bool honour_environment = true;
+};
+
+struct explanation {
+  std::string backend;
+  int priority = 0;
+  bool supported = false;
+  bool selected = false;
+  std::string reason;  // why not (empty when supported), or why it was skipped
+};
+
+class registry {
+ public:
+  registry() = default;
+  registry(const registry&) = delete;
+  registry& operator=(const registry&) = delete;
+
+  // The process-wide registry, holding the built-in backends of this build.
+  static registry& global();
+
+  // Adds a backend. Throws attend::invalid_argument when the name is empty or taken.
+  void add(std::shared_ptr<const backend> b);
+  // Removes a backend by name; returns whether one was removed.
+  bool remove(std::string_view name);
+  std::shared_ptr<const backend> find(std::string_view name) const;
+  // Every backend, highest priority first (ties by name).
+  std::vector<std::shared_ptr<const backend>> list() const;
+
+  // One line per backend, in priority order, saying whether it supports the call and, if it
+  // would be chosen, marking it selected. Runs nothing (except for "measure", which is reported
+  // as "auto" here).
+  std::vector<explanation> explain(const problem& p, const selection& s = {}) const;
+  // The backend that runs `p`. Throws attend::unsupported listing every backend's reason when
+  // none fits, and attend::invalid_argument for an unknown name.
+  std::shared_ptr<const backend> select(const problem& p, const selection& s = {}) const;
+  // Every allowed backend that supports `p`, best first. Throws like select() when empty.
+  std::vector<std::shared_ptr<const backend>> candidates(const problem& p, const selection& s = {}) const;
+
+  // The "measure" cache: which backend won for a call signature (see signature()).
+  std::string measured(const std::string& signature) const;
+  void remember_measured(const std::string& signature, std::string backend_name);
+  // Device, dtype, shape and features of a call: the key of the measure cache.
+  static std::string signature(const problem& p);
+
+ private:
+  mutable std::shared_mutex mutex_;
+  std::vector<std::shared_ptr<const backend>> backends_;
+  mutable std::mutex measured_mutex_;
+  mutable std::map<std::string, std::string> measured_;  // call signature -> backend name
+};
+
+// Adds the backends this build was configured with (the one explicit list).
+void register_builtin_backends(registry& r);
+
+}  // namespace attend

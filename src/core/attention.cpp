@@ -1,0 +1,115 @@
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
+#include "attend/attend.h"
+
+namespace attend {
+
+std::string_view version() noexcept { return ATTEND_VERSION_STRING; }
+
+namespace {
+
+// Note [Workspace cache]: backends never allocate in run(); attention() hands them a workspace
+// of workspace_bytes(). When the caller gives none, a per-thread buffer per memory resource is
+// grown to the largest size seen and reused, so steady-state calls allocate nothing.
+struct cached_workspace {
+  memory_resource* memory = nullptr;
+  void* data = nullptr;
+  std::size_t bytes = 0;
+  cached_workspace() = default;
+  cached_workspace(const cached_workspace&) = delete;
+  cached_workspace& operator=(const cached_workspace&) = delete;
+  ~cached_workspace() {
+    if (data) memory->deallocate(data);
+  }
+};
+
+std::span<std::byte> thread_workspace(memory_resource& memory, std::size_t bytes) {
+  thread_local std::vector<std::unique_ptr<cached_workspace>> cache;
+  cached_workspace* slot = nullptr;
+  for (auto& c : cache)
+    if (c->memory == &memory) slot = c.get();
+  if (slot == nullptr) {
+    cache.push_back(std::make_unique<cached_workspace>());
+    slot = cache.back().get();
+    slot->memory = &memory;
+  }
+  if (slot->bytes < bytes) {
+    if (slot->data) memory.deallocate(slot->data);
+    slot->data = nullptr;
+    slot->bytes = 0;
+    slot->data = memory.allocate(bytes);
+    slot->bytes = bytes;
+  }
+  return {static_cast<std::byte*>(slot->data), bytes};
+}
+
+}  // namespace
+
+void run_on(const backend& b, const problem& p, const run_options& options) {
+  diagnostics d;
+  if (!b.supports(p, &d))
+    throw unsupported("backend '" + std::string(b.name()) + "' does not support this call:",
+                      {{std::string(b.name()), d.joined()}});
+  const std::size_t bytes = b.workspace_bytes(p, options.num_threads);
+  run_context ctx;
+  ctx.maybe_cuda_stream = options.maybe_cuda_stream;
+  ctx.num_threads = options.num_threads;
+  ctx.maybe_forward = forward_context::current();
+  if (bytes > 0) {
+    if (options.maybe_workspace.size() >= bytes) {
+      if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
+        throw invalid_argument("workspace: must be 64-byte aligned");
+      ctx.workspace = options.maybe_workspace;
+    } else {
+      memory_resource* memory = b.memory_for(p.device);
+      if (memory == nullptr)
+        throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
+      ctx.workspace = thread_workspace(*memory, bytes);
+    }
+  }
+  b.run(p, ctx);
+}
+
+std::string attention(const attention_params& params, const run_options& options) {
+  const problem p = make_problem(params);
+  registry& r = options.maybe_registry ? *options.maybe_registry : registry::global();
+  const auto chosen = r.select(p, options.select);
+  const bool measure = chosen && [&] {
+    const char* env = options.select.honour_environment ? std::getenv("ATTEND_BACKEND") : nullptr;
+    const std::string name = env && *env ? env : options.select.name;
+    return name == "measure";
+  }();
+  if (measure && r.measured(registry::signature(p)).empty()) {
+    // Time every candidate on this very call (one warm-up, best of three) and remember the
+    // fastest. The output is recomputed by the winner below.
+    const auto found = r.candidates(p, options.select);
+    double best_seconds = 0;
+    std::string best;
+    for (const auto& b : found) {
+      memory_resource* memory = b->memory_for(p.device);
+      run_on(*b, p, options);
+      double fastest = 1e300;
+      for (int rep = 0; rep < 3; ++rep) {
+        if (memory) memory->synchronize();
+        const auto t0 = std::chrono::steady_clock::now();
+        run_on(*b, p, options);
+        if (memory) memory->synchronize();
+        fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      if (best.empty() || fastest < best_seconds) {
+        best_seconds = fastest;
+        best = std::string(b->name());
+      }
+    }
+    r.remember_measured(registry::signature(p), best);
+    const auto winner = r.find(best);
+    run_on(*winner, p, options);
+    return best;
+  }
+  run_on(*chosen, p, options);
+  return std::string(chosen->name());
+}
+
+}  // namespace attend

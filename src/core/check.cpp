@@ -1,0 +1,388 @@
+#include "attend/check.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <sstream>
+
+#include "attend/attend.h"
+#include "cpu/elements.h"
+#include "cpu/reference.h"
+
+namespace attend::testing {
+
+tolerance tolerance_for(dtype t) {
+  switch (t) {
+    case dtype::f32: return {2e-5, 2e-4, 1e-4, 1e-5};
+    case dtype::f16: return {2e-3, 4e-3, 1e-3, 1e-4};
+    case dtype::bf16: return {1.6e-2, 1.6e-2, 1e-3, 1e-4};
+    default: return {0, 0, 0, 0};
+  }
+}
+
+std::string case_spec::describe() const {
+  std::ostringstream os;
+  os << to_string(dtype) << ' ' << to_string(layout);
+  if (varlen_q.empty())
+    os << " B=" << batch << " Sq=" << seqlen_q << " Skv=" << seqlen_kv;
+  else {
+    os << " varlen q=(";
+    for (std::size_t i = 0; i < varlen_q.size(); ++i) os << (i ? "," : "") << varlen_q[i];
+    os << ") kv=(";
+    for (std::size_t i = 0; i < varlen_kv.size(); ++i) os << (i ? "," : "") << varlen_kv[i];
+    os << ")";
+  }
+  os << " Hq=" << heads_q << " Hkv=" << heads_kv << " D=" << head_dim_qk;
+  if (head_dim_v != head_dim_qk) os << " Dv=" << head_dim_v;
+  if (causal) os << " causal";
+  if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
+  if (causal || window_left >= 0 || window_right >= 0) os << ' ' << to_string(alignment);
+  if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
+  if (mask_broadcast) os << "[Sq,Skv]";
+  if (fully_masked_rows) os << " +masked-rows";
+  if (softcap > 0) os << " softcap=" << softcap;
+  if (strided) os << " strided";
+  if (!lse) os << " no-lse";
+  return os.str();
+}
+
+std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
+  std::vector<case_spec> base;
+  auto add = [&](std::string name, auto&& edit) {
+    case_spec c;
+    c.name = std::move(name);
+    edit(c);
+    base.push_back(std::move(c));
+  };
+  add("single", [](case_spec& c) { c.head_dim_qk = c.head_dim_v = 8; });
+  add("mqa-17", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 17; c.heads_q = 4; c.heads_kv = 1; c.head_dim_qk = c.head_dim_v = 64; c.batch = 2; });
+  add("gqa8-d128", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 65; c.heads_q = 8; c.heads_kv = 1; c.head_dim_qk = c.head_dim_v = 128; });
+  add("causal-tl-short-q", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 130; c.causal = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("causal-br-short-q", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 130; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("causal-br-long-q", [](case_spec& c) { c.seqlen_q = 130; c.seqlen_kv = 17; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 80; });
+  add("window-tl", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 97; c.window_left = 16; c.window_right = 8; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
+  add("window-causal-br", [](case_spec& c) { c.seqlen_q = 40; c.seqlen_kv = 97; c.causal = true; c.window_left = 20; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
+  add("additive-mask-masked-rows", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 45; c.mask = mask_type::additive; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("keep-mask-broadcast", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 33; c.mask = mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
+  add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
+  add("varlen", [](case_spec& c) { c.varlen_q = {5, 0, 17, 64}; c.varlen_kv = {7, 3, 0, 64}; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("varlen-mask", [](case_spec& c) { c.varlen_q = {9, 1, 20}; c.varlen_kv = {30, 0, 20}; c.mask = mask_type::keep; c.fully_masked_rows = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("strided-bhsd", [](case_spec& c) { c.layout = layout::bhsd; c.strided = true; c.seqlen_q = 19; c.seqlen_kv = 41; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; c.causal = true; });
+  add("strided-bshd", [](case_spec& c) { c.strided = true; c.seqlen_q = c.seqlen_kv = 23; c.heads_q = 2; c.head_dim_qk = 80; c.head_dim_v = 80; c.batch = 2; });
+  if (!quick) {
+    add("s501-gqa4-d80", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 80; });
+    add("s501-causal-d128", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; });
+    add("decode", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 1000; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; c.alignment = alignment::bottom_right; c.batch = 2; });
+  }
+  std::vector<case_spec> grid;
+  std::uint64_t index = 0;
+  for (dtype t : {dtype::f32, dtype::f16, dtype::bf16}) {
+    for (const case_spec& c : base) {
+      case_spec x = c;
+      x.dtype = t;
+      x.seed = seed * 1000003u + index++;
+      grid.push_back(std::move(x));
+    }
+  }
+  return grid;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct case_data::impl {
+  case_spec spec;
+  std::vector<std::byte> q, k, v, out, mask;
+  std::vector<float> lse;
+  std::vector<std::int32_t> cu_q, cu_kv;
+  attention_params params;
+  std::vector<double> ref_out, ref_lse;
+};
+
+namespace {
+
+void fill_random(std::vector<std::byte>& buf, dtype t, std::int64_t count, std::mt19937_64& rng) {
+  buf.assign(static_cast<std::size_t>(count) * size_bytes(t), std::byte{0});
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (std::int64_t i = 0; i < count; ++i) cpu::store(buf.data(), t, i, normal(rng));
+}
+
+// A view over `buf` with logical sizes `sizes`; `order` lists the logical dims from outermost to
+// innermost in memory; padding adds extra elements after each dim (except the outermost).
+tensor_view make_view(std::vector<std::byte>& buf, dtype t, std::array<std::int64_t, 4> sizes, int rank,
+                      std::array<int, 4> order, std::int64_t pad, std::int64_t dim_step, std::mt19937_64& rng) {
+  tensor_view view;
+  view.dtype = t;
+  view.rank = rank;
+  for (int i = 0; i < rank; ++i) view.sizes[i] = sizes[i];
+  std::int64_t stride = dim_step;
+  for (int pos = rank - 1; pos >= 0; --pos) {
+    const int d = order[pos];
+    view.strides[d] = stride;
+    stride = std::max<std::int64_t>(stride * sizes[d] + pad, 1);
+  }
+  fill_random(buf, t, std::max<std::int64_t>(stride, 1), rng);
+  view.data = buf.data();
+  return view;
+}
+
+}  // namespace
+
+case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
+  impl& m = *impl_;
+  m.spec = spec;
+  std::mt19937_64 rng(spec.seed);
+  const bool varlen = !spec.varlen_q.empty();
+  attention_params& a = m.params;
+  a.layout = spec.layout;
+  a.causal = spec.causal;
+  a.alignment = spec.alignment;
+  a.window_left = spec.window_left;
+  a.window_right = spec.window_right;
+  a.softcap = spec.softcap;
+
+  std::int64_t rows_q = spec.batch * spec.seqlen_q, rows_kv = spec.batch * spec.seqlen_kv;
+  std::int64_t max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
+  if (varlen) {
+    batch = static_cast<std::int64_t>(spec.varlen_q.size());
+    m.cu_q.assign(1, 0);
+    m.cu_kv.assign(1, 0);
+    max_q = max_kv = 0;
+    for (std::size_t b = 0; b < spec.varlen_q.size(); ++b) {
+      m.cu_q.push_back(m.cu_q.back() + spec.varlen_q[b]);
+      m.cu_kv.push_back(m.cu_kv.back() + spec.varlen_kv[b]);
+      max_q = std::max<std::int64_t>(max_q, spec.varlen_q[b]);
+      max_kv = std::max<std::int64_t>(max_kv, spec.varlen_kv[b]);
+    }
+    rows_q = m.cu_q.back();
+    rows_kv = m.cu_kv.back();
+    a.maybe_cu_seqlens_q = tensor_view::contiguous(m.cu_q.data(), dtype::i32, {batch + 1});
+    a.maybe_cu_seqlens_kv = tensor_view::contiguous(m.cu_kv.data(), dtype::i32, {batch + 1});
+    a.max_seqlen_q = max_q;
+    a.max_seqlen_kv = max_kv;
+  }
+
+  // Logical sizes in the call's layout, and the memory order of each tensor.
+  const std::int64_t pad = spec.strided ? 3 : 0;
+  const std::array<int, 4> natural3{0, 1, 2, 3};
+  auto qkv_view = [&](std::vector<std::byte>& buf, std::int64_t seq, std::int64_t heads, std::int64_t dim,
+                      std::array<int, 4> order, std::int64_t step) {
+    if (varlen) {
+      const bool swap = order[1] == 2;  // packed [total, H, D] stored heads-outermost
+      return make_view(buf, spec.dtype, {seq, heads, dim, 0}, 3, swap ? std::array<int, 4>{1, 0, 2, 3} : natural3, pad, step, rng);
+    }
+    const std::array<std::int64_t, 4> sizes = spec.layout == layout::bshd ? std::array<std::int64_t, 4>{spec.batch, seq, heads, dim}
+                                                                            : std::array<std::int64_t, 4>{spec.batch, heads, seq, dim};
+    return make_view(buf, spec.dtype, sizes, 4, order, pad, step, rng);
+  };
+  const std::array<int, 4> natural{0, 1, 2, 3};
+  // strided: k stored with its dims 1 and 2 swapped in memory; v with every other element.
+  const std::array<int, 4> swapped = spec.strided ? std::array<int, 4>{0, 2, 1, 3} : natural;
+  const std::int64_t sq = varlen ? rows_q : spec.seqlen_q, skv = varlen ? rows_kv : spec.seqlen_kv;
+  a.q = qkv_view(m.q, sq, spec.heads_q, spec.head_dim_qk, natural, 1);
+  a.k = qkv_view(m.k, skv, spec.heads_kv, spec.head_dim_qk, swapped, 1);
+  a.v = qkv_view(m.v, skv, spec.heads_kv, spec.head_dim_v, natural, spec.strided ? 2 : 1);
+  a.out = qkv_view(m.out, sq, spec.heads_q, spec.head_dim_v, natural, 1);
+
+  if (spec.lse) {
+    m.lse.assign(static_cast<std::size_t>(std::max<std::int64_t>(rows_q * spec.heads_q, 1)), 0.0f);
+    a.maybe_lse = varlen ? tensor_view::contiguous(m.lse.data(), dtype::f32, {spec.heads_q, rows_q})
+                         : tensor_view::contiguous(m.lse.data(), dtype::f32, {spec.batch, spec.heads_q, spec.seqlen_q});
+  }
+
+  if (spec.mask != mask_type::none) {
+    const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : dtype::f32;
+    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast ? 1 : spec.heads_q;
+    const std::int64_t count = mb * mh * max_q * max_kv;
+    m.mask.assign(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * size_bytes(mt), std::byte{0});
+    std::uniform_real_distribution<double> uniform(0.0, 1.0);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    for (std::int64_t r = 0; r < mb * mh * max_q; ++r) {
+      const bool row_masked = spec.fully_masked_rows && (r % 5 == 1);
+      for (std::int64_t j = 0; j < max_kv; ++j) {
+        double value;
+        if (mt == dtype::boolean)
+          value = !row_masked && uniform(rng) < 0.8 ? 1.0 : 0.0;
+        else
+          value = row_masked || uniform(rng) < 0.1 ? -std::numeric_limits<double>::infinity() : normal(rng);
+        cpu::store(m.mask.data(), mt, r * max_kv + j, value);
+      }
+    }
+    a.maybe_mask = spec.mask_broadcast ? tensor_view::contiguous(m.mask.data(), mt, {max_q, max_kv})
+                                       : tensor_view::contiguous(m.mask.data(), mt, {mb, mh, max_q, max_kv});
+  }
+
+  // The fp64 oracle.
+  const problem p = make_problem(a);
+  const std::int64_t dv = spec.head_dim_v, hq = spec.heads_q;
+  m.ref_out.assign(static_cast<std::size_t>(rows_q * hq * dv), 0.0);
+  m.ref_lse.assign(static_cast<std::size_t>(rows_q * hq), 0.0);
+#pragma omp parallel
+  {
+    std::vector<double> scores(static_cast<std::size_t>(std::max<std::int64_t>(max_kv, 1)));
+#pragma omp for schedule(dynamic) collapse(2)
+    for (std::int64_t b = 0; b < batch; ++b)
+      for (std::int64_t h = 0; h < hq; ++h)
+        for (std::int64_t i = 0; i < p.len_q(b); ++i) {
+          const std::int64_t row = varlen ? p.start_q(b) + i : b * spec.seqlen_q + i;
+          cpu::reference_row(p, b, h, i, scores, &m.ref_out[static_cast<std::size_t>((row * hq + h) * dv)],
+                             &m.ref_lse[static_cast<std::size_t>(row * hq + h)]);
+        }
+  }
+}
+
+case_data::~case_data() = default;
+const case_spec& case_data::spec() const noexcept { return impl_->spec; }
+const attention_params& case_data::params() const noexcept { return impl_->params; }
+const std::vector<double>& case_data::reference_out() const { return impl_->ref_out; }
+const std::vector<double>& case_data::reference_lse() const { return impl_->ref_lse; }
+
+namespace {
+std::size_t extent_bytes(const tensor_view& t) {
+  if (t.empty() || t.numel() == 0) return 0;
+  std::int64_t last = 0;
+  for (int i = 0; i < t.rank; ++i) last += (t.sizes[i] - 1) * t.strides[i];
+  return static_cast<std::size_t>(last + 1) * size_bytes(t.dtype);
+}
+}  // namespace
+
+void poison_outputs(const attention_params& host) {
+  for (const tensor_view* t : {&host.out, &host.maybe_lse})
+    if (const std::size_t bytes = extent_bytes(*t)) std::memset(t->data, 0xff, bytes);  // NaN in every float type
+}
+
+device_copy::device_copy(const case_data& data, memory_resource& memory, device d) : memory_(memory), device_(d) {
+  const attention_params& host = data.params();
+  poison_outputs(host);
+  params_ = host;
+  params_.q = upload(host.q);
+  params_.k = upload(host.k);
+  params_.v = upload(host.v);
+  params_.out = upload(host.out);
+  params_.maybe_lse = upload(host.maybe_lse);
+  params_.maybe_mask = upload(host.maybe_mask);
+  params_.maybe_cu_seqlens_q = upload(host.maybe_cu_seqlens_q);
+  params_.maybe_cu_seqlens_kv = upload(host.maybe_cu_seqlens_kv);
+}
+
+device_copy::~device_copy() {
+  for (void* p : owned_) memory_.deallocate(p);
+}
+
+tensor_view device_copy::upload(const tensor_view& host) {
+  tensor_view t = host;
+  if (host.empty()) return t;
+  t.device = device_;
+  const std::size_t bytes = extent_bytes(host);
+  t.data = memory_.allocate(std::max<std::size_t>(bytes, 1));
+  owned_.push_back(t.data);
+  memory_.copy(t.data, host.data, bytes, copy_direction::host_to_device);
+  return t;
+}
+
+void device_copy::download_outputs(const case_data& data) {
+  memory_.synchronize();
+  const attention_params& host = data.params();
+  memory_.copy(host.out.data, params_.out.data, extent_bytes(host.out), copy_direction::device_to_host);
+  if (!host.maybe_lse.empty())
+    memory_.copy(host.maybe_lse.data, params_.maybe_lse.data, extent_bytes(host.maybe_lse), copy_direction::device_to_host);
+}
+
+double time_backend(const backend& b, const problem& p, int num_threads, double min_seconds, int min_reps,
+                    void* maybe_cuda_stream) {
+  run_options options;
+  options.num_threads = num_threads;
+  options.maybe_cuda_stream = maybe_cuda_stream;
+  memory_resource* memory = b.memory_for(p.device);
+  run_on(b, p, options);  // warm-up: workspace, caches, lazy initialisation
+  if (memory) memory->synchronize();
+  std::vector<double> samples;
+  double total = 0;
+  while (static_cast<int>(samples.size()) < min_reps || total < min_seconds) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run_on(b, p, options);
+    if (memory) memory->synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    samples.push_back(s);
+    total += s;
+    if (samples.size() >= 10000) break;
+  }
+  std::nth_element(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(samples.size() / 2), samples.end());
+  return samples[samples.size() / 2];
+}
+
+comparison check_backend(const backend& candidate, const case_data& data, int num_threads) {
+  const case_spec& spec = data.spec();
+  const attention_params& host = data.params();
+  run_options options;
+  options.num_threads = num_threads;
+  if (spec.device.kind == device_kind::cpu) {
+    poison_outputs(host);
+    run_on(candidate, make_problem(host), options);
+  } else {
+    memory_resource* memory = candidate.memory_for(spec.device);
+    if (memory == nullptr) throw runtime_error("backend '" + std::string(candidate.name()) + "' cannot reach " + to_string(spec.device));
+    device_copy dev(data, *memory, spec.device);
+    run_on(candidate, make_problem(dev.params()), options);
+    dev.download_outputs(data);
+  }
+
+  const problem p = make_problem(host);
+  const tolerance tol = tolerance_for(spec.dtype);
+  const std::vector<double>& ref = data.reference_out();
+  const std::vector<double>& ref_lse = data.reference_lse();
+  comparison c;
+  c.ok = true;
+  const std::int64_t hq = p.num_heads_q, dv = p.head_dim_v;
+  auto note = [&](std::int64_t b, std::int64_t i, std::int64_t h, std::int64_t d, double got, double want, const char* what) {
+    if (!c.detail.empty()) return;
+    std::ostringstream os;
+    os << what << " mismatch at b=" << b << " i=" << i << " h=" << h;
+    if (d >= 0) os << " d=" << d;
+    os << ": got " << got << ", want " << want;
+    c.detail = os.str();
+  };
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    for (std::int64_t i = 0; i < p.len_q(b); ++i) {
+      const std::int64_t row = p.is_varlen ? p.start_q(b) + i : b * p.seqlen_q + i;
+      for (std::int64_t h = 0; h < hq; ++h) {
+        for (std::int64_t d = 0; d < dv; ++d) {
+          const double want = ref[static_cast<std::size_t>((row * hq + h) * dv + d)];
+          const double got = cpu::load(host.out.data, p.dtype,
+                                       b * p.out.batch + (p.start_q(b) + i) * p.out.seq + h * p.out.head + d * p.out.dim);
+          const double err = std::abs(got - want);
+          const double allowed = tol.atol + tol.rtol * std::abs(want);
+          if (std::isnan(got) != std::isnan(want) || (!std::isnan(want) && !(err <= allowed))) {
+            c.ok = false;
+            note(b, i, h, d, got, want, "out");
+          }
+          if (!std::isnan(err)) {
+            c.max_abs_error = std::max(c.max_abs_error, err);
+            c.worst_ratio = std::max(c.worst_ratio, err / allowed);
+          }
+        }
+        if (p.maybe_lse) {
+          const double want = ref_lse[static_cast<std::size_t>(row * hq + h)];
+          const double got =
+              p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (p.start_q(b) + i) * p.lse_seq_stride];
+          const bool both_neg_inf = std::isinf(want) && want < 0 && std::isinf(got) && got < 0;
+          const double err = both_neg_inf ? 0.0 : std::abs(got - want);
+          const double allowed = tol.lse_atol + tol.lse_rtol * (std::isfinite(want) ? std::abs(want) : 0.0);
+          if (std::isnan(got) != std::isnan(want) || (!std::isnan(want) && !(err <= allowed))) {
+            c.ok = false;
+            note(b, i, h, -1, got, want, "lse");
+          }
+          if (std::isfinite(err)) c.max_lse_error = std::max(c.max_lse_error, err);
+        }
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace attend::testing

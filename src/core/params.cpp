@@ -1,0 +1,400 @@
+// Validation of attention_params into a problem (Note [Validation]).
+//
+// Every check names the argument and what was expected, and throws attend::invalid_argument.
+// Checks that depend on what a backend can do (head dims, dtypes per device, features) are not
+// here: they are the backends' rejections, so `explain` can report them.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <utility>
+
+#include "attend/errors.h"
+#include "attend/params.h"
+
+namespace attend {
+
+std::string_view to_string(layout l) noexcept { return l == layout::bshd ? "bshd" : "bhsd"; }
+std::string_view to_string(alignment a) noexcept {
+  return a == alignment::top_left ? "top_left" : "bottom_right";
+}
+
+std::string_view to_string(feature f) noexcept {
+  switch (f) {
+    case feature::causal: return "causal";
+    case feature::window: return "window";
+    case feature::mask_additive: return "additive mask";
+    case feature::mask_keep: return "boolean mask";
+    case feature::gqa: return "gqa";
+    case feature::softcap: return "softcap";
+    case feature::lse: return "lse";
+    case feature::varlen: return "varlen";
+    case feature::head_dim_v_differs: return "head_dim_v != head_dim_qk";
+    case feature::bottom_right: return "bottom_right alignment";
+  }
+  return "?";
+}
+
+std::string to_string(feature_set fs) {
+  std::string s;
+  for (int i = 0; i < k_num_features; ++i) {
+    const auto f = static_cast<feature>(1u << i);
+    if (!fs.has(f)) continue;
+    if (!s.empty()) s += ", ";
+    s += to_string(f);
+  }
+  return s.empty() ? "none" : s;
+}
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) { throw invalid_argument(message); }
+
+std::string shape_string(const tensor_view& t) {
+  std::ostringstream os;
+  os << '[';
+  for (int i = 0; i < t.rank; ++i) os << (i ? ", " : "") << t.sizes[i];
+  os << ']';
+  return os.str();
+}
+
+// Rank, sizes, strides, pointer and alignment of one view; returns its element count.
+std::int64_t check_view(const tensor_view& t, const char* name) {
+  if (t.rank < 1 || t.rank > tensor_view::k_max_rank)
+    fail(std::string(name) + ": rank must be between 1 and 4; got " + std::to_string(t.rank));
+  std::int64_t numel = 1;
+  for (int i = 0; i < t.rank; ++i) {
+    if (t.sizes[i] < 0)
+      fail(std::string(name) + ": sizes must be non-negative; got " + shape_string(t));
+    if (t.strides[i] < 0)
+      fail(std::string(name) + ": strides must be non-negative; got stride " +
+           std::to_string(t.strides[i]) + " in dimension " + std::to_string(i));
+    if (__builtin_mul_overflow(numel, t.sizes[i], &numel))
+      fail(std::string(name) + ": element count overflows 64 bits; shape " + shape_string(t));
+  }
+  // The largest offset must fit too (element offsets and byte offsets are 64-bit).
+  if (numel > 0) {
+    std::int64_t last = 0;
+    for (int i = 0; i < t.rank; ++i) {
+      std::int64_t step = 0;
+      if (__builtin_mul_overflow(t.sizes[i] - 1, t.strides[i], &step) ||
+          __builtin_add_overflow(last, step, &last))
+        fail(std::string(name) + ": offsets overflow 64 bits; shape " + shape_string(t));
+    }
+    std::int64_t bytes = 0;
+    if (__builtin_mul_overflow(last + 1, static_cast<std::int64_t>(size_bytes(t.dtype)), &bytes))
+      fail(std::string(name) + ": byte size overflows 64 bits; shape " + shape_string(t));
+    if (t.data == nullptr) fail(std::string(name) + ": data is null but the tensor has elements");
+    if (reinterpret_cast<std::uintptr_t>(t.data) % size_bytes(t.dtype) != 0)
+      fail(std::string(name) + ": data must be aligned to its element size (" +
+           std::to_string(size_bytes(t.dtype)) + " bytes)");
+  }
+  if (t.device.index < 0)
+    fail(std::string(name) + ": device index must be non-negative; got " + std::to_string(t.device.index));
+  return numel;
+}
+
+// [first byte, one past last byte] a view can touch; empty for zero elements.
+std::pair<std::uintptr_t, std::uintptr_t> byte_span(const tensor_view& t) {
+  if (t.numel() == 0 || t.data == nullptr) return {0, 0};
+  std::int64_t last = 0;
+  for (int i = 0; i < t.rank; ++i) last += (t.sizes[i] - 1) * t.strides[i];
+  const auto begin = reinterpret_cast<std::uintptr_t>(t.data);
+  return {begin, begin + static_cast<std::uintptr_t>((last + 1) * static_cast<std::int64_t>(size_bytes(t.dtype)))};
+}
+
+bool overlaps(const tensor_view& a, const tensor_view& b) {
+  if (a.device != b.device) return false;
+  const auto [a0, a1] = byte_span(a);
+  const auto [b0, b1] = byte_span(b);
+  return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+}
+
+// An output must not write one element twice: sorted by stride, each dimension's stride must
+// step past the whole extent of the smaller ones.
+void check_no_self_overlap(const tensor_view& t, const char* name) {
+  std::array<std::pair<std::int64_t, std::int64_t>, tensor_view::k_max_rank> dims{};
+  int n = 0;
+  for (int i = 0; i < t.rank; ++i)
+    if (t.sizes[i] > 1) dims[n++] = {t.strides[i], t.sizes[i]};
+  for (int i = 1; i < n; ++i)  // insertion sort: at most 4 dims
+    for (int j = i; j > 0 && dims[j] < dims[j - 1]; --j) std::swap(dims[j], dims[j - 1]);
+  std::int64_t extent = 1;
+  for (int i = 0; i < n; ++i) {
+    if (dims[i].first < extent)
+      fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
+    extent = dims[i].first * dims[i].second;
+  }
+}
+
+struct geometry {
+  std::int64_t batch, seq, heads, dim;
+  strides_bshd strides;
+};
+
+// Reads a dense q/k/v/out view in `l` layout or a packed varlen view.
+geometry read_geometry(const tensor_view& t, const char* name, layout l, bool varlen) {
+  if (varlen) {
+    if (t.rank != 3)
+      fail(std::string(name) + ": varlen tensors must be packed [total, heads, head_dim]; got " +
+           shape_string(t));
+    return {1, t.sizes[0], t.sizes[1], t.sizes[2], {0, t.strides[0], t.strides[1], t.strides[2]}};
+  }
+  if (t.rank != 4)
+    fail(std::string(name) + ": must be rank 4 ([B, S, H, D] for bshd, [B, H, S, D] for bhsd); got " +
+         shape_string(t));
+  if (l == layout::bshd)
+    return {t.sizes[0], t.sizes[1], t.sizes[2], t.sizes[3],
+            {t.strides[0], t.strides[1], t.strides[2], t.strides[3]}};
+  return {t.sizes[0], t.sizes[2], t.sizes[1], t.sizes[3],
+          {t.strides[0], t.strides[2], t.strides[1], t.strides[3]}};
+}
+
+std::string dims_string(const geometry& g, layout l, bool varlen) {
+  std::ostringstream os;
+  if (varlen)
+    os << "[total=" << g.seq << ", H=" << g.heads << ", D=" << g.dim << ']';
+  else if (l == layout::bshd)
+    os << "[B=" << g.batch << ", S=" << g.seq << ", H=" << g.heads << ", D=" << g.dim << ']';
+  else
+    os << "[B=" << g.batch << ", H=" << g.heads << ", S=" << g.seq << ", D=" << g.dim << ']';
+  return os.str();
+}
+
+// Reads cumulative offsets (host only) and checks they start at 0, never decrease, and end at
+// the packed length. Returns the longest sequence.
+std::int64_t check_offsets(const std::int32_t* cu, std::int64_t count, std::int64_t total, const char* name) {
+  if (cu[0] != 0) fail(std::string(name) + ": must start at 0; got " + std::to_string(cu[0]));
+  std::int64_t longest = 0;
+  for (std::int64_t b = 0; b + 1 < count; ++b) {
+    if (cu[b + 1] < cu[b])
+      fail(std::string(name) + ": offsets must not decrease; got " + std::to_string(cu[b]) + " then " +
+           std::to_string(cu[b + 1]) + " at index " + std::to_string(b));
+    longest = std::max<std::int64_t>(longest, cu[b + 1] - cu[b]);
+  }
+  if (cu[count - 1] != total)
+    fail(std::string(name) + ": last offset must equal the packed length " + std::to_string(total) + "; got " +
+         std::to_string(cu[count - 1]));
+  return longest;
+}
+
+}  // namespace
+
+problem make_problem(const attention_params& params) {
+  problem p;
+  p.params = params;
+  const attention_params& a = params;
+
+  const bool has_cu_q = !a.maybe_cu_seqlens_q.empty();
+  const bool has_cu_kv = !a.maybe_cu_seqlens_kv.empty();
+  if (has_cu_q != has_cu_kv)
+    fail("cu_seqlens_q and cu_seqlens_kv: give both (varlen) or neither");
+  p.is_varlen = has_cu_q;
+
+  check_view(a.q, "q");
+  check_view(a.k, "k");
+  check_view(a.v, "v");
+  check_view(a.out, "out");
+
+  // dtypes and devices
+  if (!is_floating(a.q.dtype))
+    fail("q: dtype must be f32, f16 or bf16; got " + std::string(to_string(a.q.dtype)));
+  for (auto [t, name] : {std::pair{&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}}) {
+    if (t->dtype != a.q.dtype)
+      fail(std::string(name) + ": dtype must match q (" + std::string(to_string(a.q.dtype)) + "); got " +
+           std::string(to_string(t->dtype)));
+    if (t->device != a.q.device)
+      fail(std::string(name) + ": device must match q (" + to_string(a.q.device) + "); got " +
+           to_string(t->device));
+  }
+  p.dtype = a.q.dtype;
+  p.device = a.q.device;
+
+  const geometry q = read_geometry(a.q, "q", a.layout, p.is_varlen);
+  const geometry k = read_geometry(a.k, "k", a.layout, p.is_varlen);
+  const geometry v = read_geometry(a.v, "v", a.layout, p.is_varlen);
+  const geometry o = read_geometry(a.out, "out", a.layout, p.is_varlen);
+  const auto dims = [&](const geometry& g) { return dims_string(g, a.layout, p.is_varlen); };
+
+  if (k.batch != q.batch || v.batch != q.batch || o.batch != q.batch)
+    fail("k, v, out: batch must match q's " + std::to_string(q.batch) + "; got k " + dims(k) + ", v " + dims(v) +
+         ", out " + dims(o));
+  if (k.seq != v.seq) fail("v: sequence length must match k's; got k " + dims(k) + ", v " + dims(v));
+  if (k.heads != v.heads) fail("v: heads must match k's; got k " + dims(k) + ", v " + dims(v));
+  if (k.dim != q.dim) fail("k: head_dim must match q's " + std::to_string(q.dim) + "; got k " + dims(k));
+  if (o.seq != q.seq || o.heads != q.heads || o.dim != v.dim)
+    fail("out: must be " + std::string(p.is_varlen ? "[total_q, Hq, Dv]" : "q's shape with v's head_dim") +
+         " = " + dims(geometry{q.batch, q.seq, q.heads, v.dim, {}}) + "; got " + dims(o));
+  if (k.heads == 0 && q.heads != 0) fail("k: heads must be >= 1; got 0");
+  if (k.heads != 0 && q.heads % k.heads != 0)
+    fail("q, k: query heads must be a multiple of key/value heads (GQA/MQA); got Hq=" + std::to_string(q.heads) +
+         ", Hkv=" + std::to_string(k.heads));
+
+  p.num_heads_q = q.heads;
+  p.num_heads_kv = k.heads;
+  p.group_size = k.heads > 0 ? q.heads / k.heads : 1;
+  p.head_dim_qk = q.dim;
+  p.head_dim_v = v.dim;
+  p.q = q.strides;
+  p.k = k.strides;
+  p.v = v.strides;
+  p.out = o.strides;
+
+  // out must be writable without races and must not alias anything it reads.
+  check_no_self_overlap(a.out, "out");
+  for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.maybe_mask, "mask"}})
+    if (!t->empty() && overlaps(a.out, *t)) fail(std::string("out: memory overlaps ") + name);
+
+  // varlen offsets
+  if (p.is_varlen) {
+    for (auto [t, name] : {std::pair{&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}}) {
+      check_view(*t, name);
+      if (t->rank != 1 || t->sizes[0] < 1)
+        fail(std::string(name) + ": must be rank 1 [batch + 1]; got " + shape_string(*t));
+      if (t->dtype != dtype::i32)
+        fail(std::string(name) + ": dtype must be i32; got " + std::string(to_string(t->dtype)));
+      if (t->device != p.device)
+        fail(std::string(name) + ": device must match q (" + to_string(p.device) + "); got " + to_string(t->device));
+      if (t->strides[0] != 1 && t->sizes[0] > 1) fail(std::string(name) + ": must be contiguous");
+    }
+    if (a.maybe_cu_seqlens_q.sizes[0] != a.maybe_cu_seqlens_kv.sizes[0])
+      fail("cu_seqlens_kv: must have as many entries as cu_seqlens_q (" +
+           std::to_string(a.maybe_cu_seqlens_q.sizes[0]) + "); got " + std::to_string(a.maybe_cu_seqlens_kv.sizes[0]));
+    p.batch = a.maybe_cu_seqlens_q.sizes[0] - 1;
+    p.total_q = q.seq;
+    p.total_kv = k.seq;
+    p.maybe_cu_seqlens_q = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_q.data);
+    p.maybe_cu_seqlens_kv = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_kv.data);
+    if (a.max_seqlen_q < 0 || a.max_seqlen_kv < 0) fail("max_seqlen_q/kv: must be non-negative");
+    if (p.device.kind == device_kind::cpu) {
+      const std::int64_t longest_q = check_offsets(p.maybe_cu_seqlens_q, p.batch + 1, p.total_q, "cu_seqlens_q");
+      const std::int64_t longest_kv = check_offsets(p.maybe_cu_seqlens_kv, p.batch + 1, p.total_kv, "cu_seqlens_kv");
+      if ((a.max_seqlen_q != 0 && a.max_seqlen_q < longest_q) || (a.max_seqlen_kv != 0 && a.max_seqlen_kv < longest_kv))
+        fail("max_seqlen_q/kv: smaller than the longest sequence (" + std::to_string(longest_q) + ", " +
+             std::to_string(longest_kv) + ")");
+      p.seqlen_q = a.max_seqlen_q != 0 ? a.max_seqlen_q : longest_q;
+      p.seqlen_kv = a.max_seqlen_kv != 0 ? a.max_seqlen_kv : longest_kv;
+    } else {
+      if ((a.max_seqlen_q == 0 && p.total_q > 0) || (a.max_seqlen_kv == 0 && p.total_kv > 0))
+        fail("max_seqlen_q/kv: required when cu_seqlens live on " + to_string(p.device));
+      p.seqlen_q = a.max_seqlen_q;
+      p.seqlen_kv = a.max_seqlen_kv;
+    }
+  } else {
+    p.batch = q.batch;
+    p.seqlen_q = q.seq;
+    p.seqlen_kv = k.seq;
+    if (!a.maybe_cu_seqlens_q.empty() || a.max_seqlen_q != 0 || a.max_seqlen_kv != 0)
+      fail("max_seqlen_q/kv: only meaningful with cu_seqlens (varlen)");
+  }
+
+  // options
+  if (a.maybe_scale && !std::isfinite(*a.maybe_scale))
+    fail("scale: must be finite; got " + std::to_string(*a.maybe_scale));
+  p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);
+  if (!(a.softcap >= 0.0) || !std::isfinite(a.softcap))
+    fail("softcap: must be finite and >= 0 (0 disables it); got " + std::to_string(a.softcap));
+  if (a.window_left < -1 || a.window_right < -1)
+    fail("window: bounds must be >= 0, or -1 for unbounded; got (" + std::to_string(a.window_left) + ", " +
+         std::to_string(a.window_right) + ")");
+
+  // lse
+  if (!a.maybe_lse.empty()) {
+    check_view(a.maybe_lse, "lse");
+    if (a.maybe_lse.dtype != dtype::f32)
+      fail("lse: dtype must be f32; got " + std::string(to_string(a.maybe_lse.dtype)));
+    if (a.maybe_lse.device != p.device)
+      fail("lse: device must match q (" + to_string(p.device) + "); got " + to_string(a.maybe_lse.device));
+    const tensor_view& l = a.maybe_lse;
+    if (p.is_varlen) {
+      if (l.rank != 2 || l.sizes[0] != p.num_heads_q || l.sizes[1] != p.total_q)
+        fail("lse: must be [Hq, total_q] = [" + std::to_string(p.num_heads_q) + ", " + std::to_string(p.total_q) +
+             "] for varlen; got " + shape_string(l));
+      p.lse_head_stride = l.strides[0];
+      p.lse_seq_stride = l.strides[1];
+    } else {
+      if (l.rank != 3 || l.sizes[0] != p.batch || l.sizes[1] != p.num_heads_q || l.sizes[2] != p.seqlen_q)
+        fail("lse: must be [B, Hq, Sq] = [" + std::to_string(p.batch) + ", " + std::to_string(p.num_heads_q) + ", " +
+             std::to_string(p.seqlen_q) + "]; got " + shape_string(l));
+      p.lse_batch_stride = l.strides[0];
+      p.lse_head_stride = l.strides[1];
+      p.lse_seq_stride = l.strides[2];
+    }
+    check_no_self_overlap(l, "lse");
+    for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_mask, "mask"}})
+      if (!t->empty() && overlaps(l, *t)) fail(std::string("lse: memory overlaps ") + name);
+    p.maybe_lse = static_cast<float*>(l.data);
+  }
+
+  // mask: broadcastable to [B, Hq, Sq, Skv] (varlen: [B, Hq, max_seqlen_q, max_seqlen_kv])
+  if (!a.maybe_mask.empty()) {
+    const tensor_view& m = a.maybe_mask;
+    check_view(m, "mask");
+    if (m.dtype == dtype::i32)
+      fail("mask: dtype must be bool (keep-mask) or f32/f16/bf16 (additive); got i32");
+    if (m.device != p.device)
+      fail("mask: device must match q (" + to_string(p.device) + "); got " + to_string(m.device));
+    const std::int64_t full[4] = {p.batch, p.num_heads_q, p.seqlen_q, p.seqlen_kv};
+    std::int64_t strides[4] = {0, 0, 0, 0};
+    for (int i = 0; i < m.rank; ++i) {
+      const int target = 4 - m.rank + i;
+      if (m.sizes[i] == full[target]) {
+        strides[target] = full[target] == 1 ? 0 : m.strides[i];
+      } else if (m.sizes[i] == 1) {
+        strides[target] = 0;
+      } else {
+        fail("mask: shape " + shape_string(m) + " does not broadcast to [B, Hq, Sq, Skv] = [" + std::to_string(full[0]) +
+             ", " + std::to_string(full[1]) + ", " + std::to_string(full[2]) + ", " + std::to_string(full[3]) + "]");
+      }
+    }
+    p.maybe_mask = m.data;
+    p.mask_dtype = m.dtype;
+    p.mask = {strides[0], strides[1], strides[2], strides[3]};
+  }
+
+  // features used
+  feature_set f;
+  if (a.causal) f = f | feature::causal;
+  if (a.window_left >= 0 || a.window_right >= 0) f = f | feature::window;
+  if ((a.causal || a.window_left >= 0 || a.window_right >= 0) && a.alignment == alignment::bottom_right)
+    f = f | feature::bottom_right;
+  if (p.maybe_mask) f = f | (p.mask_dtype == dtype::boolean ? feature::mask_keep : feature::mask_additive);
+  if (p.group_size != 1) f = f | feature::gqa;
+  if (a.softcap > 0) f = f | feature::softcap;
+  if (p.maybe_lse) f = f | feature::lse;
+  if (p.is_varlen) f = f | feature::varlen;
+  if (p.head_dim_v != p.head_dim_qk) f = f | feature::head_dim_v_differs;
+  p.features = f;
+  return p;
+}
+
+std::int64_t problem::len_q(std::int64_t b) const {
+  return is_varlen ? maybe_cu_seqlens_q[b + 1] - maybe_cu_seqlens_q[b] : seqlen_q;
+}
+std::int64_t problem::len_kv(std::int64_t b) const {
+  return is_varlen ? maybe_cu_seqlens_kv[b + 1] - maybe_cu_seqlens_kv[b] : seqlen_kv;
+}
+std::int64_t problem::start_q(std::int64_t b) const { return is_varlen ? maybe_cu_seqlens_q[b] : 0; }
+std::int64_t problem::start_kv(std::int64_t b) const { return is_varlen ? maybe_cu_seqlens_kv[b] : 0; }
+
+double problem::flops() const {
+  if (device.kind != device_kind::cpu && is_varlen) return nominal_flops();
+  double pairs = 0;
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const std::int64_t lq = len_q(b), lk = len_kv(b);
+    for (std::int64_t i = 0; i < lq; ++i) {
+      const key_range r = visible_keys(params, i, lq, lk);
+      pairs += static_cast<double>(r.hi - r.lo);
+    }
+  }
+  return 2.0 * pairs * static_cast<double>(num_heads_q) * static_cast<double>(head_dim_qk + head_dim_v);
+}
+
+double problem::nominal_flops() const {
+  double f = 2.0 * static_cast<double>(batch) * static_cast<double>(num_heads_q) * static_cast<double>(seqlen_q) *
+             static_cast<double>(seqlen_kv) * static_cast<double>(head_dim_qk + head_dim_v);
+  return params.causal ? f / 2 : f;
+}
+
+}  // namespace attend

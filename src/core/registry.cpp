@@ -1,0 +1,165 @@
+#include <algorithm>
+#include <cstdlib>
+#include <sstream>
+
+#include "attend/registry.h"
+
+namespace attend {
+
+registry& registry::global() {
+  static registry* instance = [] {
+    auto* r = new registry();  // never destroyed: backends may be used from static destructors
+    register_builtin_backends(*r);
+    return r;
+  }();
+  return *instance;
+}
+
+void registry::add(std::shared_ptr<const backend> b) {
+  if (!b) throw invalid_argument("registry::add: backend is null");
+  const std::string name(b->name());
+  if (name.empty() || name == "auto" || name == "measure")
+    throw invalid_argument("registry::add: backend name must be non-empty and not 'auto' or 'measure'; got '" +
+                           name + "'");
+  std::unique_lock lock(mutex_);
+  for (const auto& existing : backends_)
+    if (existing->name() == name) throw invalid_argument("registry::add: a backend named '" + name + "' exists");
+  backends_.push_back(std::move(b));
+  std::stable_sort(backends_.begin(), backends_.end(), [](const auto& x, const auto& y) {
+    if (x->traits().priority != y->traits().priority) return x->traits().priority > y->traits().priority;
+    return x->name() < y->name();
+  });
+}
+
+bool registry::remove(std::string_view name) {
+  std::unique_lock lock(mutex_);
+  const auto it = std::find_if(backends_.begin(), backends_.end(), [&](const auto& b) { return b->name() == name; });
+  if (it == backends_.end()) return false;
+  backends_.erase(it);
+  std::lock_guard measured_lock(measured_mutex_);
+  measured_.clear();
+  return true;
+}
+
+std::shared_ptr<const backend> registry::find(std::string_view name) const {
+  std::shared_lock lock(mutex_);
+  for (const auto& b : backends_)
+    if (b->name() == name) return b;
+  return nullptr;
+}
+
+std::vector<std::shared_ptr<const backend>> registry::list() const {
+  std::shared_lock lock(mutex_);
+  return backends_;
+}
+
+namespace {
+
+bool contains(const std::vector<std::string>& xs, std::string_view x) {
+  return std::find(xs.begin(), xs.end(), x) != xs.end();
+}
+
+std::string effective_name(const selection& s) {
+  if (s.honour_environment) {
+    const char* env = std::getenv("ATTEND_BACKEND");
+    if (env != nullptr && *env != '\0') return env;
+  }
+  return s.name.empty() ? "auto" : s.name;
+}
+
+// Why `b` is not even considered under `s`, or "" when it is.
+std::string excluded_by(const backend& b, const selection& s, const std::string& name) {
+  if (name != "auto" && name != "measure" && b.name() != name) return "not the requested backend '" + name + "'";
+  if (!s.allow.empty() && !contains(s.allow, b.name())) return "not in the allow list";
+  if (contains(s.deny, b.name())) return "in the deny list";
+  return "";
+}
+
+}  // namespace
+
+std::vector<explanation> registry::explain(const problem& p, const selection& s) const {
+  const std::string name = effective_name(s);
+  std::vector<explanation> out;
+  bool chosen = false;
+  const std::string winner = name == "measure" ? measured(signature(p)) : "";
+  for (const auto& b : list()) {
+    explanation e;
+    e.backend = std::string(b->name());
+    e.priority = b->traits().priority;
+    diagnostics d;
+    e.supported = b->supports(p, &d);
+    std::string excluded = excluded_by(*b, s, name);
+    if (!e.supported)
+      e.reason = d.joined();
+    else if (!excluded.empty())
+      e.reason = excluded;
+    else if (!winner.empty() && b->name() != winner)
+      e.reason = "slower than '" + winner + "' when measured";
+    else if (!chosen)
+      e.selected = chosen = true;
+    else
+      e.reason = "a higher-priority backend was chosen";
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& p, const selection& s) const {
+  const std::string name = effective_name(s);
+  const auto all = list();
+  if (name != "auto" && name != "measure" &&
+      std::none_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; })) {
+    std::string known;
+    for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
+    throw invalid_argument("backend: unknown name '" + name + "'; known: " + known + ", auto, measure");
+  }
+  std::vector<std::shared_ptr<const backend>> found;
+  std::vector<rejection> rejections;
+  for (const auto& b : all) {
+    diagnostics d;
+    const std::string excluded = excluded_by(*b, s, name);
+    if (!excluded.empty())
+      rejections.push_back({std::string(b->name()), excluded});
+    else if (b->supports(p, &d))
+      found.push_back(b);
+    else
+      rejections.push_back({std::string(b->name()), d.joined()});
+  }
+  if (found.empty()) {
+    const std::string what = name == "auto" || name == "measure" ? "no backend supports this call"
+                                                                 : "backend '" + name + "' does not support this call";
+    throw unsupported(what + " (" + signature(p) + "):", std::move(rejections));
+  }
+  return found;
+}
+
+std::shared_ptr<const backend> registry::select(const problem& p, const selection& s) const {
+  auto found = candidates(p, s);
+  if (effective_name(s) == "measure") {
+    const std::string winner = measured(signature(p));
+    for (const auto& b : found)
+      if (b->name() == winner) return b;
+  }
+  return found.front();
+}
+
+std::string registry::measured(const std::string& sig) const {
+  std::lock_guard lock(measured_mutex_);
+  const auto it = measured_.find(sig);
+  return it == measured_.end() ? std::string() : it->second;
+}
+
+void registry::remember_measured(const std::string& sig, std::string backend_name) {
+  std::lock_guard lock(measured_mutex_);
+  measured_[sig] = std::move(backend_name);
+}
+
+std::string registry::signature(const problem& p) {
+  std::ostringstream os;
+  os << to_string(p.device) << ' ' << to_string(p.dtype) << " B=" << p.batch << " Sq=" << p.seqlen_q
+     << " Skv=" << p.seqlen_kv << " Hq=" << p.num_heads_q << " Hkv=" << p.num_heads_kv << " Dqk=" << p.head_dim_qk
+     << " Dv=" << p.head_dim_v << " features=" << to_string(p.features);
+  return os.str();
+}
+
+}  // namespace attend

@@ -1,0 +1,13 @@
+// Factories of the CPU backends; the one explicit list is in src/core/builtin_backends.cpp.
+#pragma once
+
+#include <memory>
+
+#include "attend/backend.h"
+
+namespace attend::cpu {
+
+std::shared_ptr<const backend> make_reference_backend();
+std::shared_ptr<const backend> make_unfused_backend();
+
+}  // namespace attend::cpu

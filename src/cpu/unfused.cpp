@@ -1,0 +1,170 @@
+// Backend `unfused_cpu`: the classic "math" attention. For each (sequence, head): gather Q, K, V
+// into fp32 panels, S = scale·Q·Kᵀ with OpenBLAS SGEMM, mask + softmax row by row, O = P·V with
+// SGEMM, scatter O. The Sq×Skv score matrix is materialised on purpose: this is the baseline a
+// fused kernel is measured against.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "attend/backend.h"
+#include "cpu/backends.h"
+#include "cpu/elements.h"
+
+namespace attend::cpu {
+namespace {
+
+// Why: above this the score matrix alone no longer fits comfortably in a 24-64 GiB machine;
+// callers get a clear rejection instead of an allocation failure.
+constexpr std::size_t k_max_workspace_bytes = std::size_t{8} << 30;
+
+struct panel_sizes {
+  std::size_t q, k, v, s, o;  // floats
+  std::size_t total_bytes() const { return (q + k + v + s + o) * sizeof(float); }
+};
+
+panel_sizes sizes_for(const problem& p) {
+  const auto sq = static_cast<std::size_t>(p.seqlen_q), sk = static_cast<std::size_t>(p.seqlen_kv);
+  const auto dqk = static_cast<std::size_t>(p.head_dim_qk), dv = static_cast<std::size_t>(p.head_dim_v);
+  return {sq * dqk, sk * dqk, sk * dv, sq * sk, sq * dv};
+}
+
+// Copies rows [0, rows) × dims of a strided tensor into a dense fp32 panel.
+void gather(const void* base, dtype t, std::int64_t row0, std::int64_t row_stride, std::int64_t dim_stride,
+            std::int64_t rows, std::int64_t dims, float* panel, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t d = 0; d < dims; ++d)
+      panel[r * dims + d] = static_cast<float>(load(base, t, row0 + r * row_stride + d * dim_stride));
+}
+
+class unfused_backend final : public backend {
+ public:
+  unfused_backend() {
+    traits_.description = "unfused math path: SGEMM (OpenBLAS), materialised scores, softmax, SGEMM";
+    traits_.devices = {device_kind::cpu};
+    traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
+    traits_.features = feature_set::all();
+    traits_.priority = 10;
+  }
+  std::string_view name() const override { return "unfused_cpu"; }
+  const backend_traits& traits() const override { return traits_; }
+
+  std::size_t workspace_bytes(const problem& p, int) const override { return sizes_for(p).total_bytes(); }
+
+  void run(const problem& p, const run_context& ctx) const override {
+    const int threads = thread_count(ctx.num_threads);
+    if (ctx.num_threads > 0) openblas_set_num_threads(ctx.num_threads);
+    const panel_sizes n = sizes_for(p);
+    float* qf = reinterpret_cast<float*>(ctx.workspace.data());
+    float* kf = qf + n.q;
+    float* vf = kf + n.k;
+    float* sf = vf + n.v;
+    float* of = sf + n.s;
+    const attention_params& a = p.params;
+    const std::int64_t dqk = p.head_dim_qk, dv = p.head_dim_v;
+
+    for (std::int64_t b = 0; b < p.batch; ++b) {
+      const std::int64_t lq = p.len_q(b), lk = p.len_kv(b);
+      const std::int64_t q0 = p.start_q(b), k0 = p.start_kv(b);
+      for (std::int64_t h = 0; h < p.num_heads_q; ++h) {
+        const std::int64_t hk = h / p.group_size;
+        if (lq == 0) continue;
+        gather(a.q.data, p.dtype, b * p.q.batch + q0 * p.q.seq + h * p.q.head, p.q.seq, p.q.dim, lq, dqk, qf, threads);
+        // K/V panels are shared by the group of query heads that reads them.
+        if (h % p.group_size == 0) {
+          gather(a.k.data, p.dtype, b * p.k.batch + k0 * p.k.seq + hk * p.k.head, p.k.seq, p.k.dim, lk, dqk, kf, threads);
+          gather(a.v.data, p.dtype, b * p.v.batch + k0 * p.v.seq + hk * p.v.head, p.v.seq, p.v.dim, lk, dv, vf, threads);
+        }
+        if (lk > 0 && dqk > 0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(lq), static_cast<int>(lk),
+                      static_cast<int>(dqk), static_cast<float>(p.scale), qf, static_cast<int>(dqk), kf,
+                      static_cast<int>(dqk), 0.0f, sf, static_cast<int>(lk));
+        else
+          std::fill(sf, sf + lq * lk, 0.0f);
+        softmax_rows(p, b, h, lq, lk, sf, threads);
+        if (lk > 0 && dv > 0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(lq), static_cast<int>(dv),
+                      static_cast<int>(lk), 1.0f, sf, static_cast<int>(lk), vf, static_cast<int>(dv), 0.0f, of,
+                      static_cast<int>(dv));
+        else
+          std::fill(of, of + lq * dv, 0.0f);
+        const std::int64_t o0 = b * p.out.batch + q0 * p.out.seq + h * p.out.head;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (std::int64_t i = 0; i < lq; ++i)
+          for (std::int64_t d = 0; d < dv; ++d) store(a.out.data, p.dtype, o0 + i * p.out.seq + d * p.out.dim, of[i * dv + d]);
+      }
+    }
+  }
+
+ protected:
+  bool check_limits(const problem& p, diagnostics& diag) const override {
+    const std::size_t bytes = workspace_bytes(p, 0);
+    if (bytes > k_max_workspace_bytes)
+      diag.reject("materialised scores and panels must fit in " + std::to_string(k_max_workspace_bytes >> 30) +
+                  " GiB; got " + std::to_string(bytes >> 20) + " MiB");
+    return diag.ok();
+  }
+
+ private:
+  // Applies softcap, band, mask and softmax to each score row in place, and writes the LSE.
+  static void softmax_rows(const problem& p, std::int64_t b, std::int64_t h, std::int64_t lq, std::int64_t lk,
+                           float* scores, int threads) {
+    const attention_params& a = p.params;
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t i = 0; i < lq; ++i) {
+      float* row = scores + i * lk;
+      const key_range visible = visible_keys(a, i, lq, lk);
+      float row_max = neg_inf;
+      bool has_nan = false;
+      for (std::int64_t j = 0; j < lk; ++j) {
+        float s = row[j];
+        if (j < visible.lo || j >= visible.hi) {
+          s = neg_inf;
+        } else {
+          if (a.softcap > 0) s = static_cast<float>(a.softcap * std::tanh(s / a.softcap));
+          if (p.maybe_mask) {
+            const double m = load(p.maybe_mask, p.mask_dtype, mask_offset(p, b, h, i, j));
+            if (p.mask_dtype == dtype::boolean)
+              s = m != 0 ? s : neg_inf;
+            else
+              s += static_cast<float>(m);
+          }
+        }
+        row[j] = s;
+        has_nan = has_nan || std::isnan(s);
+        row_max = std::max(row_max, s);
+      }
+      float lse;
+      if (has_nan) {
+        std::fill(row, row + lk, std::numeric_limits<float>::quiet_NaN());
+        lse = std::numeric_limits<float>::quiet_NaN();
+      } else if (row_max == neg_inf) {
+        std::fill(row, row + lk, 0.0f);
+        lse = neg_inf;
+      } else {
+        double sum = 0;
+        for (std::int64_t j = 0; j < lk; ++j) {
+          row[j] = std::exp(row[j] - row_max);
+          sum += row[j];
+        }
+        const float inv = static_cast<float>(1.0 / sum);
+        for (std::int64_t j = 0; j < lk; ++j) row[j] *= inv;
+        lse = row_max + static_cast<float>(std::log(sum));
+      }
+      if (p.maybe_lse)
+        p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (p.start_q(b) + i) * p.lse_seq_stride] = lse;
+    }
+  }
+
+  backend_traits traits_;
+};
+
+}  // namespace
+
+std::shared_ptr<const backend> make_unfused_backend() { return std::make_shared<unfused_backend>(); }
+
+}  // namespace attend::cpu
