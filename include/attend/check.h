@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,11 +43,13 @@ struct case_spec {
   bool mask_broadcast = false;    // mask [Sq, Skv] shared by batch and heads
   bool fully_masked_rows = false;  // some rows see no key at all
   double softcap = 0;
+  std::optional<double> maybe_scale;  // default 1/sqrt(head_dim_qk)
   bool lse = true;
   bool strided = false;  // views with padded strides (non-contiguous)
   std::vector<std::int32_t> varlen_q, varlen_kv;
   std::uint64_t seed = 0;
   attend::device device{};
+  bool compute_reference = true;  // false: inputs only (benchmarks)
 
   std::string describe() const;
 };

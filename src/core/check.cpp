@@ -145,6 +145,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   a.window_left = spec.window_left;
   a.window_right = spec.window_right;
   a.softcap = spec.softcap;
+  a.maybe_scale = spec.maybe_scale;
 
   std::int64_t rows_q = spec.batch * spec.seqlen_q, rows_kv = spec.batch * spec.seqlen_kv;
   std::int64_t max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
@@ -218,6 +219,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   }
 
   // The fp64 oracle.
+  if (!spec.compute_reference) return;
   const problem p = make_problem(a);
   const std::int64_t dv = spec.head_dim_v, hq = spec.heads_q;
   m.ref_out.assign(static_cast<std::size_t>(rows_q * hq * dv), 0.0);
@@ -239,8 +241,14 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
 case_data::~case_data() = default;
 const case_spec& case_data::spec() const noexcept { return impl_->spec; }
 const attention_params& case_data::params() const noexcept { return impl_->params; }
-const std::vector<double>& case_data::reference_out() const { return impl_->ref_out; }
-const std::vector<double>& case_data::reference_lse() const { return impl_->ref_lse; }
+const std::vector<double>& case_data::reference_out() const {
+  if (!impl_->spec.compute_reference) throw invalid_argument("case_data: built without a reference");
+  return impl_->ref_out;
+}
+const std::vector<double>& case_data::reference_lse() const {
+  if (!impl_->spec.compute_reference) throw invalid_argument("case_data: built without a reference");
+  return impl_->ref_lse;
+}
 
 namespace {
 std::size_t extent_bytes(const tensor_view& t) {

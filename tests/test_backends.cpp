@@ -1,0 +1,122 @@
+// Every CPU backend of this build against the exact reference over the shared awkward-size grid
+// (fresh seed per run), in every dtype. GPU backends are checked by tests/test_cuda.cpp.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "test_helpers.h"
+
+namespace attend {
+namespace {
+
+std::vector<std::string> cpu_backends() {
+  std::vector<std::string> names;
+  for (const auto& b : registry::global().list()) {
+    const auto& d = b->traits().devices;
+    if (std::find(d.begin(), d.end(), device_kind::cpu) != d.end()) names.emplace_back(b->name());
+  }
+  return names;
+}
+
+class EveryCpuBackend : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EveryCpuBackend, MatchesReferenceOnGrid) {
+  const auto b = registry::global().find(GetParam());
+  ASSERT_TRUE(b);
+  int checked = 0;
+  for (const testing::case_spec& spec : testing::default_grid(test::test_seed())) {
+    const testing::case_data data(spec);
+    diagnostics d;
+    // CPU backends declare every feature; a rejection here is a failure, not a skip.
+    ASSERT_TRUE(b->supports(make_problem(data.params()), &d)) << spec.describe() << ": " << d.joined();
+    const testing::comparison c = testing::check_backend(*b, data, 2);
+    EXPECT_TRUE(c.ok) << GetParam() << " | " << spec.name << " | " << spec.describe() << ": " << c.detail;
+    ++checked;
+  }
+  EXPECT_GT(checked, 40);
+}
+
+INSTANTIATE_TEST_SUITE_P(Builtin, EveryCpuBackend, ::testing::ValuesIn(cpu_backends()),
+                         [](const auto& param_info) { return param_info.param; });
+
+// The harness itself must be able to fail: a backend that is subtly wrong is caught.
+class off_by_a_bit final : public backend {
+ public:
+  explicit off_by_a_bit(double delta) : delta_(delta) {
+    traits_.devices = {device_kind::cpu};
+    traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
+    traits_.features = feature_set::all();
+  }
+  std::string_view name() const override { return "off_by_a_bit"; }
+  const backend_traits& traits() const override { return traits_; }
+  std::size_t workspace_bytes(const problem& p, int t) const override {
+    return registry::global().find("reference")->workspace_bytes(p, t);
+  }
+  void run(const problem& p, const run_context& ctx) const override {
+    registry::global().find("reference")->run(p, ctx);
+    auto* out = static_cast<float*>(p.params.out.data);
+    out[p.out.dim * (p.head_dim_v - 1)] += static_cast<float>(delta_);  // one element of row 0
+  }
+
+ private:
+  double delta_;
+  backend_traits traits_;
+};
+
+TEST(Harness, CatchesOneWrongElement) {
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 17;
+  spec.head_dim_qk = spec.head_dim_v = 64;
+  spec.seed = test::test_seed();
+  const testing::case_data data(spec);
+  EXPECT_TRUE(testing::check_backend(off_by_a_bit(0.0), data).ok);
+  const testing::comparison c = testing::check_backend(off_by_a_bit(1e-3), data);
+  EXPECT_FALSE(c.ok);
+  EXPECT_NE(c.detail.find("out mismatch at b=0 i=0 h=0 d=63"), std::string::npos) << c.detail;
+}
+
+TEST(Harness, CatchesUnwrittenRows) {
+  class writes_nothing final : public backend {
+   public:
+    writes_nothing() {
+      traits_.devices = {device_kind::cpu};
+      traits_.dtypes = {dtype::f32};
+      traits_.features = feature_set::all();
+    }
+    std::string_view name() const override { return "writes_nothing"; }
+    const backend_traits& traits() const override { return traits_; }
+    void run(const problem&, const run_context&) const override {}
+
+   private:
+    backend_traits traits_;
+  };
+  testing::case_spec spec;
+  spec.seed = test::test_seed();
+  const testing::case_data data(spec);
+  EXPECT_FALSE(testing::check_backend(writes_nothing(), data).ok);
+}
+
+TEST(Grid, CoversTheAwkwardSizes) {
+  const auto grid = testing::default_grid(1);
+  auto any = [&](auto pred) { return std::any_of(grid.begin(), grid.end(), pred); };
+  for (std::int64_t s : {1, 17, 501})
+    EXPECT_TRUE(any([&](const auto& c) { return c.seqlen_q == s; })) << s;
+  for (std::int64_t d : {8, 64, 80, 128})
+    EXPECT_TRUE(any([&](const auto& c) { return c.head_dim_qk == d; })) << d;
+  EXPECT_TRUE(any([](const auto& c) { return c.heads_q == 4 * c.heads_kv; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.heads_q == 8 * c.heads_kv; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.causal && c.alignment == alignment::bottom_right && c.seqlen_q != c.seqlen_kv; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.causal && c.alignment == alignment::top_left && c.seqlen_q != c.seqlen_kv; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.window_left >= 0; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.fully_masked_rows && c.mask == testing::mask_type::additive; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.fully_masked_rows && c.mask == testing::mask_type::keep; }));
+  EXPECT_TRUE(any([](const auto& c) {
+    return std::find(c.varlen_q.begin(), c.varlen_q.end(), 0) != c.varlen_q.end();
+  }));
+  EXPECT_TRUE(any([](const auto& c) { return c.strided && c.layout == layout::bhsd; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::bf16; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::f16; }));
+}
+
+}  // namespace
+}  // namespace attend

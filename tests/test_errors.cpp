@@ -1,0 +1,171 @@
+// Bad input: a typed error naming the argument, never a crash or a silent wrong answer.
+#include <gtest/gtest.h>
+
+#include <dlpack/dlpack.h>
+
+#include "attend/dlpack.h"
+#include "test_helpers.h"
+
+namespace attend {
+namespace {
+
+void expect_invalid(const attention_params& p, const std::string& fragment) {
+  try {
+    attention(p);
+    FAIL() << "expected attend::invalid_argument containing '" << fragment << "'";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find(fragment), std::string::npos) << e.what();
+  }
+}
+
+TEST(Errors, MismatchedShapes) {
+  test::dense_call c(2, 8, 8, 4, 2, 16, 16);
+  attention_params p = c.params;
+  p.k.sizes[3] = 8;
+  expect_invalid(p, "k: head_dim must match q's 16");
+  p = c.params;
+  p.v.sizes[1] = 7;
+  expect_invalid(p, "v: sequence length must match k's");
+  p = c.params;
+  p.out.sizes[1] = 9;
+  expect_invalid(p, "out: must be");
+  p = c.params;
+  p.k.sizes[0] = 1;
+  expect_invalid(p, "batch must match");
+  p = c.params;
+  p.q.rank = 3;
+  expect_invalid(p, "q: must be rank 4");
+  p = c.params;
+  p.maybe_lse.sizes[2] = 3;
+  expect_invalid(p, "lse: must be [B, Hq, Sq] = [2, 4, 8]");
+}
+
+TEST(Errors, HeadsNotDivisible) {
+  test::dense_call c(1, 8, 8, 6, 4, 16, 16);
+  expect_invalid(c.params, "query heads must be a multiple of key/value heads");
+}
+
+TEST(Errors, DtypesAndDevices) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.k.dtype = dtype::f16;
+  expect_invalid(p, "k: dtype must match q (f32); got f16");
+  p = c.params;
+  p.q.dtype = p.k.dtype = p.v.dtype = p.out.dtype = dtype::i32;
+  expect_invalid(p, "q: dtype must be f32, f16 or bf16; got i32");
+  p = c.params;
+  p.v.device = {device_kind::cuda, 0};
+  expect_invalid(p, "v: device must match q (cpu); got cuda:0");
+  p = c.params;
+  p.maybe_lse.dtype = dtype::f16;
+  expect_invalid(p, "lse: dtype must be f32");
+}
+
+TEST(Errors, NullMisalignedNegativeStrides) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.q.data = nullptr;
+  expect_invalid(p, "q: data is null");
+  p = c.params;
+  p.k.data = reinterpret_cast<char*>(p.k.data) + 1;
+  expect_invalid(p, "k: data must be aligned");
+  p = c.params;
+  p.v.strides[1] = -16;
+  expect_invalid(p, "v: strides must be non-negative");
+  p = c.params;
+  p.out.strides[1] = 0;  // two rows written to one place
+  expect_invalid(p, "out: strides make elements overlap");
+}
+
+TEST(Errors, OverlappingOutput) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.out.data = p.q.data;
+  expect_invalid(p, "out: memory overlaps q");
+  p = c.params;
+  p.maybe_lse.data = p.out.data;
+  expect_invalid(p, "overlaps");
+}
+
+TEST(Errors, HugeSizesOverflowCleanly) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.q.sizes = {std::int64_t{1} << 40, std::int64_t{1} << 40, 1, 16};
+  expect_invalid(p, "overflows 64 bits");
+}
+
+TEST(Errors, OptionsOutOfRange) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.softcap = -1;
+  expect_invalid(p, "softcap: must be finite and >= 0");
+  p = c.params;
+  p.maybe_scale = std::numeric_limits<double>::infinity();
+  expect_invalid(p, "scale: must be finite");
+  p = c.params;
+  p.window_left = -5;
+  expect_invalid(p, "window: bounds must be >= 0, or -1");
+}
+
+TEST(Errors, MaskShapeAndVarlenOffsets) {
+  test::dense_call c(2, 8, 8, 2, 2, 16, 16);
+  std::vector<float> mask(3 * 8 * 8);
+  attention_params p = c.params;
+  p.maybe_mask = tensor_view::contiguous(mask.data(), dtype::f32, {3, 1, 8, 8});
+  expect_invalid(p, "mask: shape [3, 1, 8, 8] does not broadcast to [B, Hq, Sq, Skv] = [2, 2, 8, 8]");
+
+  std::vector<std::int32_t> cu = {0, 5, 3};
+  p = c.params;
+  p.q = tensor_view::contiguous(c.q.data(), dtype::f32, {8, 2, 16});
+  p.k = tensor_view::contiguous(c.k.data(), dtype::f32, {8, 2, 16});
+  p.v = tensor_view::contiguous(c.v.data(), dtype::f32, {8, 2, 16});
+  p.out = tensor_view::contiguous(c.out.data(), dtype::f32, {8, 2, 16});
+  p.maybe_lse = {};
+  p.maybe_cu_seqlens_q = tensor_view::contiguous(cu.data(), dtype::i32, {3});
+  expect_invalid(p, "give both (varlen) or neither");
+  p.maybe_cu_seqlens_kv = p.maybe_cu_seqlens_q;
+  expect_invalid(p, "cu_seqlens_q: offsets must not decrease");
+  cu = {0, 3, 7};
+  expect_invalid(p, "cu_seqlens_q: last offset must equal the packed length 8; got 7");
+}
+
+TEST(Errors, ZeroLengthIsNotAnError) {
+  test::dense_call empty_q(1, 0, 8, 2, 2, 16, 16);
+  EXPECT_NO_THROW(attention(empty_q.params));
+  test::dense_call no_keys(1, 4, 0, 2, 2, 16, 16);  // every row fully masked
+  attention(no_keys.params);
+  for (float x : no_keys.out) EXPECT_EQ(x, 0.0f);
+  for (float l : no_keys.lse) EXPECT_EQ(l, -INFINITY);
+}
+
+TEST(Dlpack, RoundTripAndRejections) {
+  std::vector<float> data(2 * 3 * 4 * 5);
+  std::int64_t shape[4] = {2, 3, 4, 5}, strides[4] = {60, 1, 15, 3};  // a permuted view
+  DLTensor t{};
+  t.data = data.data();
+  t.device = {kDLCPU, 0};
+  t.ndim = 4;
+  t.dtype = {kDLFloat, 32, 1};
+  t.shape = shape;
+  t.strides = strides;
+  t.byte_offset = 4;
+  tensor_view v = from_dlpack(t);
+  EXPECT_EQ(v.data, data.data() + 1);
+  EXPECT_EQ(v.strides[2], 15);
+  EXPECT_EQ(v.sizes[3], 5);
+  const DLTensor back = to_dlpack(v);
+  EXPECT_EQ(back.strides[1], 1);
+  EXPECT_EQ(back.dtype.code, kDLFloat);
+  t.dtype = {kDLBfloat, 16, 1};
+  EXPECT_EQ(from_dlpack(t).dtype, dtype::bf16);
+  t.strides = nullptr;
+  EXPECT_EQ(from_dlpack(t).strides[0], 60);
+  t.dtype = {kDLFloat, 64, 1};
+  EXPECT_THROW(from_dlpack(t), invalid_argument);
+  t.dtype = {kDLFloat, 32, 1};
+  t.device = {kDLROCM, 0};
+  EXPECT_THROW(from_dlpack(t), invalid_argument);
+}
+
+}  // namespace
+}  // namespace attend

@@ -1,0 +1,190 @@
+// Which backend is chosen for a table of calls, and the reason text of rejections.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "test_helpers.h"
+
+namespace attend {
+namespace {
+
+// A user backend with a narrow declared capability, added at run time.
+class narrow final : public backend {
+ public:
+  narrow(std::string name, int priority, std::vector<dtype> dtypes, feature_set features, std::int64_t max_d)
+      : name_(std::move(name)) {
+    traits_.devices = {device_kind::cpu};
+    traits_.dtypes = std::move(dtypes);
+    traits_.features = features;
+    traits_.priority = priority;
+    traits_.max_head_dim = max_d;
+    traits_.head_dim_multiple = 8;
+  }
+  std::string_view name() const override { return name_; }
+  const backend_traits& traits() const override { return traits_; }
+  void run(const problem& p, const run_context& ctx) const override {
+    ++runs;
+    registry::global().find("unfused_cpu")->run(p, ctx);
+  }
+  std::size_t workspace_bytes(const problem& p, int t) const override {
+    return registry::global().find("unfused_cpu")->workspace_bytes(p, t);
+  }
+  mutable int runs = 0;
+
+ protected:
+  bool check_limits(const problem& p, diagnostics& d) const override {
+    if (p.seqlen_kv > 4096) d.reject("seqlen_kv must be <= 4096; got " + std::to_string(p.seqlen_kv));
+    return d.ok();
+  }
+
+ private:
+  std::string name_;
+  backend_traits traits_;
+};
+
+struct fixture {
+  registry r;
+  std::shared_ptr<narrow> fast = std::make_shared<narrow>("fast_f32", 100, std::vector<dtype>{dtype::f32},
+                                                          feature::causal | feature::lse, 128);
+  fixture() {
+    register_builtin_backends(r);
+    r.add(fast);
+  }
+  run_options opts(std::string name = "auto") {
+    run_options o;
+    o.maybe_registry = &r;
+    o.select.name = std::move(name);
+    o.select.honour_environment = false;
+    return o;
+  }
+};
+
+TEST(Selection, TableOfCalls) {
+  fixture f;
+  struct row {
+    const char* what;
+    std::function<void(attention_params&)> edit;
+    const char* expected;
+  };
+  const std::vector<row> table = {
+      {"plain f32 goes to the highest priority", [](attention_params&) {}, "fast_f32"},
+      {"causal is declared", [](attention_params& p) { p.causal = true; }, "fast_f32"},
+      {"softcap is not declared", [](attention_params& p) { p.softcap = 2; }, "unfused_cpu"},
+      {"window is not declared", [](attention_params& p) { p.window_left = 3; }, "unfused_cpu"},
+  };
+  for (const row& r : table) {
+    test::dense_call c(1, 16, 16, 2, 2, 64, 64);
+    r.edit(c.params);
+    EXPECT_EQ(attention(c.params, f.opts()), r.expected) << r.what;
+  }
+  test::dense_call odd(1, 16, 16, 2, 2, 12, 12);  // head dim not a multiple of 8
+  EXPECT_EQ(attention(odd.params, f.opts()), "unfused_cpu");
+  test::dense_call longer(1, 4, 5000, 1, 1, 8, 8);  // backend's own limit
+  EXPECT_EQ(attention(longer.params, f.opts()), "unfused_cpu");
+}
+
+TEST(Selection, ByNameAllowDeny) {
+  fixture f;
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  EXPECT_EQ(attention(c.params, f.opts("reference")), "reference");
+  auto o = f.opts();
+  o.select.deny = {"fast_f32"};
+  EXPECT_EQ(attention(c.params, o), "unfused_cpu");
+  o.select.deny = {};
+  o.select.allow = {"reference"};
+  EXPECT_EQ(attention(c.params, o), "reference");
+  EXPECT_THROW(attention(c.params, f.opts("no_such_backend")), invalid_argument);
+}
+
+TEST(Selection, ExplainGivesEveryReason) {
+  fixture f;
+  test::dense_call c(1, 8, 8, 1, 1, 12, 12);
+  c.params.softcap = 1;
+  const auto lines = f.r.explain(make_problem(c.params));
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_EQ(lines[0].backend, "fast_f32");
+  EXPECT_FALSE(lines[0].supported);
+  EXPECT_EQ(lines[0].reason,
+            "head_dim_qk must be between 1 and 128 and a multiple of 8; got 12; "
+            "head_dim_v must be between 1 and 128 and a multiple of 8; got 12; softcap is not supported");
+  EXPECT_EQ(lines[1].backend, "unfused_cpu");
+  EXPECT_TRUE(lines[1].selected);
+  EXPECT_EQ(lines[2].backend, "reference");
+  EXPECT_TRUE(lines[2].supported);
+  EXPECT_FALSE(lines[2].selected);
+  EXPECT_EQ(lines[2].reason, "a higher-priority backend was chosen");
+}
+
+TEST(Selection, UnsupportedListsEveryBackend) {
+  fixture f;
+  test::dense_call c(1, 8, 8, 1, 1, 0, 0);  // head dim 0: nobody supports it
+  try {
+    attention(c.params, f.opts());
+    FAIL() << "expected attend::unsupported";
+  } catch (const unsupported& e) {
+    ASSERT_EQ(e.rejections().size(), 3u);
+    for (const rejection& r : e.rejections()) EXPECT_NE(r.reason.find("head_dim_qk must be between"), std::string::npos) << r.backend;
+    const std::string what = e.what();
+    EXPECT_NE(what.find("no backend supports this call"), std::string::npos);
+    EXPECT_NE(what.find("\n  reference: head_dim_qk must be between 1 and 65536; got 0"), std::string::npos) << what;
+  }
+}
+
+TEST(Selection, CudaCallOnCpuBackendsSaysWhy) {
+  test::dense_call c(1, 8, 8, 1, 1, 8, 8);
+  for (tensor_view* t : {&c.params.q, &c.params.k, &c.params.v, &c.params.out, &c.params.maybe_lse}) t->device = {device_kind::cuda, 0};
+  diagnostics d;
+  EXPECT_FALSE(registry::global().find("reference")->supports(make_problem(c.params), &d));
+  EXPECT_EQ(d.joined(), "device must be cpu; got cuda:0");
+}
+
+TEST(Selection, EnvironmentOverridesName) {
+  fixture f;
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  auto o = f.opts();
+  o.select.honour_environment = true;
+  ::setenv("ATTEND_BACKEND", "reference", 1);
+  const std::string chosen = attention(c.params, o);
+  ::unsetenv("ATTEND_BACKEND");
+  EXPECT_EQ(chosen, "reference");
+  EXPECT_EQ(attention(c.params, o), "fast_f32");
+}
+
+TEST(Selection, MeasureTimesCandidatesOnceAndCaches) {
+  fixture f;
+  test::dense_call c(1, 64, 64, 2, 2, 64, 64);
+  const std::string first = attention(c.params, f.opts("measure"));
+  EXPECT_FALSE(f.r.measured(registry::signature(make_problem(c.params))).empty());
+  const int runs_after_first = f.fast->runs;
+  const std::string second = attention(c.params, f.opts("measure"));
+  EXPECT_EQ(first, second);
+  EXPECT_LE(f.fast->runs - runs_after_first, 1);  // cached: at most the one real run
+  // Output is right whatever won.
+  std::vector<float> got = c.out;
+  attention(c.params, f.opts("reference"));
+  for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], c.out[i], 1e-4);
+}
+
+TEST(Registry, AddFindRemove) {
+  registry r;
+  EXPECT_THROW(r.add(nullptr), invalid_argument);
+  r.add(std::make_shared<narrow>("mine", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64));
+  EXPECT_THROW(r.add(std::make_shared<narrow>("mine", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64)), invalid_argument);
+  EXPECT_THROW(r.add(std::make_shared<narrow>("auto", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64)), invalid_argument);
+  EXPECT_TRUE(r.find("mine"));
+  EXPECT_TRUE(r.remove("mine"));
+  EXPECT_FALSE(r.find("mine"));
+  EXPECT_FALSE(r.remove("mine"));
+}
+
+TEST(Registry, BuiltinsInPriorityOrder) {
+  const auto all = registry::global().list();
+  ASSERT_GE(all.size(), 2u);
+  for (std::size_t i = 1; i < all.size(); ++i) EXPECT_GE(all[i - 1]->traits().priority, all[i]->traits().priority);
+  EXPECT_TRUE(registry::global().find("reference"));
+  EXPECT_TRUE(registry::global().find("unfused_cpu"));
+  EXPECT_TRUE(registry::global().find("reference")->traits().exact);
+}
+
+}  // namespace
+}  // namespace attend
