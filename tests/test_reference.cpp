@@ -141,6 +141,8 @@ struct brute_case {
   options o;
 };
 
+void PrintTo(const brute_case& c, std::ostream* os) { *os << c.name; }
+
 class ReferenceBruteForce : public ::testing::TestWithParam<brute_case> {};
 
 TEST_P(ReferenceBruteForce, MatchesDefinition) {
