@@ -1,0 +1,490 @@
+"""The Python layer of attend: keyword handling, output allocation and scoped state.
+
+Arrays go to the extension (attend._attend) as they are; it reads them through DLPack or the
+buffer protocol without copying (Note [Zero-copy arrays] in python/src/module.cpp). This layer
+only allocates what the caller did not pass (``out``, ``lse``) with the input's own array
+library and device, picks the CUDA stream, and resolves the scoped backend choice and forward
+context, both kept in ``contextvars`` so each thread and each asyncio task sees its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import numbers
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import _attend
+
+if TYPE_CHECKING:
+
+    class UnsupportedError(RuntimeError):
+        """No (allowed) backend supports the call (defined by the extension)."""
+
+        rejections: List[Tuple[str, str]]
+
+else:
+    #: No (allowed) backend supports the call. A subclass of RuntimeError; the message lists
+    #: every backend's reason and ``rejections`` holds them as a list of (backend, reason) pairs.
+    UnsupportedError = _attend.UnsupportedError
+
+__version__: str = _attend.version()
+
+#: numpy.ndarray, torch.Tensor, or any object exporting ``__dlpack__`` (or the buffer protocol).
+Array = Any
+
+_Scoped = Tuple[str, Tuple[str, ...]]
+_ForwardLevel = Tuple[Optional[float], Optional[int], Dict[str, Union[bool, int, float, str]]]
+
+_backend_var: contextvars.ContextVar[Optional[_Scoped]] = contextvars.ContextVar("attend_backend", default=None)
+_forward_var: contextvars.ContextVar[Tuple[_ForwardLevel, ...]] = contextvars.ContextVar(
+    "attend_forward_context", default=()
+)
+
+
+class Explanation(NamedTuple):
+    """One backend's answer to "can you run this call?" (see :func:`explain`)."""
+
+    backend: str
+    supported: bool
+    #: Why it is not used: the unsupported requirement ("head_dim_qk must be ...; got 300"), or
+    #: why a supporting backend was passed over. Empty for the backend that would run.
+    reason: str
+
+    @property
+    def selected(self) -> bool:
+        """True for the backend the call would run on."""
+        return self.supported and not self.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Arrays
+
+
+def _kind(x: Array) -> str:
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    module = type(x).__module__ or ""
+    if module == "torch" or module.startswith("torch."):
+        return "torch"
+    return "other"
+
+
+def _detach(x: Optional[Array]) -> Optional[Array]:
+    # torch refuses to export tensors that require grad through DLPack; detach() shares storage.
+    if x is not None and _kind(x) == "torch" and x.requires_grad:
+        return x.detach()
+    return x
+
+
+def _shape(x: Array, name: str) -> Tuple[Any, ...]:
+    kind = _kind(x)
+    if kind in ("numpy", "torch"):
+        return tuple(x.shape)
+    return tuple(_attend.describe(x, name)[0])
+
+
+def _device_kind(x: Array, name: str) -> str:
+    kind = _kind(x)
+    if kind == "numpy":
+        return "cpu"
+    if kind == "torch":
+        return "cuda" if x.device.type == "cuda" else x.device.type
+    return str(_attend.describe(x, name)[2])
+
+
+def _output_shapes(
+    q_shape: Sequence[Any], v_shape: Sequence[Any], layout: str, varlen: bool
+) -> Tuple[Tuple[Any, ...], Tuple[Any, ...]]:
+    """(out shape, lse shape) of a call; no int() on sizes, so symbolic torch sizes pass."""
+    if layout not in ("bshd", "bhsd"):
+        raise ValueError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
+    if varlen:
+        for shape, name in ((q_shape, "q"), (v_shape, "v")):
+            if len(shape) != 3:
+                raise ValueError(
+                    f"{name}: varlen tensors must be packed [total, heads, head_dim]; got shape {tuple(shape)}"
+                )
+        return (q_shape[0], q_shape[1], v_shape[2]), (q_shape[1], q_shape[0])
+    for shape, name in ((q_shape, "q"), (v_shape, "v")):
+        if len(shape) != 4:
+            raise ValueError(
+                f"{name}: must be rank 4 ([B, S, H, D] for bshd, [B, H, S, D] for bhsd); got shape {tuple(shape)}"
+            )
+    out_shape = (q_shape[0], q_shape[1], q_shape[2], v_shape[3])
+    if layout == "bshd":
+        return out_shape, (q_shape[0], q_shape[2], q_shape[1])
+    return out_shape, (q_shape[0], q_shape[1], q_shape[2])
+
+
+def _empty(like: Array, shape: Tuple[Any, ...], float32: bool, name: str) -> Array:
+    """An uninitialised array of `like`'s library and device: `like`'s dtype, or float32."""
+    kind = _kind(like)
+    if kind == "numpy":
+        return np.empty(shape, dtype=np.float32 if float32 else like.dtype)
+    if kind == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=torch.float32 if float32 else like.dtype, device=like.device)
+    namespace = getattr(like, "__array_namespace__", None)
+    if namespace is not None:
+        try:
+            xp = namespace()
+            return xp.empty(shape, dtype=xp.float32 if float32 else like.dtype, device=like.device)
+        except Exception:  # not a full array-API namespace: fall through to numpy on the host
+            pass
+    _, dtype, device, _ = _attend.describe(like, "q")
+    dtype = "float32" if float32 else dtype
+    if device == "cpu" and dtype in ("float32", "float16"):
+        return np.empty(shape, dtype=dtype)
+    raise TypeError(
+        f"{name}: cannot allocate an output like {type(like).__name__} ({dtype} on {device}); pass out= explicitly"
+    )
+
+
+def _cuda_stream(q: Array) -> int:
+    kind = _kind(q)
+    if kind == "torch":
+        if q.device.type == "cuda":
+            import torch
+
+            return int(torch.cuda.current_stream(q.device).cuda_stream)
+        return 0
+    if kind == "other" and (type(q).__module__ or "").startswith("cupy"):
+        import cupy  # type: ignore[import-not-found]
+
+        return int(cupy.cuda.get_current_stream().ptr)
+    return 0  # the default stream
+
+
+def _max_seqlen(given: Optional[int], cu_seqlens: Optional[Array], on_host: bool, name: str) -> int:
+    if given is not None:
+        if isinstance(given, bool) or not isinstance(given, numbers.Integral):
+            raise TypeError(f"{name}: must be an int or None; got {given!r}")
+        return int(given)
+    if on_host or cu_seqlens is None:
+        return 0  # attend reads host offsets itself
+    # Device offsets: the kernels need the longest sequence up front (one device sync).
+    if _shape(cu_seqlens, name)[0] < 2:
+        return 0
+    return int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+
+
+def _bound(x: Any, side: str) -> int:
+    if x is None:
+        return -1
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"window: the {side} bound must be an int (-1 or None: unbounded); got {x!r}")
+    return int(x)
+
+
+def _window(window: Optional[Tuple[Optional[int], Optional[int]]]) -> Tuple[int, int]:
+    if window is None:
+        return -1, -1
+    if isinstance(window, (str, bytes)) or not isinstance(window, Sequence) or len(window) != 2:
+        raise TypeError(f"window: must be None or a (left, right) pair; got {window!r}")
+    return _bound(window[0], "left"), _bound(window[1], "right")
+
+
+def _selection(backend: str) -> _Scoped:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: must be a str (a backend name, 'auto' or 'measure'); got {backend!r}")
+    if backend == "auto":
+        scoped = _backend_var.get()
+        if scoped is not None:
+            return scoped
+    return backend, ()
+
+
+def _prepare(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    backend: str,
+    layout: str,
+    scale: Optional[float],
+    causal: bool,
+    causal_align: str,
+    window: Optional[Tuple[Optional[int], Optional[int]]],
+    mask: Optional[Array],
+    softcap: float,
+    return_lse: bool,
+    cu_seqlens_q: Optional[Array],
+    cu_seqlens_k: Optional[Array],
+    out: Optional[Array],
+    max_seqlen_q: Optional[int],
+    max_seqlen_k: Optional[int],
+) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
+    """Positional and keyword arguments of _attend.attention / _attend.explain."""
+    if not isinstance(layout, str):
+        raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
+    if not isinstance(causal_align, str):
+        raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale: must be a real number or None; got {scale!r}")
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap: must be a real number (0 disables it); got {softcap!r}")
+    name, allow = _selection(backend)
+    window_left, window_right = _window(window)
+    q, k, v, mask = _detach(q), _detach(k), _detach(v), _detach(mask)
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    out_shape, lse_shape = _output_shapes(_shape(q, "q"), _shape(v, "v"), layout, varlen)
+    if out is None:
+        out = _empty(q, out_shape, False, "out")
+    lse = _empty(q, lse_shape, True, "lse") if return_lse else None
+    on_host = not varlen or _device_kind(q, "q") == "cpu"
+    args = (q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k)
+    kwargs: Dict[str, Any] = dict(
+        layout=layout,
+        scale=None if scale is None else float(scale),
+        causal=bool(causal),
+        causal_align=causal_align,
+        window_left=window_left,
+        window_right=window_right,
+        softcap=float(softcap),
+        max_seqlen_q=_max_seqlen(max_seqlen_q, cu_seqlens_q, on_host, "max_seqlen_q"),
+        max_seqlen_k=_max_seqlen(max_seqlen_k, cu_seqlens_k, on_host, "max_seqlen_k"),
+        backend=name,
+        allow=list(allow),
+        deny=[],
+    )
+    return args, kwargs
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+
+
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    backend: str = "auto",
+    layout: str = "bshd",
+    scale: Optional[float] = None,
+    causal: bool = False,
+    causal_align: str = "top_left",
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    mask: Optional[Array] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    cu_seqlens_q: Optional[Array] = None,
+    cu_seqlens_k: Optional[Array] = None,
+    out: Optional[Array] = None,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+) -> Any:
+    """Exact softmax attention: ``softmax(scale * q k^T [+ mask]) v``, without copying the inputs.
+
+    Shapes (B batch, S sequence, H heads, D head dim)::
+
+        layout "bshd": q [B, Sq, Hq, D]   k [B, Skv, Hkv, D]   v [B, Skv, Hkv, Dv]   out [B, Sq, Hq, Dv]
+        layout "bhsd": q [B, Hq, Sq, D]   k [B, Hkv, Skv, D]   v [B, Hkv, Skv, Dv]   out [B, Hq, Sq, Dv]
+        varlen:        q [total_q, Hq, D] k/v [total_k, Hkv, D*]  cu_seqlens_q/k int32 [B + 1]
+        lse (float32): [B, Hq, Sq]; varlen [Hq, total_q]. Natural log.
+
+    Hq must be a multiple of Hkv (GQA/MQA). Inputs are numpy arrays, torch tensors (CPU or
+    CUDA) or any ``__dlpack__`` exporter, of dtype float32, float16 or bfloat16; any
+    non-negative strides are honoured as they are. The result has the input's array type and
+    device (written into ``out`` when given).
+
+    Args:
+        backend: a backend name (see :func:`backends`), ``"auto"`` (highest priority that
+            supports the call; inside ``use_backend(...)`` the scoped choice) or ``"measure"``.
+        scale: default ``1 / sqrt(D)``.
+        causal, causal_align: causal band aligned ``"top_left"`` (PyTorch ``is_causal``) or
+            ``"bottom_right"`` (FlashAttention, KV-cache decode).
+        window: ``(left, right)`` keys visible around the diagonal; ``None``/``-1`` unbounded.
+        mask: broadcastable to ``[B, Hq, Sq, Skv]``; bool keeps ``True`` keys, float is added
+            to the scores (varlen: ``[B, Hq, max_seqlen_q, max_seqlen_k]``, local positions).
+        softcap: ``s = softcap * tanh(s / softcap)`` before the mask; 0 disables it.
+        return_lse: also return the log-sum-exp of each row.
+        max_seqlen_q, max_seqlen_k: varlen on CUDA only: longest sequence (computed from the
+            offsets, with one device sync, when omitted).
+
+    A row that sees no key gives output 0 and lse -inf.
+
+    Returns:
+        ``out``, or ``(out, lse)`` when ``return_lse``.
+
+    Raises:
+        TypeError: an argument has the wrong type or dtype (the message names it).
+        ValueError: shapes, strides, devices or option values are wrong (named likewise).
+        UnsupportedError: no backend supports the call; the message lists every reason.
+        RuntimeError: a backend failed while running.
+    """
+    args, kwargs = _prepare(
+        q,
+        k,
+        v,
+        backend=backend,
+        layout=layout,
+        scale=scale,
+        causal=causal,
+        causal_align=causal_align,
+        window=window,
+        mask=mask,
+        softcap=softcap,
+        return_lse=return_lse,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        out=out,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+    )
+    _attend.attention(*args, **kwargs, cuda_stream=_cuda_stream(args[0]), forward=list(_forward_var.get()))
+    return (args[3], args[4]) if return_lse else args[3]
+
+
+def explain(
+    q: Array,
+    k: Array,
+    v: Array,
+    *,
+    backend: str = "auto",
+    layout: str = "bshd",
+    scale: Optional[float] = None,
+    causal: bool = False,
+    causal_align: str = "top_left",
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    mask: Optional[Array] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    cu_seqlens_q: Optional[Array] = None,
+    cu_seqlens_k: Optional[Array] = None,
+    out: Optional[Array] = None,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+) -> List[Explanation]:
+    """Which backend would run :func:`attention` with these arguments, and why not the others.
+
+    Returns one :class:`Explanation` ``(backend, supported, reason)`` per backend, highest
+    priority first; the one that would run has ``supported`` true and an empty ``reason``
+    (``.selected``). Runs nothing (``out``/``lse`` are allocated when not given, never written).
+    Malformed calls raise like :func:`attention`.
+    """
+    args, kwargs = _prepare(
+        q,
+        k,
+        v,
+        backend=backend,
+        layout=layout,
+        scale=scale,
+        causal=causal,
+        causal_align=causal_align,
+        window=window,
+        mask=mask,
+        softcap=softcap,
+        return_lse=return_lse,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        out=out,
+        max_seqlen_q=max_seqlen_q,
+        max_seqlen_k=max_seqlen_k,
+    )
+    return [
+        Explanation(name, supported, reason) for name, supported, _, reason in _attend.explain(*args, **kwargs)
+    ]
+
+
+def backends() -> List[Dict[str, Any]]:
+    """Every backend of this build, highest priority first.
+
+    Each is a dict with ``name``, ``devices`` (``"cpu"``/``"cuda"``), ``dtypes``
+    (``"float32"``, ``"float16"``, ``"bfloat16"``), ``features`` (``causal``, ``window``,
+    ``mask_additive``, ``mask_keep``, ``gqa``, ``softcap``, ``lse``, ``varlen``,
+    ``head_dim_v_differs``, ``bottom_right``), ``priority``, and also ``description``,
+    ``min_head_dim``, ``max_head_dim``, ``head_dim_multiple`` and ``exact``.
+    """
+    return list(_attend.backends())
+
+
+@contextlib.contextmanager
+def use_backend(name: Union[str, Sequence[str]]) -> Iterator[None]:
+    """Within the block, ``backend="auto"`` calls run on `name`.
+
+    `name` is a backend name, ``"auto"``, ``"measure"``, or a list of names (auto-selection
+    among them only). The choice is per thread and per asyncio task (a ``contextvars``
+    variable), nests, and is restored on exit, also when the block raises. An explicit
+    ``backend=`` argument still wins. Unknown names raise ValueError on entry.
+    """
+    known = list(_attend.backend_names())
+    names = [name] if isinstance(name, str) else list(name)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}")
+    for n in names:
+        if n not in known and not (isinstance(name, str) and n in ("auto", "measure")):
+            raise ValueError(f"use_backend: unknown backend {n!r}; known: {', '.join(known)}, auto, measure")
+    scoped: _Scoped = (name, ()) if isinstance(name, str) else ("auto", tuple(names))
+    token = _backend_var.set(scoped)
+    try:
+        yield
+    finally:
+        _backend_var.reset(token)
+
+
+@contextlib.contextmanager
+def forward_context(
+    timestep: Optional[float] = None, layer: Optional[int] = None, **extra: Union[bool, int, float, str]
+) -> Iterator[None]:
+    """Per-step metadata that reaches the backends as ``attend::forward_context``.
+
+    Within the block every attend call sees `timestep`, `layer` and the `extra` key/values
+    (int, float, bool or str). Scopes nest (an inner scope overrides only what it sets), are per
+    thread and per asyncio task, and are restored on exit. Each call into C++ installs the
+    scopes as ``attend::forward_context`` guards on the calling thread for its duration.
+    """
+    if timestep is not None and (isinstance(timestep, bool) or not isinstance(timestep, numbers.Real)):
+        raise TypeError(f"forward_context: timestep must be a real number; got {timestep!r}")
+    if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
+        raise TypeError(f"forward_context: layer must be an int; got {layer!r}")
+    for key, value in extra.items():
+        if not isinstance(value, (bool, int, float, str)):
+            raise TypeError(
+                f"forward_context: value of {key!r} must be int, float, bool or str; got {type(value).__name__}"
+            )
+    level: _ForwardLevel = (
+        None if timestep is None else float(timestep),
+        None if layer is None else int(layer),
+        dict(extra),
+    )
+    token = _forward_var.set(_forward_var.get() + (level,))
+    try:
+        yield
+    finally:
+        _forward_var.reset(token)
+
+
+# ------------------------------------------------------------------------------------------------
+# Test hooks
+
+
+def _current_backend() -> Optional[_Scoped]:
+    """The scoped choice of this thread/task: (name, allow list), or None."""
+    return _backend_var.get()
+
+
+def _current_forward_context() -> Dict[str, Any]:
+    """What a backend run through attend::attention on this thread sees of the forward context:
+    ``present``, ``timestep``, ``layer``, ``depth`` and ``values``."""
+    return dict(_attend.current_forward_context(list(_forward_var.get())))
+
+
+def _dtype_name(dtype: Any) -> str:
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).replace("torch.", "")
+
+
+def _tolerance(dtype: Any) -> Dict[str, float]:
+    """attend's tolerance table (src/core/check.cpp, Note [Tolerances]) for `dtype`: a dict with
+    ``atol``, ``rtol``, ``lse_atol`` and ``lse_rtol``. An element passes when
+    ``|out - ref| <= atol + rtol * |ref|``."""
+    return dict(_attend.tolerance(_dtype_name(dtype)))

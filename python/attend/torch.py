@@ -1,0 +1,147 @@
+"""attend.torch: attend.attention for torch tensors as the torch.library custom op
+``attend::attention``, so ``torch.compile`` traces through it (its fake implementation gives
+the output shapes without running anything).
+
+    import attend.torch
+    out = attend.torch.attention(q, k, v, causal=True)          # CPU or CUDA tensors
+    compiled = torch.compile(lambda q, k, v: attend.torch.attention(q, k, v))
+
+CUDA calls run on the current torch CUDA stream. The op is forward-only (no autograd formula).
+On torch without ``torch.library.custom_op`` (< 2.4) the function is a plain eager call.
+"""
+
+# No `from __future__ import annotations`: torch.library reads these annotations as types.
+from typing import Any, Optional, Tuple
+
+import torch
+
+from . import _api
+
+__all__ = ["attention", "HAS_CUSTOM_OP"]
+
+#: True when ``attend::attention`` is registered with torch.library.
+HAS_CUSTOM_OP: bool = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
+
+
+def _run(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    cu_seqlens_q: Optional[torch.Tensor],
+    cu_seqlens_k: Optional[torch.Tensor],
+    backend: str,
+    layout: str,
+    scale: Optional[float],
+    causal: bool,
+    causal_align: str,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    return_lse: bool,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    result = _api.attention(
+        q,
+        k,
+        v,
+        backend=backend,
+        layout=layout,
+        scale=scale,
+        causal=causal,
+        causal_align=causal_align,
+        window=(window_left, window_right),
+        mask=mask,
+        softcap=softcap,
+        return_lse=return_lse,
+        cu_seqlens_q=cu_seqlens_q,
+        cu_seqlens_k=cu_seqlens_k,
+        max_seqlen_q=max_seqlen_q if max_seqlen_q > 0 else None,
+        max_seqlen_k=max_seqlen_k if max_seqlen_k > 0 else None,
+    )
+    if return_lse:
+        return result[0], result[1]
+    # custom ops return a fixed number of tensors: an empty lse stands for "not requested".
+    return result, q.new_empty((0,), dtype=torch.float32)
+
+
+def _fake(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    cu_seqlens_q: Optional[torch.Tensor],
+    cu_seqlens_k: Optional[torch.Tensor],
+    backend: str,
+    layout: str,
+    scale: Optional[float],
+    causal: bool,
+    causal_align: str,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    return_lse: bool,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
+    out_shape, lse_shape = _api._output_shapes(tuple(q.shape), tuple(v.shape), layout, varlen)
+    out = q.new_empty(out_shape)
+    lse = q.new_empty(lse_shape if return_lse else (0,), dtype=torch.float32)
+    return out, lse
+
+
+if HAS_CUSTOM_OP:
+    _op: Any = torch.library.custom_op("attend::attention", mutates_args=())(_run)
+    _op.register_fake(_fake)
+else:  # pragma: no cover - old torch
+    _op = _run
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    backend: str = "auto",
+    layout: str = "bshd",
+    scale: Optional[float] = None,
+    causal: bool = False,
+    causal_align: str = "top_left",
+    window: Optional[Tuple[Optional[int], Optional[int]]] = None,
+    mask: Optional[torch.Tensor] = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    cu_seqlens_q: Optional[torch.Tensor] = None,
+    cu_seqlens_k: Optional[torch.Tensor] = None,
+    max_seqlen_q: Optional[int] = None,
+    max_seqlen_k: Optional[int] = None,
+) -> Any:
+    """attend.attention for torch tensors through the ``attend::attention`` custom op.
+
+    Same arguments and results as :func:`attend.attention`, except that the outputs are always
+    freshly allocated (no ``out=``). The backend is resolved when the op runs, so
+    ``attend.use_backend`` and ``attend.forward_context`` scopes apply to compiled code too.
+    """
+    window_left, window_right = _api._window(window)
+    out, lse = _op(
+        q,
+        k,
+        v,
+        mask,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        backend,
+        layout,
+        None if scale is None else float(scale),
+        bool(causal),
+        causal_align,
+        window_left,
+        window_right,
+        float(softcap),
+        bool(return_lse),
+        0 if max_seqlen_q is None else int(max_seqlen_q),
+        0 if max_seqlen_k is None else int(max_seqlen_k),
+    )
+    return (out, lse) if return_lse else out

@@ -1,0 +1,410 @@
+"""attend's Python API around the kernels: backends(), explain(), errors, use_backend,
+forward_context, the GIL, reference counts and the shipped typing files."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import pathlib
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import attend
+
+from conftest import assert_close, qkv, reference, rng
+
+FEATURES = {
+    "causal",
+    "window",
+    "mask_additive",
+    "mask_keep",
+    "gqa",
+    "softcap",
+    "lse",
+    "varlen",
+    "head_dim_v_differs",
+    "bottom_right",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# backends() and explain()
+
+
+def test_backends_shape():
+    found = attend.backends()
+    assert found, "a build always has the CPU backends"
+    names = [b["name"] for b in found]
+    assert "reference" in names
+    assert len(set(names)) == len(names)
+    priorities = [b["priority"] for b in found]
+    assert priorities == sorted(priorities, reverse=True)
+    for b in found:
+        assert set(b) >= {"name", "devices", "dtypes", "features", "priority"}
+        assert set(b["devices"]) <= {"cpu", "cuda"} and b["devices"]
+        assert set(b["dtypes"]) <= {"float32", "float16", "bfloat16"} and b["dtypes"]
+        assert set(b["features"]) <= FEATURES
+        assert isinstance(b["priority"], int)
+    ref = found[names.index("reference")]
+    assert ref["exact"] and set(ref["features"]) == FEATURES
+
+
+def test_explain_lists_every_backend_and_marks_one(small_qkv):
+    q, k, v = small_qkv
+    lines = attend.explain(q, k, v, causal=True)
+    assert [e.backend for e in lines] == [b["name"] for b in attend.backends()]
+    selected = [e for e in lines if e.selected]
+    assert len(selected) == 1
+    for e in lines:
+        name, supported, reason = e  # a plain 3-tuple too
+        assert isinstance(name, str) and isinstance(supported, bool) and isinstance(reason, str)
+        if not e.selected:
+            assert reason
+    cpu = [b["name"] for b in attend.backends() if "cpu" in b["devices"]]
+    assert selected[0].backend == cpu[0]  # highest-priority CPU backend
+
+
+def test_explain_named_backend(small_qkv):
+    q, k, v = small_qkv
+    lines = {e.backend: e for e in attend.explain(q, k, v, backend="reference")}
+    assert lines["reference"].selected
+    for name, e in lines.items():
+        if name != "reference":
+            assert not e.selected and e.reason
+
+
+def test_cuda_backends_explain_why_on_cpu(small_qkv):
+    q, k, v = small_qkv
+    for e in attend.explain(q, k, v):
+        b = next(b for b in attend.backends() if b["name"] == e.backend)
+        if "cpu" not in b["devices"]:
+            assert not e.supported and "cuda" in e.reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Errors: type and argument name
+
+
+def expect(exc, match, fn, *args, **kwargs):
+    with pytest.raises(exc, match=match) as info:
+        fn(*args, **kwargs)
+    return info.value
+
+
+def test_dtype_errors_are_type_errors(small_qkv):
+    q, k, v = small_qkv
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got float64", attend.attention, q.astype(np.float64), k, v)
+    expect(TypeError, r"^k: dtype must match q \(float32\); got float16", attend.attention, q, k.astype(np.float16), v)
+    expect(TypeError, r"^v: dtype", attend.attention, q, k, v.astype(np.int32))
+    out = np.empty(q.shape, np.float16)
+    expect(TypeError, r"^out: dtype must match q", attend.attention, q, k, v, out=out)
+    mask = np.zeros((7, 9), np.float64)
+    expect(TypeError, r"^mask: dtype must be bool .* got float64", attend.attention, q, k, v, mask=mask)
+
+
+def test_argument_type_errors(small_qkv):
+    q, k, v = small_qkv
+    expect(TypeError, r"^q: expected .*numpy.ndarray.*; got list", attend.attention, q.tolist(), k, v)
+    expect(TypeError, r"^v: expected", attend.attention, q, k, "v")
+    expect(TypeError, r"^window: must be None or a \(left, right\) pair", attend.attention, q, k, v, window=3)
+    expect(TypeError, r"^window: the left bound", attend.attention, q, k, v, window=(1.5, 2))
+    expect(TypeError, r"^scale:", attend.attention, q, k, v, scale="big")
+    expect(TypeError, r"^softcap:", attend.attention, q, k, v, softcap=None)
+    expect(TypeError, r"^backend:", attend.attention, q, k, v, backend=None)
+    expect(TypeError, r"^layout:", attend.attention, q, k, v, layout=1)
+
+
+def test_shape_and_value_errors(small_qkv):
+    q, k, v = small_qkv
+    expect(ValueError, r"^q: must be rank 4", attend.attention, q[0], k, v)
+    expect(ValueError, r"^k: head_dim must match q's 16", attend.attention, q, k[..., :8], v)
+    expect(ValueError, r"^v: sequence length must match k's", attend.attention, q, k, v[:, :3])
+    q3 = np.zeros((2, 7, 3, 16), np.float32)
+    expect(ValueError, r"query heads must be a multiple of key/value heads", attend.attention, q3, k, v)
+    expect(ValueError, r"^layout: must be 'bshd' or 'bhsd'; got 'sbhd'", attend.attention, q, k, v, layout="sbhd")
+    expect(ValueError, r"^causal_align: must be 'top_left' or 'bottom_right'; got 'middle'", attend.attention, q, k, v, causal_align="middle")
+    expect(ValueError, r"^window: bounds must be >= 0, or -1", attend.attention, q, k, v, window=(-2, 0))
+    expect(ValueError, r"^scale: must be finite", attend.attention, q, k, v, scale=float("nan"))
+    expect(ValueError, r"^softcap: must be finite and >= 0", attend.attention, q, k, v, softcap=-1.0)
+    expect(ValueError, r"^mask: shape \[3, 9\] does not broadcast", attend.attention, q, k, v, mask=np.ones((3, 9), bool))
+    expect(ValueError, r"^out: must be", attend.attention, q, k, v, out=np.empty((2, 7, 4, 8), np.float32))
+    expect(ValueError, r"^q: strides must be non-negative", attend.attention, q[:, ::-1], k, v)
+    expect(ValueError, r"^out: memory overlaps q", attend.attention, q, k, v, out=q)
+    expect(ValueError, r"^backend: unknown name 'nope'; known: .*reference", attend.attention, q, k, v, backend="nope")
+
+
+def test_read_only_out(small_qkv):
+    q, k, v = small_qkv
+    out = np.empty(q.shape, np.float32)
+    out.setflags(write=False)
+    expect(ValueError, r"^out: must be writable", attend.attention, q, k, v, out=out)
+
+
+def test_varlen_errors():
+    gen = rng(2)
+    q = gen.standard_normal((10, 2, 8)).astype(np.float32)
+    k = gen.standard_normal((12, 2, 8)).astype(np.float32)
+    cu_q, cu_k = np.array([0, 4, 10], np.int32), np.array([0, 5, 12], np.int32)
+    expect(TypeError, r"^cu_seqlens_q: dtype must be int32; got int64", attend.attention, q, k, k, cu_seqlens_q=cu_q.astype(np.int64), cu_seqlens_k=cu_k)
+    expect(ValueError, r"cu_seqlens_q and cu_seqlens_k: give both", attend.attention, q, k, k, cu_seqlens_q=cu_q)
+    expect(ValueError, r"^cu_seqlens_k: last offset must equal the packed length 12; got 11", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=np.array([0, 5, 11], np.int32))
+    expect(ValueError, r"^q: varlen tensors must be packed", attend.attention, q[None], k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
+    expect(TypeError, r"^max_seqlen_q: must be an int", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2.5)
+    expect(ValueError, r"max_seqlen_q/k: smaller than the longest sequence", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2)
+
+
+def test_unsupported_error_lists_every_backend(small_qkv):
+    q, k, v = small_qkv
+    huge = np.zeros((1, 1, 1, 65537), np.float32)  # beyond the reference's max head dim
+    err = expect(attend.UnsupportedError, r"backend 'reference' does not support this call", attend.attention, huge, huge, huge, backend="reference")
+    assert isinstance(err, RuntimeError)
+    message = str(err)
+    for b in attend.backends():
+        assert f"\n  {b['name']}: " in message
+    assert "head_dim_qk must be between 1 and 65536; got 65537" in message
+    assert [name for name, _ in err.rejections] == [b["name"] for b in attend.backends()]
+    assert dict(err.rejections)["reference"].startswith("head_dim_qk must be")
+    assert attend.UnsupportedError.__module__ == "attend"
+
+
+# ------------------------------------------------------------------------------------------------
+# use_backend
+
+
+def selected(q, k, v, **kwargs):
+    return next(e.backend for e in attend.explain(q, k, v, **kwargs) if e.selected)
+
+
+def test_use_backend_nests_and_restores(small_qkv):
+    q, k, v = small_qkv
+    default = selected(q, k, v)
+    assert attend._current_backend() is None
+    with attend.use_backend("reference"):
+        assert selected(q, k, v) == "reference"
+        with attend.use_backend("auto"):
+            assert selected(q, k, v) == default
+        assert selected(q, k, v) == "reference"
+        # an explicit backend= wins over the scope
+        cpu_names = [b["name"] for b in attend.backends() if "cpu" in b["devices"]]
+        assert selected(q, k, v, backend=cpu_names[0]) == cpu_names[0]
+        assert_close(attend.attention(q, k, v), reference(q, k, v)[0], "float32")
+    assert attend._current_backend() is None
+    assert selected(q, k, v) == default
+
+
+def test_use_backend_restores_on_exception(small_qkv):
+    with pytest.raises(KeyError):
+        with attend.use_backend("reference"):
+            raise KeyError("boom")
+    assert attend._current_backend() is None
+
+
+def test_use_backend_allow_list(small_qkv):
+    q, k, v = small_qkv
+    with attend.use_backend(["reference"]):
+        assert selected(q, k, v) == "reference"
+        assert attend._current_backend() == ("auto", ("reference",))
+
+
+def test_use_backend_unknown_name():
+    expect(ValueError, r"use_backend: unknown backend 'nope'; known: .*reference", attend.use_backend("nope").__enter__)
+    expect(TypeError, r"use_backend: expected a backend name", attend.use_backend([]).__enter__)
+
+
+def test_use_backend_is_per_thread(small_qkv):
+    q, k, v = small_qkv
+    names = [b["name"] for b in attend.backends() if "cpu" in b["devices"]] + ["auto"]
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def worker(i):
+        try:
+            name = names[i % len(names)]
+            assert attend._current_backend() is None  # threads never inherit a scope
+            with attend.use_backend(name):
+                barrier.wait()
+                for _ in range(20):
+                    assert attend._current_backend() == (name, ())
+                    attend.attention(q, k, v)
+                    with attend.use_backend("reference"):
+                        assert selected(q, k, v) == "reference"
+                    assert attend._current_backend() == (name, ())
+                barrier.wait()
+            assert attend._current_backend() is None
+        except BaseException as e:  # reported in the main thread
+            errors.append(e)
+            barrier.abort()
+
+    with attend.use_backend("reference"):
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert attend._current_backend() == ("reference", ())
+    assert not errors, errors
+    assert attend._current_backend() is None
+
+
+def test_use_backend_is_per_asyncio_task(small_qkv):
+    async def task(name, hold):
+        with attend.use_backend(name):
+            await asyncio.sleep(hold)
+            return attend._current_backend()
+
+    async def main():
+        return await asyncio.gather(task("reference", 0.02), task("auto", 0.01))
+
+    assert asyncio.run(main()) == [("reference", ()), ("auto", ())]
+
+
+# ------------------------------------------------------------------------------------------------
+# forward_context
+
+
+def test_forward_context_reaches_cpp():
+    assert attend._current_forward_context() == dict(present=False, timestep=None, layer=None, depth=0, values={})
+    with attend.forward_context(timestep=10, layer=3, sparsity="video", ratio=0.5, enabled=True, block=64):
+        seen = attend._current_forward_context()
+        assert seen == dict(
+            present=True,
+            timestep=10.0,
+            layer=3,
+            depth=1,
+            values=dict(sparsity="video", ratio=0.5, enabled=True, block=64),
+        )
+        assert type(seen["values"]["enabled"]) is bool and type(seen["values"]["block"]) is int
+        with attend.forward_context(layer=4, sparsity="none"):
+            seen = attend._current_forward_context()
+            assert (seen["timestep"], seen["layer"], seen["depth"]) == (10.0, 4, 2)
+            assert seen["values"]["sparsity"] == "none" and seen["values"]["block"] == 64
+        assert attend._current_forward_context()["layer"] == 3
+    assert not attend._current_forward_context()["present"]
+
+
+def test_forward_context_restores_on_exception():
+    with pytest.raises(RuntimeError):
+        with attend.forward_context(timestep=1):
+            raise RuntimeError
+    assert not attend._current_forward_context()["present"]
+
+
+def test_forward_context_bad_values():
+    expect(TypeError, r"forward_context: value of 'cfg' must be int, float, bool or str; got dict", attend.forward_context(cfg={}).__enter__)
+    expect(TypeError, r"forward_context: layer must be an int", attend.forward_context(layer=1.5).__enter__)
+    expect(TypeError, r"forward_context: timestep must be a real number", attend.forward_context(timestep="x").__enter__)
+
+
+def test_forward_context_is_per_thread():
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def worker(i):
+        try:
+            assert not attend._current_forward_context()["present"]
+            with attend.forward_context(timestep=i, layer=i):
+                barrier.wait()
+                for _ in range(50):
+                    seen = attend._current_forward_context()
+                    assert (seen["timestep"], seen["layer"], seen["depth"]) == (float(i), i, 1)
+                barrier.wait()
+        except BaseException as e:
+            errors.append(e)
+            barrier.abort()
+
+    with attend.forward_context(timestep=99):
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert attend._current_forward_context()["timestep"] == 99.0
+    assert not errors, errors
+
+
+def test_attention_runs_inside_forward_context(small_qkv):
+    q, k, v = small_qkv
+    with attend.forward_context(timestep=5, layer=1, note="x"):
+        assert_close(attend.attention(q, k, v), reference(q, k, v)[0], "float32")
+
+
+# ------------------------------------------------------------------------------------------------
+# GIL, reference counts, cycles
+
+
+def test_gil_is_released_while_running():
+    gen = rng(7)
+    q, k, v = (gen.standard_normal((1, 512, 4, 64)).astype(np.float32) for _ in range(3))
+    span = {}
+
+    def worker():
+        span["start"] = time.perf_counter()
+        with attend.use_backend("reference"):  # the slow exact backend: a long call
+            attend.attention(q, k, v)
+        span["end"] = time.perf_counter()
+
+    stamps = []
+    t = threading.Thread(target=worker)
+    t.start()
+    while t.is_alive():
+        stamps.append(time.perf_counter())
+    t.join()
+    start, end = span["start"], span["end"]
+    assert end - start > 0.05, "the call was too short to tell"
+    inside = [s for s in stamps if start + 0.01 < s < end - 0.01]
+    # With the GIL held for the whole call, this thread could not run a single iteration inside it.
+    assert len(inside) > 100
+
+
+def test_no_reference_leaks_or_cycles(small_qkv):
+    q, k, v = small_qkv
+    mask = np.ones((7, 9), bool)
+    out = np.empty((2, 7, 4, 16), np.float32)
+    before = [sys.getrefcount(x) for x in (q, k, v, mask, out)]
+    for _ in range(3):
+        attend.attention(q, k, v, mask=mask, out=out, return_lse=True)
+        attend.explain(q, k, v, mask=mask)
+    gc.collect()
+    assert [sys.getrefcount(x) for x in (q, k, v, mask, out)] == before
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(5):
+            attend.attention(q, k, v, mask=mask, return_lse=True, causal=True)
+            attend.explain(q, k, v)
+            attend.backends()
+            with attend.use_backend("reference"), attend.forward_context(timestep=1, layer=2, x="y"):
+                attend.attention(q, k, v)
+                attend._current_forward_context()
+        assert gc.collect() == 0, "attend created reference cycles"
+    finally:
+        gc.enable()
+
+
+# ------------------------------------------------------------------------------------------------
+# Packaging
+
+
+def test_typing_files_are_shipped():
+    root = pathlib.Path(attend.__file__).parent
+    assert (root / "py.typed").is_file()
+    stub = (root / "_attend.pyi").read_text()
+    assert "def attention(" in stub and "def backends(" in stub
+    assert attend.__version__.count(".") == 2
+
+
+def test_tolerance_table_is_the_cpp_one():
+    assert attend._tolerance("float32")["atol"] == 2e-5 and attend._tolerance("float32")["rtol"] == 2e-4
+    assert attend._tolerance(np.float16) == attend._tolerance("float16")
+    assert attend._tolerance("float16")["atol"] == 2e-3 and attend._tolerance("float16")["rtol"] == 4e-3
+    assert attend._tolerance("bfloat16")["atol"] == 1.6e-2 and attend._tolerance("bfloat16")["rtol"] == 1.6e-2
+    expect(ValueError, "dtype: must be float32", attend._tolerance, "int32")
+
+
+def test_qkv_helper_layouts():
+    q, k, v = qkv(rng(0), layout="bhsd")
+    assert q.shape == (2, 4, 7, 16) and v.shape == (2, 2, 9, 16)

@@ -1,0 +1,32 @@
+"""The ```python blocks of docs/python.md and README.md run as written (each in a fresh namespace). Blocks that
+import torch are skipped, with the reason, where torch is not installed."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pytest
+
+from conftest import HAVE_TORCH, NO_TORCH_REASON
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DOCS = [ROOT / "docs" / "python.md", ROOT / "README.md"]
+BLOCKS = [
+    (doc, code)
+    for doc in DOCS
+    for code in re.findall(r"^```python\n(.*?)^```", doc.read_text(), flags=re.M | re.S)
+]
+
+
+def test_doc_has_examples():
+    assert sum(doc.name == "python.md" for doc, _ in BLOCKS) >= 5
+    assert sum(doc.name == "README.md" for doc, _ in BLOCKS) >= 1
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_doc_example_runs(index):
+    doc, code = BLOCKS[index]
+    if re.search(r"^import torch|^from torch|attend\.torch", code, flags=re.M) and not HAVE_TORCH:
+        pytest.skip(NO_TORCH_REASON)
+    exec(compile(code, f"{doc}:block{index}", "exec"), {"__name__": f"doc_block_{index}"})

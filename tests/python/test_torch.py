@@ -1,0 +1,189 @@
+"""PyTorch paths: torch tensors in and out (CPU and CUDA), the current CUDA stream, and the
+attend::attention custom op under torch.library.opcheck and torch.compile. Skipped, with the
+reason, where torch (or a CUDA device) is absent. The backend x dtype x case matrix of
+test_attention.py also runs CUDA backends on torch CUDA tensors and bfloat16 through torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import NO_TORCH_REASON, assert_close, reference
+
+torch = pytest.importorskip("torch", reason=NO_TORCH_REASON)
+
+import attend  # noqa: E402
+import attend.torch  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICES = ["cpu"] + (["cuda"] if CUDA else [])
+NO_CUDA = "torch has no CUDA device here"
+
+
+def cuda_backends():
+    return [b["name"] for b in attend.backends() if "cuda" in b["devices"]]
+
+
+def inputs(device, dtype=torch.float32, shape=(2, 9, 4, 32), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g).to(dtype).to(device) for _ in range(3)]
+
+
+def ref_of(q, k, v, **kwargs):
+    return reference(*(x.float().cpu().numpy().astype(np.float64) for x in (q, k, v)), **kwargs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_torch_in_torch_out(device, dtype):
+    q, k, v = inputs(device, dtype)
+    out, lse = attend.attention(q, k, v, causal=True, return_lse=True)
+    assert isinstance(out, torch.Tensor) and out.dtype == dtype and out.device == q.device
+    assert lse.dtype == torch.float32 and lse.device == q.device and tuple(lse.shape) == (2, 4, 9)
+    want_out, want_lse = ref_of(q, k, v, causal=True)
+    name = str(dtype).replace("torch.", "")
+    assert_close(out, want_out, name)
+    assert_close(lse, want_lse, name, what="lse", lse=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_strided_views_and_out(device):
+    base = torch.randn(2, 4, 9, 64, device=device)  # bhsd storage with a padded head dim
+    q = base[..., :32].transpose(1, 2)  # bshd view, non-contiguous in every way
+    k = base[..., 32:].transpose(1, 2)
+    v = base[..., 16:48].transpose(1, 2)
+    assert not q.is_contiguous()
+    buffer = torch.full((2, 9, 4, 96), 7.0, device=device)
+    out = attend.attention(q, k, v, out=buffer[..., 32:64])
+    assert out.data_ptr() == buffer[..., 32:64].data_ptr()
+    assert (buffer[..., :32] == 7).all() and (buffer[..., 64:] == 7).all()
+    assert_close(out, ref_of(q, k, v)[0], "float32")
+
+
+def test_requires_grad_inputs_are_read_detached():
+    q, k, v = (x.requires_grad_() for x in inputs("cpu"))
+    out = attend.attention(q, k, v)
+    assert not out.requires_grad
+    assert_close(out, ref_of(q, k, v)[0], "float32")
+
+
+def test_device_mismatch_is_a_value_error():
+    if not CUDA:
+        pytest.skip(NO_CUDA)
+    q, k, v = inputs("cpu")
+    with pytest.raises(ValueError, match=r"^k: device must match q"):
+        attend.attention(q, k.cuda(), v)
+
+
+@pytest.mark.parametrize("backend", cuda_backends() or ["<none>"])
+def test_cuda_side_stream(backend):
+    if backend == "<none>":
+        pytest.skip("this build has no CUDA backend")
+    if not CUDA:
+        pytest.skip(NO_CUDA)
+    q, k, v = inputs("cuda", torch.float16, shape=(2, 256, 8, 64))
+    want = ref_of(q, k, v, causal=True)[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        # Work queued on the side stream right before: attend must run after it on that stream.
+        big = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+        for _ in range(4):
+            big = big @ big * 1e-3
+        q2 = q + big[0, 0] * 0  # produced by the side stream, late
+        out = attend.attention(q2, k, v, causal=True, backend=backend)
+    side.synchronize()
+    assert_close(out, want, "float16")
+
+
+def test_cuda_varlen_computes_max_seqlen():
+    if not CUDA:
+        pytest.skip(NO_CUDA)
+    if not cuda_backends():
+        pytest.skip("this build has no CUDA backend")
+    cu_q = torch.tensor([0, 5, 12], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, 9, 20], dtype=torch.int32, device="cuda")
+    q = torch.randn(12, 4, 64, device="cuda", dtype=torch.float16)
+    k = torch.randn(20, 2, 64, device="cuda", dtype=torch.float16)
+    v = torch.randn(20, 2, 64, device="cuda", dtype=torch.float16)
+    out, lse = attend.attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, causal=True, return_lse=True)
+    want_out, want_lse = reference(
+        *(x.float().cpu().numpy().astype(np.float64) for x in (q, k, v)),
+        cu_seqlens_q=cu_q.cpu().numpy(),
+        cu_seqlens_k=cu_k.cpu().numpy(),
+        causal=True,
+    )
+    assert_close(out, want_out, "float16")
+    assert_close(lse, want_lse, "float16", what="lse", lse=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The custom op
+
+
+def test_custom_op_is_registered():
+    assert attend.torch.HAS_CUSTOM_OP, f"torch {torch.__version__} has no torch.library.custom_op"
+    assert hasattr(torch.ops.attend, "attention")
+
+
+def op_args(q, k, v, return_lse=True, causal=True):
+    return (q, k, v, None, None, None, "auto", "bshd", None, causal, "top_left", -1, -1, 0.0, return_lse, 0, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("return_lse", [True, False])
+def test_opcheck(device, return_lse):
+    if not attend.torch.HAS_CUSTOM_OP:
+        pytest.skip("torch.library.custom_op is not available")
+    q, k, v = inputs(device, shape=(1, 8, 2, 32))
+    torch.library.opcheck(torch.ops.attend.attention.default, op_args(q, k, v, return_lse))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_attend_torch_attention_matches(device):
+    q, k, v = inputs(device)
+    out = attend.torch.attention(q, k, v, causal=True, window=(4, None))
+    assert_close(out, ref_of(q, k, v, causal=True, window=(4, None))[0], "float32")
+    out, lse = attend.torch.attention(q, k, v, return_lse=True)
+    want_out, want_lse = ref_of(q, k, v)
+    assert_close(out, want_out, "float32")
+    assert_close(lse, want_lse, "float32", what="lse", lse=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_traces_through(device):
+    if not attend.torch.HAS_CUSTOM_OP:
+        pytest.skip("torch.library.custom_op is not available")
+    q, k, v = inputs(device)
+
+    def layer(q, k, v):
+        out, lse = attend.torch.attention(q * 2, k, v, causal=True, return_lse=True)
+        return out + 1, lse
+
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    out, lse = compiled(q, k, v)
+    want_out, want_lse = ref_of(q * 2, k, v, causal=True)
+    assert_close(out - 1, want_out, "float32")
+    assert_close(lse, want_lse, "float32", what="lse", lse=True)
+    # The backend is chosen when the op runs: a scope around the compiled call applies.
+    with attend.use_backend("reference"):
+        again, _ = compiled(q, k, v)
+    assert_close(again - 1, want_out, "float32")
+
+
+def test_torch_compile_varlen_cpu():
+    if not attend.torch.HAS_CUSTOM_OP:
+        pytest.skip("torch.library.custom_op is not available")
+    cu_q = torch.tensor([0, 3, 8], dtype=torch.int32)
+    cu_k = torch.tensor([0, 4, 10], dtype=torch.int32)
+    q, k, v = torch.randn(8, 2, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
+    fn = torch.compile(
+        lambda q, k, v: attend.torch.attention(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, return_lse=True),
+        backend="aot_eager",
+        fullgraph=True,
+    )
+    out, lse = fn(q, k, v)
+    want_out, want_lse = reference(q.numpy(), k.numpy(), v.numpy(), cu_seqlens_q=cu_q.numpy(), cu_seqlens_k=cu_k.numpy())
+    assert tuple(lse.shape) == (2, 8)
+    assert_close(out, want_out, "float32")
+    assert_close(lse, want_lse, "float32", what="lse", lse=True)
