@@ -8,6 +8,7 @@ namespace attend {
 void register_builtin_backends(registry& r) {
   r.add(cpu::make_reference_backend());
   r.add(cpu::make_unfused_backend());
+  r.add(cpu::make_flash_backend());
 }
 
 }  // namespace attend

@@ -9,5 +9,6 @@ namespace attend::cpu {
 
 std::shared_ptr<const backend> make_reference_backend();
 std::shared_ptr<const backend> make_unfused_backend();
+std::shared_ptr<const backend> make_flash_backend();  // flash_cpu (src/cpu/flash)
 
 }  // namespace attend::cpu

@@ -1,0 +1,201 @@
+// Backend `flash_cpu`: fused, tiled attention with online softmax (FlashAttention-style) on the
+// CPU. The Sq×Skv score matrix never exists: each thread holds one K/V tile's scores for one
+// work item at a time (Note [Flash tiles] in plan.cpp). This file is the driver: it plans the
+// work and workspace, spreads work items over OpenMP threads, and merges split-KV partials
+// (Note [Flash split KV]). The kernels are in kernel_impl.h, instantiated per instruction set.
+//
+// Shapes and semantics: attend/params.h. Threads: run_context::num_threads (0: OpenMP default).
+// Instruction set: the best the CPU reports; ATTEND_CPU_ISA=scalar|avx2|avx512 lowers it.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "attend/backend.h"
+#include "attend/errors.h"
+#include "cpu/backends.h"
+#include "cpu/elements.h"
+#include "cpu/flash/plan.h"
+
+namespace attend::cpu {
+namespace {
+
+using flash::item;
+using flash::tile_config;
+
+// Note [Flash split KV]: when there are too few work items for the threads (decode: one query
+// row per head), each item's keys are split into `splits` chunks that run as separate pieces and
+// write normalised partial rows plus their LSE; a merge then combines them
+// (out = Σ exp(lse_s - lse) out_s, lse = log Σ exp(lse_s)). This is flash-decoding on the CPU.
+// Why 2 pieces per thread: dynamic scheduling can then even out uneven pieces.
+constexpr std::int64_t k_pieces_per_thread = 2;
+// Why 512 keys: below this a split's fixed cost (packing Q, the partial rows, the merge) is no
+// longer small next to its share of the K/V stream.
+constexpr std::int64_t k_min_split_keys = 512;
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
+std::size_t round64(std::size_t x) { return (x + 63) / 64 * 64; }
+
+struct work_plan {
+  tile_config tiles;
+  std::int64_t items = 0;   // (q tile, kv head) pairs
+  std::int64_t splits = 1;  // KV chunks per item
+  std::size_t scratch_offset = 0, partial_offset = 0, total_bytes = 0;
+};
+
+std::int64_t q_tiles(const problem& p, const tile_config& c, std::int64_t b) { return ceil_div(p.len_q(b), c.block_q); }
+std::int64_t head_blocks(const problem& p, const tile_config& c) { return ceil_div(p.num_heads_kv, c.heads_per_item); }
+// Floats of one piece's partial output: [heads][rows][Dv] then [heads][rows] LSE.
+std::int64_t piece_floats(const problem& p, const tile_config& c) {
+  return c.heads_per_item * c.rows * (p.head_dim_v + 1);
+}
+
+work_plan plan_work(const problem& p, int threads, flash::isa target) {
+  work_plan w;
+  w.tiles = flash::make_tile_config(p, target);
+  std::int64_t tiles = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) tiles += q_tiles(p, w.tiles, b);
+  w.items = tiles * head_blocks(p, w.tiles);
+  if (w.items > 0 && w.items < k_pieces_per_thread * threads)
+    w.splits = std::max<std::int64_t>(
+        1, std::min(ceil_div(k_pieces_per_thread * threads, w.items), p.seqlen_kv / k_min_split_keys));
+  w.scratch_offset = round64(static_cast<std::size_t>(p.batch + 1) * sizeof(std::int64_t));
+  w.partial_offset = w.scratch_offset + static_cast<std::size_t>(threads) * w.tiles.bytes_per_thread;
+  const std::size_t partial_floats =
+      w.splits > 1 ? static_cast<std::size_t>(w.items * w.splits * piece_floats(p, w.tiles)) : 0;
+  w.total_bytes = w.partial_offset + round64(partial_floats * sizeof(float));
+  return w;
+}
+
+class flash_backend final : public backend {
+ public:
+  flash_backend() {
+    traits_.description = "fused tiled attention, online softmax, AVX-512 (bf16 dot) / AVX2 / scalar, OpenMP";
+    traits_.devices = {device_kind::cpu};
+    traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
+    traits_.features = feature_set::all();
+    traits_.min_head_dim = 1;
+    // Why 1024: the per-thread scratch (Q panel and K/V tiles) grows with the head dim; beyond
+    // this it no longer fits the L2 the tiles are sized for.
+    traits_.max_head_dim = 1024;
+    traits_.priority = 50;  // preferred over unfused_cpu (10)
+  }
+  std::string_view name() const override { return "flash_cpu"; }
+  const backend_traits& traits() const override { return traits_; }
+
+  std::size_t workspace_bytes(const problem& p, int num_threads) const override {
+    return plan_work(p, thread_count(num_threads), flash::chosen_isa()).total_bytes;
+  }
+
+  void run(const problem& p, const run_context& ctx) const override {
+    const int threads = thread_count(ctx.num_threads);
+    const work_plan w = plan_work(p, threads, flash::chosen_isa());
+    if (ctx.workspace.size() < w.total_bytes)
+      throw runtime_error("flash_cpu: workspace of " + std::to_string(ctx.workspace.size()) + " bytes; needs " +
+                          std::to_string(w.total_bytes));
+    std::byte* base = ctx.workspace.data();
+    auto* prefix = reinterpret_cast<std::int64_t*>(base);
+    prefix[0] = 0;
+    for (std::int64_t b = 0; b < p.batch; ++b) prefix[b + 1] = prefix[b] + q_tiles(p, w.tiles, b);
+    auto* partial = reinterpret_cast<float*>(base + w.partial_offset);
+    const std::int64_t splits = w.splits, piece = piece_floats(p, w.tiles), hpi = w.tiles.heads_per_item;
+    const flash::item_kernel kernel = flash::kernel_for(w.tiles.target);
+    const std::int64_t pieces = w.items * splits;
+
+    // Piece t: item t / splits, KV chunk t % splits. Items run the last query tiles of a
+    // sequence first (the longest under top-left causal), so dynamic scheduling ends evenly.
+    auto item_of = [&](std::int64_t index, std::int64_t split) {
+      item it;
+      const std::int64_t blocks = head_blocks(p, w.tiles);
+      it.hk = index % blocks * hpi;
+      it.hk_count = std::min(hpi, p.num_heads_kv - it.hk);
+      const std::int64_t tile = index / blocks;
+      it.b = std::upper_bound(prefix, prefix + p.batch + 1, tile) - prefix - 1;
+      const std::int64_t count = prefix[it.b + 1] - prefix[it.b];
+      it.q_begin = (count - 1 - (tile - prefix[it.b])) * w.tiles.block_q;
+      it.q_count = std::min(w.tiles.block_q, p.len_q(it.b) - it.q_begin);
+      const std::int64_t len_kv = p.len_kv(it.b);
+      const std::int64_t chunk = ceil_div(ceil_div(len_kv, splits), w.tiles.block_kv) * w.tiles.block_kv;
+      it.kv_begin = std::min(split * chunk, len_kv);
+      it.kv_end = std::min(it.kv_begin + chunk, len_kv);
+      if (splits > 1) {
+        it.maybe_partial_out = partial + (index * splits + split) * piece;
+        it.maybe_partial_lse = it.maybe_partial_out + hpi * w.tiles.rows * p.head_dim_v;
+      }
+      return it;
+    };
+
+#pragma omp parallel num_threads(threads)
+    {
+      std::byte* mine = base + w.scratch_offset + static_cast<std::size_t>(omp_get_thread_num()) * w.tiles.bytes_per_thread;
+#pragma omp for schedule(dynamic, 1)
+      for (std::int64_t t = 0; t < pieces; ++t) kernel(p, w.tiles, item_of(t / splits, t % splits), mine);
+    }
+    if (splits > 1) merge(p, w, item_of, partial, threads);
+  }
+
+ private:
+  template <class item_fn>
+  static void merge(const problem& p, const work_plan& w, const item_fn& item_of, const float* partial, int threads) {
+    const std::int64_t dv = p.head_dim_v, rows = w.tiles.rows, splits = w.splits, gs = p.group_size;
+    const std::int64_t hpi = w.tiles.heads_per_item, piece = piece_floats(p, w.tiles);
+    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::int64_t t = 0; t < w.items * hpi * rows; ++t) {
+      const std::int64_t index = t / (hpi * rows), hh = t / rows % hpi, m = t % rows;
+      const item it = item_of(index, 0);
+      if (hh >= it.hk_count || m >= it.q_count * gs) continue;
+      const float* first = partial + index * splits * piece;
+      const std::int64_t row = hh * rows + m, lse_at = hpi * rows * dv + row;
+      float top = neg_inf;
+      bool is_nan = false;
+      for (std::int64_t s = 0; s < splits; ++s) {
+        const float l = first[s * piece + lse_at];
+        is_nan = is_nan || std::isnan(l);
+        top = std::max(top, l);
+      }
+      const std::int64_t h = (it.hk + hh) * gs + m % gs, i = it.q_begin + m / gs, q_row = p.start_q(it.b) + i;
+      const std::int64_t o = it.b * p.out.batch + q_row * p.out.seq + h * p.out.head;
+      double lse;
+      if (is_nan || top == neg_inf) {
+        const double fill = is_nan ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+        for (std::int64_t d = 0; d < dv; ++d) store(p.params.out.data, p.dtype, o + d * p.out.dim, fill);
+        lse = is_nan ? std::numeric_limits<double>::quiet_NaN() : -std::numeric_limits<double>::infinity();
+      } else {
+        double total = 0;
+        for (std::int64_t s = 0; s < splits; ++s) total += std::exp(double{first[s * piece + lse_at]} - top);
+        for (std::int64_t d = 0; d < dv; ++d) {
+          double acc = 0;
+          for (std::int64_t s = 0; s < splits; ++s) {
+            const float* part = first + s * piece;
+            const double weight = std::exp(double{part[lse_at]} - top);
+            if (weight != 0) acc += weight * part[row * dv + d];
+          }
+          store(p.params.out.data, p.dtype, o + d * p.out.dim, acc / total);
+        }
+        lse = top + std::log(total);
+      }
+      if (p.maybe_lse)
+        p.maybe_lse[it.b * p.lse_batch_stride + h * p.lse_head_stride + q_row * p.lse_seq_stride] = static_cast<float>(lse);
+    }
+  }
+
+ protected:
+  bool check_limits(const problem& p, diagnostics& diag) const override {
+    constexpr std::int64_t k_max_keys = std::numeric_limits<std::int32_t>::max() - 2 * 64;
+    if (p.seqlen_kv > k_max_keys)
+      diag.reject("sequence length (keys) must be below 2^31 (32-bit band bounds); got " + std::to_string(p.seqlen_kv));
+    return diag.ok();
+  }
+
+ private:
+  backend_traits traits_;
+};
+
+}  // namespace
+
+std::shared_ptr<const backend> make_flash_backend() { return std::make_shared<flash_backend>(); }
+
+}  // namespace attend::cpu

@@ -1,0 +1,552 @@
+// The flash_cpu work-item kernel, generic over a vector-ops policy `O` (Note [Flash ISA
+// translation units] in plan.h). Not an ordinary header: each ISA translation unit includes it
+// once, then defines its `ops` struct and instantiates run_item_typed<ops, E>. Everything here
+// has internal linkage.
+//
+// Per item (rows = every query head of one KV head × block_q positions, Note [Flash GQA]):
+//   pack Q once; for each K/V tile of block_kv keys inside the rows' union band:
+//     St[key][row] = K·Qᵀ (micro-kernel, rows in vector lanes)
+//     online softmax down each row (vectorised over rows), P overwrites St
+//     O[row][:] = alpha·O + P·V (micro-kernel, head_dim in vector lanes)
+//   finalise: out = O / l, lse = m + log l (or partial rows for the split-KV merge).
+//
+// Note [Flash GQA]: the rows of an item are ordered m = qi · group_size + g, so all query heads
+// of a group sit side by side and share one packed K/V tile; K and V are read once per group.
+// Note [Flash exp]: scores are kept in log2 units (multiplied by log2 e) so the softmax uses
+// exp2; O::exp2 returns exactly 0 for -inf (masked keys never leak weight).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "attend/params.h"
+#include "attend/tensor.h"
+#include "cpu/flash/plan.h"
+
+namespace attend::cpu::flash {
+namespace {
+
+constexpr float k_log2e = 1.44269504088896340736f;
+constexpr float k_ln2 = 0.693147180559945309417f;
+constexpr float k_neg_inf = -__builtin_inff();
+constexpr float k_nan = __builtin_nanf("");
+
+std::int64_t imin(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
+std::int64_t imax(std::int64_t a, std::int64_t b) { return a > b ? a : b; }
+
+// Element types of q/k/v/out.
+struct e_f32 {
+  using storage = float;
+  static constexpr dtype k_dtype = dtype::f32;
+};
+struct e_bf16 {
+  using storage = std::uint16_t;
+  static constexpr dtype k_dtype = dtype::bf16;
+};
+struct e_f16 {
+  using storage = std::uint16_t;
+  static constexpr dtype k_dtype = dtype::f16;
+};
+
+float bf16_bits_to_float(std::uint16_t bits) {
+  const std::uint32_t u = static_cast<std::uint32_t>(bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+template <class E>
+float to_float(typename E::storage x) {
+  if constexpr (E::k_dtype == dtype::f32)
+    return x;
+  else if constexpr (E::k_dtype == dtype::bf16)
+    return bf16_bits_to_float(x);
+  else
+    return f16_to_float(x);
+}
+
+template <class E>
+typename E::storage from_float(float x) {
+  if constexpr (E::k_dtype == dtype::f32)
+    return x;
+  else if constexpr (E::k_dtype == dtype::bf16)
+    return float_to_bf16(x);
+  else
+    return float_to_f16(x);
+}
+
+float mask_value(const problem& p, std::int64_t offset) {
+  switch (p.mask_dtype) {
+    case dtype::f32: return static_cast<const float*>(p.maybe_mask)[offset];
+    case dtype::f16: return f16_to_float(static_cast<const std::uint16_t*>(p.maybe_mask)[offset]);
+    case dtype::bf16: return bf16_bits_to_float(static_cast<const std::uint16_t*>(p.maybe_mask)[offset]);
+    case dtype::boolean: return static_cast<const std::uint8_t*>(p.maybe_mask)[offset] != 0 ? 1.0f : 0.0f;
+    default: return 0.0f;
+  }
+}
+
+// ---- packing -------------------------------------------------------------------------------
+
+// dst[0, n) = row (element stride `stride`) as f32, dst[n, n_pad) = 0.
+template <class O, class E>
+void pack_row_f32(const typename E::storage* src, std::int64_t stride, std::int64_t n, std::int64_t n_pad, float* dst) {
+  constexpr std::int64_t w = O::k_width;
+  std::int64_t d = 0;
+  if (stride == 1)
+    for (; d + w <= n; d += w) O::store(dst + d, O::template load_cvt<E>(src + d));
+  for (; d < n; ++d) dst[d] = to_float<E>(src[d * stride]);
+  for (; d < n_pad; ++d) dst[d] = 0.0f;
+}
+
+// ---- micro-kernels -------------------------------------------------------------------------
+
+// St[r][0, MV·W) = Σ_d K[r][d] · Qt[d][0, MV·W) for NR keys: keys broadcast, rows in lanes.
+template <class O, int NR, int MV>
+void qk_block(const float* qt, std::int64_t ldq, const float* k, std::int64_t ldk, std::int64_t dqk, float* st,
+              std::int64_t lds) {
+  constexpr int w = O::k_width;
+  typename O::vf acc[NR][MV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < MV; ++v) acc[r][v] = O::zero();
+  for (std::int64_t d = 0; d < dqk; ++d) {
+    typename O::vf q[MV];
+    for (int v = 0; v < MV; ++v) q[v] = O::load(qt + d * ldq + v * w);
+    for (int r = 0; r < NR; ++r) {
+      const typename O::vf kb = O::set1(k[r * ldk + d]);
+      for (int v = 0; v < MV; ++v) acc[r][v] = O::fma(kb, q[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < MV; ++v) O::store(st + r * lds + v * w, acc[r][v]);
+}
+
+template <class O, int NR>
+void qk_rows(const float* qt, std::int64_t ldq, const float* k, std::int64_t ldk, std::int64_t dqk, float* st,
+             std::int64_t lds, std::int64_t mvecs) {
+  constexpr std::int64_t w = O::k_width;
+  std::int64_t v0 = 0;
+  for (; v0 + 4 <= mvecs; v0 += 4) qk_block<O, NR, 4>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds);
+  switch (mvecs - v0) {
+    case 3: qk_block<O, NR, 3>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
+    case 2: qk_block<O, NR, 2>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
+    case 1: qk_block<O, NR, 1>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
+    default: break;
+  }
+}
+
+// Wide Q·Kᵀ: St[n][m] for n < nk, m < rows_pad, from Qt[d][m] and f32 key rows.
+template <class O>
+void qk_wide(const float* qt, std::int64_t rows_pad, const float* k, std::int64_t ldk, std::int64_t dqk,
+             std::int64_t nk, float* st) {
+  const std::int64_t mvecs = rows_pad / O::k_width;
+  std::int64_t n0 = 0;
+  for (; n0 + 4 <= nk; n0 += 4) qk_rows<O, 4>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs);
+  switch (nk - n0) {
+    case 3: qk_rows<O, 3>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
+    case 2: qk_rows<O, 2>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
+    case 1: qk_rows<O, 1>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
+    default: break;
+  }
+}
+
+// Narrow Q·Kᵀ (few rows): St[n][m] = dot(Q[m], K[n]) along head_dim in lanes; K read in its own
+// dtype and converted in registers (decode streams K once, straight from the caller's tensor).
+// Why 16 rows: decode walks K/V rows that sit a whole token apart (bshd: Hkv·D elements), so
+// every row starts a new page and the hardware prefetcher does not follow; 16 rows (8 KiB of f32
+// D=128 rows) in flight per thread cover DRAM latency × per-core bandwidth (≈ 100 ns × 20 GB/s).
+constexpr std::int64_t k_prefetch_rows = 16;
+
+// Prefetches `bytes` from `p` (never faults, also past the end of a tensor).
+void prefetch_bytes(const void* p, std::int64_t bytes) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  for (std::int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + static_cast<std::uintptr_t>(off)));
+}
+
+template <class O, class E>
+void qk_narrow(const float* q, std::int64_t ldq, std::int64_t rows, const typename E::storage* k, std::int64_t ldk,
+               std::int64_t dqk_pad, std::int64_t nk, float* st, std::int64_t lds, const void* maybe_v_rows,
+               std::int64_t v_row_stride_bytes, std::int64_t v_row_bytes, bool prefetch_k = true) {
+  constexpr std::int64_t w = O::k_width;
+  const auto k_row_stride_bytes = static_cast<std::int64_t>(sizeof(typename E::storage)) * ldk;
+  const std::int64_t k_row_bytes = static_cast<std::int64_t>(sizeof(typename E::storage)) * dqk_pad;
+  for (std::int64_t n = 0; n < nk; ++n) {
+    const typename E::storage* kr = k + n * ldk;
+    // K rows ahead (into the next tile), and this tile's V rows, which P·V reads next.
+    if (prefetch_k) prefetch_bytes(reinterpret_cast<const char*>(kr) + k_prefetch_rows * k_row_stride_bytes, k_row_bytes);
+    if (maybe_v_rows) prefetch_bytes(static_cast<const char*>(maybe_v_rows) + n * v_row_stride_bytes, v_row_bytes);
+    for (std::int64_t m = 0; m < rows; ++m) {
+      const float* qr = q + m * ldq;
+      typename O::vf a0 = O::zero(), a1 = O::zero();
+      std::int64_t d = 0;
+      for (; d + 2 * w <= dqk_pad; d += 2 * w) {
+        a0 = O::fma(O::load(qr + d), O::template load_cvt<E>(kr + d), a0);
+        a1 = O::fma(O::load(qr + d + w), O::template load_cvt<E>(kr + d + w), a1);
+      }
+      if (d < dqk_pad) a0 = O::fma(O::load(qr + d), O::template load_cvt<E>(kr + d), a0);
+      st[n * lds + m] = O::hsum(O::add(a0, a1));
+    }
+  }
+}
+
+// O[r][0, EV·W) = alpha[r]·O[r] + Σ_n P[n][r] · V[n][0, EV·W) for MR rows: P broadcast, head_dim
+// in lanes; V read in its own dtype.
+template <class O, class E, int MR, int EV>
+void pv_block(const float* pt, std::int64_t ldp, const typename E::storage* v, std::int64_t ldv, std::int64_t nk,
+              float* o, std::int64_t ldo, const float* alpha) {
+  constexpr int w = O::k_width;
+  typename O::vf acc[MR][EV];
+  for (int r = 0; r < MR; ++r) {
+    const typename O::vf a = O::set1(alpha[r]);
+    for (int e = 0; e < EV; ++e) acc[r][e] = O::mul(O::load(o + r * ldo + e * w), a);
+  }
+  for (std::int64_t n = 0; n < nk; ++n) {
+    typename O::vf vv[EV];
+    for (int e = 0; e < EV; ++e) vv[e] = O::template load_cvt<E>(v + n * ldv + e * w);
+    for (int r = 0; r < MR; ++r) {
+      const typename O::vf pb = O::set1(pt[n * ldp + r]);
+      for (int e = 0; e < EV; ++e) acc[r][e] = O::fma(pb, vv[e], acc[r][e]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int e = 0; e < EV; ++e) O::store(o + r * ldo + e * w, acc[r][e]);
+}
+
+template <class O, class E, int MR>
+void pv_cols(const float* pt, std::int64_t ldp, const typename E::storage* v, std::int64_t ldv, std::int64_t nk,
+             float* o, std::int64_t ldo, const float* alpha, std::int64_t evecs) {
+  constexpr std::int64_t w = O::k_width;
+  std::int64_t e0 = 0;
+  for (; e0 + 4 <= evecs; e0 += 4) pv_block<O, E, MR, 4>(pt, ldp, v + e0 * w, ldv, nk, o + e0 * w, ldo, alpha);
+  switch (evecs - e0) {
+    case 3: pv_block<O, E, MR, 3>(pt, ldp, v + e0 * w, ldv, nk, o + e0 * w, ldo, alpha); break;
+    case 2: pv_block<O, E, MR, 2>(pt, ldp, v + e0 * w, ldv, nk, o + e0 * w, ldo, alpha); break;
+    case 1: pv_block<O, E, MR, 1>(pt, ldp, v + e0 * w, ldv, nk, o + e0 * w, ldo, alpha); break;
+    default: break;
+  }
+}
+
+// O[m][:] for m < rows (rounded up to the row block; padded rows have P = 0).
+template <class O, class E>
+void pv_all(const float* pt, std::int64_t ldp, const typename E::storage* v, std::int64_t ldv, std::int64_t nk,
+            float* o, std::int64_t ldo, const float* alpha, std::int64_t rows, std::int64_t evecs) {
+  std::int64_t m0 = 0;
+  for (; m0 + 4 <= rows; m0 += 4) pv_cols<O, E, 4>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs);
+  switch (rows - m0) {
+    case 3: pv_cols<O, E, 3>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
+    case 2: pv_cols<O, E, 2>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
+    case 1: pv_cols<O, E, 1>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
+    default: break;
+  }
+}
+
+// ---- online softmax ------------------------------------------------------------------------
+
+struct row_state {
+  float* max_log2;  // running max (log2 units)
+  float* sum;       // running Σ exp2(s - max)
+  float* alpha;     // this tile's rescale of O
+  float* nan;       // 1 when a visible score was NaN
+  std::int32_t* lo;  // visible keys [lo, hi), local positions
+  std::int32_t* hi;
+};
+
+// The next K/V tile's rows, fetched while this tile's softmax runs (Note [Flash prefetch]).
+struct next_rows {
+  const char* maybe_k = nullptr;
+  const char* maybe_v = nullptr;
+  std::int64_t count = 0, k_stride_bytes = 0, k_row_bytes = 0, v_stride_bytes = 0, v_row_bytes = 0;
+};
+
+// St (scores; log2 units after `mult`) -> P in place, updating the row state. `full`: every key
+// of the tile is visible to every row (no band test).
+// Note [Flash prefetch]: K/V rows of one head sit a token apart (bshd: Hkv·D elements), so for
+// long sequences each row starts a new page and the hardware prefetcher stops; the first
+// exp pass of each tile therefore prefetches the next tile's K and V rows, one row per key, so
+// they arrive while this tile's P·V and the next Q·Kᵀ run.
+template <class O>
+void softmax_tile(float* st, std::int64_t rows_pad, std::int64_t nk, std::int64_t j0, bool full, float mult,
+                  const row_state& rs, const next_rows& next) {
+  using vf = typename O::vf;
+  const vf vmult = O::set1(mult);
+  for (std::int64_t m0 = 0; m0 < rows_pad; m0 += O::k_width) {
+    vf tmax = O::set1(k_neg_inf);
+    typename O::vm nan = O::nan_none();
+    if (full) {
+      for (std::int64_t n = 0; n < nk; ++n) {
+        float* sp = st + n * rows_pad + m0;
+        const vf s = O::mul(O::load(sp), vmult);
+        nan = O::nan_acc(nan, s);
+        tmax = O::max(tmax, s);
+        O::store(sp, s);
+      }
+    } else {
+      const typename O::vi lo = O::load_i(rs.lo + m0), hi = O::load_i(rs.hi + m0);
+      for (std::int64_t n = 0; n < nk; ++n) {
+        float* sp = st + n * rows_pad + m0;
+        const vf s = O::band(O::mul(O::load(sp), vmult), static_cast<std::int32_t>(j0 + n), lo, hi);
+        nan = O::nan_acc(nan, s);
+        tmax = O::max(tmax, s);
+        O::store(sp, s);
+      }
+    }
+    const vf m_old = O::load(rs.max_log2 + m0);
+    const vf m_new = O::max(m_old, tmax);
+    const vf m_use = O::zero_if_neg_inf(m_new);  // all masked so far: exp2(-inf - 0) = 0
+    const vf a = O::exp2(O::sub(m_old, m_use));
+    vf sum = O::zero();
+    if (m0 == 0) {
+      for (std::int64_t n = 0; n < next.count; ++n) {
+        if (next.maybe_k) prefetch_bytes(next.maybe_k + n * next.k_stride_bytes, next.k_row_bytes);
+        if (next.maybe_v) prefetch_bytes(next.maybe_v + n * next.v_stride_bytes, next.v_row_bytes);
+      }
+    }
+    for (std::int64_t n = 0; n < nk; ++n) {
+      float* sp = st + n * rows_pad + m0;
+      const vf pr = O::exp2(O::sub(O::load(sp), m_use));
+      sum = O::add(sum, pr);
+      O::store(sp, pr);
+    }
+    O::store(rs.sum + m0, O::fma(O::load(rs.sum + m0), a, sum));
+    O::store(rs.max_log2 + m0, m_new);
+    O::store(rs.alpha + m0, a);
+    O::nan_store(rs.nan + m0, nan);
+  }
+}
+
+// ---- the work item -------------------------------------------------------------------------
+
+// One KV head's part of an item: its packed Q, output rows and softmax state.
+struct head_part {
+  float* qbuf;
+  float* obuf;
+  row_state rs;
+};
+
+head_part head_part_at(const tile_config& c, std::byte* scratch, std::int64_t hh) {
+  std::byte* base = scratch + c.head_offset + static_cast<std::size_t>(hh) * c.head_bytes;
+  float* state = reinterpret_cast<float*>(base + c.state_offset);
+  const std::int64_t rp = c.rows_pad;
+  return {reinterpret_cast<float*>(base + c.q_offset), reinterpret_cast<float*>(base + c.o_offset),
+          row_state{state, state + rp, state + 2 * rp, state + 3 * rp, reinterpret_cast<std::int32_t*>(state + 4 * rp),
+                    reinterpret_cast<std::int32_t*>(state + 5 * rp)}};
+}
+
+// Note [Flash head blocks]: an item covers KV heads [hk, hk + hk_count). For each K/V tile the
+// heads run one after another, so in a bshd tensor (heads adjacent within a token) the tile's
+// K/V rows of all heads form one contiguous region read in one sweep; one head per item would
+// instead touch a new page per row. Used for decode-shaped (narrow) items.
+template <class O, class E>
+void run_item_typed(const problem& p, const tile_config& c, const item& it, std::byte* scratch) {
+  using st_t = typename E::storage;
+  constexpr std::int64_t w = O::k_width;
+  const attention_params& a = p.params;
+  const std::int64_t gs = p.group_size, rows = gs * it.q_count, rp = c.rows_pad;
+  const std::int64_t dqk = p.head_dim_qk, dv = p.head_dim_v, bkv = c.block_kv;
+  const std::int64_t b = it.b;
+  const std::int64_t q_start = p.start_q(b), kv_start = p.start_kv(b);
+  const auto* q_src = static_cast<const st_t*>(a.q.data);
+  const auto* k_base = static_cast<const st_t*>(a.k.data) + b * p.k.batch + kv_start * p.k.seq;
+  const auto* v_base = static_cast<const st_t*>(a.v.data) + b * p.v.batch + kv_start * p.v.seq;
+
+  float* kbuf = reinterpret_cast<float*>(scratch + c.k_offset);
+  float* vbuf = reinterpret_cast<float*>(scratch + c.v_offset);
+  float* st = reinterpret_cast<float*>(scratch + c.s_offset);
+  auto* pbuf = reinterpret_cast<std::uint16_t*>(scratch + c.p_offset);
+
+  // Row bands (the same for every head), the union of keys any row sees, and the keys every
+  // row sees.
+  std::int64_t union_lo = it.kv_end, union_hi = it.kv_begin, all_lo = it.kv_begin, all_hi = it.kv_end;
+  const head_part first = head_part_at(c, scratch, 0);
+  for (std::int64_t m = 0; m < rp; ++m) {
+    std::int64_t lo = 0, hi = 0;
+    if (m < rows) {
+      const key_range r = row_keys(p, b, it.q_begin + m / gs);
+      lo = imax(r.lo, it.kv_begin);
+      hi = imax(imin(r.hi, it.kv_end), lo);
+      if (hi > lo) union_lo = imin(union_lo, lo), union_hi = imax(union_hi, hi);
+    }
+    all_lo = imax(all_lo, lo);
+    all_hi = imin(all_hi, hi);
+    first.rs.lo[m] = static_cast<std::int32_t>(lo);
+    first.rs.hi[m] = static_cast<std::int32_t>(hi);
+  }
+
+  // Per head: state, zeroed output rows, packed Q.
+  for (std::int64_t hh = 0; hh < it.hk_count; ++hh) {
+    const head_part hp = head_part_at(c, scratch, hh);
+    const std::int64_t hk = it.hk + hh;
+    for (std::int64_t m = 0; m < rp; ++m) {
+      hp.rs.lo[m] = first.rs.lo[m];
+      hp.rs.hi[m] = first.rs.hi[m];
+      hp.rs.max_log2[m] = k_neg_inf;
+      hp.rs.sum[m] = 0.0f;
+      hp.rs.nan[m] = 0.0f;
+    }
+    for (std::int64_t i = 0; i < rows * c.dv_pad; ++i) hp.obuf[i] = 0.0f;
+    for (std::int64_t m = 0; m < rp; ++m) {
+      const std::int64_t h = hk * gs + m % gs;
+      const st_t* qr = m < rows ? q_src + b * p.q.batch + (q_start + it.q_begin + m / gs) * p.q.seq + h * p.q.head : nullptr;
+      if (c.narrow) {
+        if (qr) pack_row_f32<O, E>(qr, p.q.dim, dqk, c.dqk_pad, hp.qbuf + m * c.dqk_pad);
+      } else if (c.bf16_dot) {
+        if constexpr (E::k_dtype == dtype::bf16) {
+          auto* qp = reinterpret_cast<std::uint16_t*>(hp.qbuf);
+          for (std::int64_t d = 0; d < c.dqk_pad; ++d)
+            qp[((d / 2) * rp + m) * 2 + (d & 1)] = qr && d < dqk ? qr[d * p.q.dim] : std::uint16_t{0};
+        }
+      } else {
+        for (std::int64_t d = 0; d < dqk; ++d) hp.qbuf[d * rp + m] = qr ? to_float<E>(qr[d * p.q.dim]) : 0.0f;
+      }
+    }
+  }
+
+  const bool prepass = a.softcap > 0 || p.maybe_mask != nullptr;
+  const float mult = prepass ? k_log2e : static_cast<float>(p.scale) * k_log2e;
+  const bool k_direct_f32 = E::k_dtype == dtype::f32 && p.k.dim == 1;
+  const bool k_direct_typed = p.k.dim == 1 && dqk % w == 0;
+  const bool k_direct_pairs = E::k_dtype == dtype::bf16 && p.k.dim == 1 && dqk % 2 == 0;
+  const bool v_direct = p.v.dim == 1 && dv % w == 0;
+  const std::int64_t evecs = c.dv_pad / w;
+
+  for (std::int64_t j0 = union_lo; j0 < union_hi; j0 += bkv) {
+    const std::int64_t nk = imin(bkv, union_hi - j0);
+    const bool full = rows == rp && j0 >= all_lo && j0 + nk <= all_hi;
+    // Head-blocked items (Note [Flash head blocks]): the next tile's K and V rows of all the
+    // item's heads form one contiguous span each; prefetch it in slices, one per head, so it
+    // streams in sequentially while this tile's heads run.
+    const bool sweep = it.hk_count > 1 && p.k.dim == 1 && p.v.dim == 1 && j0 + nk < union_hi;
+    const auto k_span = static_cast<std::int64_t>(sizeof(st_t)) * bkv * p.k.seq;
+    const auto v_span = static_cast<std::int64_t>(sizeof(st_t)) * bkv * p.v.seq;
+    for (std::int64_t hh = 0; hh < it.hk_count; ++hh) {
+      const head_part hp = head_part_at(c, scratch, hh);
+      const row_state& rs = hp.rs;
+      const std::int64_t hk = it.hk + hh;
+      const st_t* kt = k_base + hk * p.k.head + j0 * p.k.seq;
+      const st_t* vt = v_base + hk * p.v.head + j0 * p.v.seq;
+      if (sweep) {
+        const char* k_next = reinterpret_cast<const char*>(k_base + it.hk * p.k.head + (j0 + nk) * p.k.seq);
+        const char* v_next = reinterpret_cast<const char*>(v_base + it.hk * p.v.head + (j0 + nk) * p.v.seq);
+        prefetch_bytes(k_next + k_span * hh / it.hk_count, k_span / it.hk_count);
+        prefetch_bytes(v_next + v_span * hh / it.hk_count, v_span / it.hk_count);
+      }
+
+      // S = K·Qᵀ
+      if (c.narrow) {
+        const auto v_stride_bytes = static_cast<std::int64_t>(sizeof(st_t)) * p.v.seq;
+        const std::int64_t v_bytes = p.v.dim == 1 ? static_cast<std::int64_t>(sizeof(st_t)) * dv : 0;
+        if (k_direct_typed && sweep) {
+          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, st, rp, nullptr, 0, 0, false);
+        } else if (k_direct_typed) {
+          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, st, rp, vt, v_stride_bytes, v_bytes);
+        } else {
+          for (std::int64_t n = 0; n < nk; ++n) pack_row_f32<O, E>(kt + n * p.k.seq, p.k.dim, dqk, c.dqk_pad, kbuf + n * c.dqk_pad);
+          qk_narrow<O, e_f32>(hp.qbuf, c.dqk_pad, rows, kbuf, c.dqk_pad, c.dqk_pad, nk, st, rp, vt, v_stride_bytes, v_bytes);
+        }
+      } else if (c.bf16_dot) {
+        if constexpr (O::k_bf16_dot && E::k_dtype == dtype::bf16) {
+          const std::uint16_t* kp = kt;
+          std::int64_t ldk = p.k.seq;
+          if (!k_direct_pairs) {
+            auto* kb = reinterpret_cast<std::uint16_t*>(kbuf);
+            for (std::int64_t n = 0; n < nk; ++n)
+              for (std::int64_t d = 0; d < c.dqk_pad; ++d)
+                kb[n * c.dqk_pad + d] = d < dqk ? kt[n * p.k.seq + d * p.k.dim] : std::uint16_t{0};
+            kp = kb;
+            ldk = c.dqk_pad;
+          }
+          O::qk_bf16(reinterpret_cast<const std::uint16_t*>(hp.qbuf), rp, kp, ldk, c.dqk_pad / 2, nk, st);
+        }
+      } else if (k_direct_f32) {
+        qk_wide<O>(hp.qbuf, rp, reinterpret_cast<const float*>(kt), p.k.seq, dqk, nk, st);
+      } else {
+        for (std::int64_t n = 0; n < nk; ++n) pack_row_f32<O, E>(kt + n * p.k.seq, p.k.dim, dqk, dqk, kbuf + n * dqk);
+        qk_wide<O>(hp.qbuf, rp, kbuf, dqk, dqk, nk, st);
+      }
+
+      // Scale, softcap and mask in natural units (rare features; scalar).
+      if (prepass) {
+        const float scale = static_cast<float>(p.scale), cap = static_cast<float>(a.softcap);
+        for (std::int64_t n = 0; n < nk; ++n) {
+          for (std::int64_t m = 0; m < rows; ++m) {
+            float s = st[n * rp + m] * scale;
+            if (cap > 0) s = cap * __builtin_tanhf(s / cap);
+            if (p.maybe_mask) {
+              const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs, j = j0 + n;
+              const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
+              if (p.mask_dtype == dtype::boolean)
+                s = mv != 0.0f ? s : k_neg_inf;
+              else
+                s += mv;
+            }
+            st[n * rp + m] = s;
+          }
+        }
+      }
+
+      next_rows next;
+      if (!c.narrow && j0 + nk < union_hi) {  // narrow items prefetch inside qk_narrow
+        const auto esize = static_cast<std::int64_t>(sizeof(st_t));
+        next.count = imin(bkv, union_hi - j0 - nk);
+        if (p.k.dim == 1) next.maybe_k = reinterpret_cast<const char*>(kt + nk * p.k.seq);
+        if (p.v.dim == 1) next.maybe_v = reinterpret_cast<const char*>(vt + nk * p.v.seq);
+        next.k_stride_bytes = esize * p.k.seq;
+        next.v_stride_bytes = esize * p.v.seq;
+        next.k_row_bytes = esize * dqk;
+        next.v_row_bytes = esize * dv;
+      }
+      softmax_tile<O>(st, rp, nk, j0, full, mult, rs, next);
+
+      // O = alpha·O + P·V
+      if (c.bf16_dot) {
+        if constexpr (O::k_bf16_dot && E::k_dtype == dtype::bf16) {
+          O::pack_p_pairs(st, rp, nk, pbuf);
+          auto* vp = reinterpret_cast<std::uint16_t*>(vbuf);
+          O::pack_v_pairs(vt, p.v.seq, p.v.dim, nk, dv, c.dv_pad, vp);
+          O::pv_bf16(pbuf, rp, vp, c.dv_pad, (nk + 1) / 2, hp.obuf, c.dv_pad, rs.alpha, rows, evecs);
+        }
+      } else if (v_direct) {
+        pv_all<O, E>(st, rp, vt, p.v.seq, nk, hp.obuf, c.dv_pad, rs.alpha, rows, evecs);
+      } else {
+        for (std::int64_t n = 0; n < nk; ++n) pack_row_f32<O, E>(vt + n * p.v.seq, p.v.dim, dv, c.dv_pad, vbuf + n * c.dv_pad);
+        pv_all<O, e_f32>(st, rp, vbuf, c.dv_pad, nk, hp.obuf, c.dv_pad, rs.alpha, rows, evecs);
+      }
+    }
+  }
+
+  // Finalise: out = O / l, lse = (m + log2 l) · ln 2; NaN rows NaN; rows that saw nothing 0, -inf.
+  for (std::int64_t hh = 0; hh < it.hk_count; ++hh) {
+    const head_part hp = head_part_at(c, scratch, hh);
+    const std::int64_t hk = it.hk + hh;
+    for (std::int64_t m = 0; m < rows; ++m) {
+      const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs;
+      const float l = hp.rs.sum[m];
+      const bool is_nan = hp.rs.nan[m] != 0.0f || l != l;
+      const bool empty = !is_nan && !(l > 0.0f);
+      const float inv = is_nan ? k_nan : empty ? 0.0f : 1.0f / l;
+      const float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
+      const float* orow = hp.obuf + m * c.dv_pad;
+      if (it.maybe_partial_out) {
+        float* po = it.maybe_partial_out + (hh * rows + m) * dv;
+        for (std::int64_t d = 0; d < dv; ++d) po[d] = is_nan ? k_nan : orow[d] * inv;
+        it.maybe_partial_lse[hh * rows + m] = lse;
+        continue;
+      }
+      st_t* out = static_cast<st_t*>(a.out.data) + b * p.out.batch + (q_start + i) * p.out.seq + h * p.out.head;
+      for (std::int64_t d = 0; d < dv; ++d) out[d * p.out.dim] = from_float<E>(is_nan ? k_nan : orow[d] * inv);
+      if (p.maybe_lse) p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (q_start + i) * p.lse_seq_stride] = lse;
+    }
+  }
+}
+
+template <class O>
+void run_item_dispatch(const problem& p, const tile_config& c, const item& it, std::byte* scratch) {
+  switch (p.dtype) {
+    case dtype::f32: run_item_typed<O, e_f32>(p, c, it, scratch); break;
+    case dtype::bf16: run_item_typed<O, e_bf16>(p, c, it, scratch); break;
+    case dtype::f16: run_item_typed<O, e_f16>(p, c, it, scratch); break;
+    default: break;
+  }
+}
+
+}  // namespace
+}  // namespace attend::cpu::flash
