@@ -2,6 +2,9 @@
 // build option that compiles it; user backends are added at run time with registry::add.
 #include "attend/registry.h"
 #include "cpu/backends.h"
+#if defined(ATTEND_HAVE_CUDA)
+#include "cuda/backends.h"
+#endif
 
 namespace attend {
 
@@ -9,6 +12,12 @@ void register_builtin_backends(registry& r) {
   r.add(cpu::make_reference_backend());
   r.add(cpu::make_unfused_backend());
   r.add(cpu::make_flash_backend());
+#if defined(ATTEND_HAVE_CUDA)
+  r.add(cuda::make_flash_cuda_backend());
+#endif
+#if defined(ATTEND_HAVE_CUDNN)
+  r.add(cuda::make_cudnn_backend());
+#endif
 }
 
 }  // namespace attend

@@ -1,0 +1,117 @@
+// flash_cuda: the plain parameter block its kernels receive, the tile configuration shared by the
+// host heuristics and the kernel templates, and the launchers (defined in .cu files).
+//
+// Shapes and strides follow attend::problem (params.h): every tensor is addressed as
+// [batch, seq, head, dim] with 64-bit element strides; varlen tensors have batch stride 0 and seq
+// stepping over packed rows, sequence b starting at cu_seqlens[b] (device memory).
+#pragma once
+
+#include <cstdint>
+
+namespace attend::cuda {
+
+enum class elem : std::uint8_t { f32, f16, bf16 };
+enum class mask_kind : std::uint8_t { none, keep_u8, add_f32, add_f16, add_bf16 };
+
+struct flash_params {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* maybe_lse = nullptr;
+  const void* maybe_mask = nullptr;
+  const std::int32_t* maybe_cu_seqlens_q = nullptr;  // device; null: dense
+  const std::int32_t* maybe_cu_seqlens_kv = nullptr;
+
+  // strides in elements: batch, seq, head, dim
+  std::int64_t q_stride[4]{}, k_stride[4]{}, v_stride[4]{}, out_stride[4]{};
+  std::int64_t lse_batch_stride = 0, lse_head_stride = 0, lse_seq_stride = 0;
+  std::int64_t mask_stride[4]{};  // batch, head, q, kv (0 broadcasts)
+  mask_kind mask = mask_kind::none;
+
+  int batch = 0, seqlen_q = 0, seqlen_kv = 0;  // varlen: max over sequences
+  int num_heads_q = 0, num_heads_kv = 0, group_size = 1;
+  int head_dim_qk = 0, head_dim_v = 0;
+  float scale = 1.0f;
+  float softcap = 0.0f;        // 0: off
+  bool causal = false;
+  bool bottom_right = false;
+  std::int64_t window_left = -1, window_right = -1;  // -1: unbounded
+
+  // Tile loads may use 16-byte cp.async when the tensor's dim stride is 1 and its base and other
+  // strides are 16-byte aligned; otherwise they gather element by element (still tensor cores).
+  bool q_vec = false, k_vec = false, v_vec = false;
+  // The output (bf16/f16, not split partials) is stored in 16-byte vectors under the same rule.
+  bool out_vec = false;
+
+  // Split-KV (Note [Split KV]): num_splits > 1 writes fp32 partials to the workspace and a second
+  // kernel merges them by LSE.
+  int num_splits = 1;
+  float* maybe_partial_out = nullptr;  // [splits, B, Hq, Sq, Dv]
+  float* maybe_partial_lse = nullptr;  // [splits, B, Hq, Sq]
+};
+
+// Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
+// one (batch, query head); each warp owns block_m / warps consecutive rows (one or two m16 row
+// blocks of mma.m16n8k16) and the CTA walks the visible key tiles of flash_block_n(width) keys, K
+// and V double-buffered in shared memory. Head dims are padded up to the instantiated width (64,
+// 128, 256). The numbers below were measured on an H100 by bench/flash_tune.cu (scripts/gpu-check
+// tune; bench/RESULTS.md). The register budget per thread is the O accumulator (rows_per_warp x
+// width / 32 floats), the S tile (rows_per_warp x block_n / 32 floats) and, when they fit, the Q
+// fragments (half of O's count), under the 255-register cap.
+constexpr int flash_warps(int width) {
+  (void)width;
+  return 4;  // why: 4 warps x 2 CTAs per SM; with 32 rows per warp every K/V fragment read from
+             // shared memory feeds two m16 MMAs, half the shared-memory traffic per MMA of 16-row
+             // warps. 8 warps x 16 rows measured 129-166 against 181-228 TFLOP/s (H100, bf16).
+}
+constexpr int flash_block_m(int width) {
+  // why: 128 rows = 32 per warp where O (32 x width / 32 = width floats per thread) fits the
+  // 255-register cap; at width 256 O alone is 256 floats at 32 rows, so 16 rows per warp.
+  return width <= 128 ? 128 : 64;
+}
+constexpr int flash_block_n(int width) {
+  // why: registers. S costs rows_per_warp x block_n / 32 floats per thread beside O's width floats.
+  // Width 64: 64 keys (S 64 + O 64 + Q 32) fit without spills; 128 keys spill (H100, bf16:
+  // 187-216 vs 239-271 TFLOP/s). Width 128: 64 keys (S 64 + O 128) spill ~100 words per thread;
+  // 32 keys measured 234-256 vs 193-224 TFLOP/s, causal and not. Width 256 (16 rows per warp, O
+  // 128): 32 keys. Shared memory: (128 + 4 x 64) x 128 B = 48 KB (width 64), (128 + 4 x 32) x
+  // 256 B = 64 KB (width 128), (64 + 4 x 32) x 512 B = 96 KB (width 256): two CTAs per SM fit.
+  return width <= 64 ? 64 : 32;
+}
+constexpr int flash_rows_per_warp(int width) { return flash_block_m(width) / flash_warps(width); }
+// Whether the warp keeps its Q fragments in registers for the whole key loop (instead of reading
+// them from shared memory every key tile).
+constexpr bool flash_q_in_registers(int width, int rows_per_warp, int block_n) {
+  // why: Q costs rows x width / 64 registers; beside O (rows x width / 32) and S (rows x block_n /
+  // 32) the total must leave ~50 of the 255 registers for addresses, softmax state and fragments,
+  // or the kernel spills. Width 64 at 32 rows: 32 + 64 + 64 = 160, kept; width 128: 256, not.
+  return rows_per_warp * width / 64 + rows_per_warp * width / 32 + rows_per_warp * block_n / 32 <= 200;
+}
+// Whether the kernel skips the k-steps of zero padding (head dim below the width) by a run-time
+// branch, or computes them on zeros.
+constexpr bool flash_skip_padded_steps(int width) {
+  // why: the branch splits the unrolled MMA chain into basic blocks (ptxas cannot hoist the next
+  // step's ldmatrix across it), which costs the common unpadded case: on H100 (bf16, unpadded)
+  // width 64 ran 239-271 TFLOP/s without it and 180-198 with it; width 128 was within +-5%
+  // either way. At width 256 the padding can be up to 120 of 256 dims, so the skip stays there.
+  return width > 128;
+}
+constexpr int flash_smem_bytes_for(int width, int block_m, int block_n) { return (block_m + 4 * block_n) * width * 2; }
+constexpr int flash_smem_bytes(int width) { return flash_smem_bytes_for(width, flash_block_m(width), flash_block_n(width)); }
+constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
+
+// Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.
+// One definition per (elem, width) row of flash_kernels.txt.
+template <elem E, int Width>
+void launch_flash_tc(const flash_params& p, void* stream);
+// The same kernel at an explicit tile shape (bench/flash_tune.cu compares shapes with it; the
+// backend uses only launch_flash_tc, i.e. the constexpr functions above).
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
+void launch_flash_tc_tile(const flash_params& p, void* stream);
+// fp32 (and any dtype) by a scalar fp32 path: one warp per query row.
+void launch_flash_generic(elem e, const flash_params& p, void* stream);
+// Merges split-KV partials into out / lse.
+void launch_flash_combine(elem e, const flash_params& p, void* stream);
+
+}  // namespace attend::cuda

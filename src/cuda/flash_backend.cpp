@@ -1,0 +1,227 @@
+// Backend `flash_cuda`: host side. Turns the validated problem into flash_params, picks the path
+// (tensor cores for f16/bf16 at an instantiated width, the scalar fp32 kernel otherwise), plans
+// the split-KV workspace and launches on the caller's stream.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "attend/backend.h"
+#include "cuda/backends.h"
+#include "cuda/cuda_check.h"
+#include "cuda/flash.h"
+
+namespace attend::cuda {
+namespace {
+
+struct tc_entry {
+  elem e;
+  int width;
+  void (*launch)(const flash_params&, void*);
+};
+// The rows of flash_kernels.txt (generated header), so dispatch and instantiation cannot drift.
+constexpr tc_entry k_tc_table[] = {
+#define ATTEND_FLASH_ROW(E, W) {elem::E, W, &launch_flash_tc<elem::E, W>},
+#include "cuda/flash_dispatch.inc"
+#undef ATTEND_FLASH_ROW
+};
+
+elem elem_of(dtype t) { return t == dtype::f16 ? elem::f16 : t == dtype::bf16 ? elem::bf16 : elem::f32; }
+
+// The narrowest instantiated width covering both head dims, or nullptr (scalar path). Dispatch
+// decision: every feature (masks, windows, softcap, GQA, varlen, LSE, head_dim_v != head_dim_qk,
+// any strides, split-KV) runs on the tensor-core kernel; masks and softcap take its per-element
+// score path (flash_tc.cuh), causal/window edges its band-only path. Only fp32 inputs take the
+// scalar kernel (flash_generic.cu): mma.sync has no fp32 operands, and tf32 would not be exact
+// fp32 arithmetic.
+const tc_entry* tc_kernel_for(const problem& p) {
+  if (p.dtype == dtype::f32) return nullptr;
+  const tc_entry* best = nullptr;
+  for (const tc_entry& e : k_tc_table)
+    if (e.e == elem_of(p.dtype) && e.width >= std::max(p.head_dim_qk, p.head_dim_v) && (!best || e.width < best->width))
+      best = &e;
+  return best;
+}
+
+int sm_count(int index) {
+  static std::array<std::atomic<int>, 64> cache{};
+  auto& slot = cache[static_cast<std::size_t>(index) % cache.size()];
+  int n = slot.load();
+  if (n == 0) {
+    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, index));
+    slot.store(n);
+  }
+  return n;
+}
+
+// Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
+// loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
+// each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
+int num_splits(const problem& p, const tc_entry* kernel, int sms) {
+  if (kernel == nullptr || p.seqlen_q == 0) return 1;
+  const std::int64_t bm = flash_block_m(kernel->width), bn = flash_block_n(kernel->width);
+  const std::int64_t ctas = p.batch * p.num_heads_q * ((p.seqlen_q + bm - 1) / bm);
+  const std::int64_t kv_tiles = (p.seqlen_kv + bn - 1) / bn;
+  constexpr std::int64_t waves = 8;          // why: enough CTAs that the last partial wave costs little
+  constexpr std::int64_t ctas_per_sm = 2;    // why: registers and shared memory allow 2 CTAs per SM
+                                             // (Note [Tile sizes])
+  constexpr std::int64_t min_tiles = 8;      // why: each split must stream enough keys to amortise its
+                                             // Q load and the merge
+  constexpr std::int64_t max_splits = 64;    // why: bounds the workspace and the merge's loop
+  const std::int64_t target = waves * ctas_per_sm * sms;
+  if (ctas >= target / 4 || kv_tiles < 2 * min_tiles) return 1;
+  const std::int64_t grid_z_room = 65535 / std::max<std::int64_t>(p.batch, 1);  // gridDim.z = B * splits
+  const std::int64_t splits = std::min({(target + ctas - 1) / ctas, kv_tiles / min_tiles, max_splits, grid_z_room});
+  return static_cast<int>(std::max<std::int64_t>(splits, 1));
+}
+
+std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+struct workspace_plan {
+  int splits = 1;
+  std::size_t out_bytes = 0, lse_bytes = 0;
+  std::size_t total() const { return splits > 1 ? out_bytes + lse_bytes : 0; }
+};
+workspace_plan plan_workspace(const problem& p, const tc_entry* kernel) {
+  workspace_plan w;
+  w.splits = num_splits(p, kernel, kernel ? sm_count(p.device.index) : 1);
+  const auto rows = static_cast<std::size_t>(w.splits) * static_cast<std::size_t>(p.batch * p.num_heads_q * p.seqlen_q);
+  w.out_bytes = round_up(rows * static_cast<std::size_t>(p.head_dim_v) * sizeof(float), 256);
+  w.lse_bytes = round_up(rows * sizeof(float), 256);
+  return w;
+}
+
+bool vectorizable(const void* data, const strides_bshd& s) {
+  return s.dim == 1 && reinterpret_cast<std::uintptr_t>(data) % 16 == 0 && s.batch % 8 == 0 && s.seq % 8 == 0 &&
+         s.head % 8 == 0;
+}
+
+void copy_strides(std::int64_t (&dst)[4], const strides_bshd& s) {
+  dst[0] = s.batch;
+  dst[1] = s.seq;
+  dst[2] = s.head;
+  dst[3] = s.dim;
+}
+
+class flash_cuda_backend final : public backend {
+ public:
+  flash_cuda_backend() {
+    traits_.description =
+        "fused FlashAttention-2-style forward on tensor cores (mma.sync bf16/f16, fp32 accumulation; fp32 by a "
+        "scalar path), split-KV for decode";
+    traits_.devices = {device_kind::cuda};
+    traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
+    traits_.features = feature_set::all();
+    traits_.min_head_dim = 8;
+    traits_.max_head_dim = 256;
+    traits_.head_dim_multiple = 8;
+    traits_.priority = 100;
+  }
+  std::string_view name() const override { return "flash_cuda"; }
+  const backend_traits& traits() const override { return traits_; }
+  memory_resource* memory_for(device d) const override {
+    return d.kind == device_kind::cuda ? &device_memory(d.index) : nullptr;
+  }
+
+  std::size_t workspace_bytes(const problem& p, int num_threads) const override {
+    (void)num_threads;
+    return plan_workspace(p, tc_kernel_for(p)).total();
+  }
+
+  void run(const problem& pr, const run_context& ctx) const override {
+    if (pr.batch == 0 || pr.seqlen_q == 0 || pr.num_heads_q == 0) return;
+    const device_guard guard(pr.device.index);
+    const tc_entry* kernel = tc_kernel_for(pr);
+    const workspace_plan plan = plan_workspace(pr, kernel);
+    flash_params p = to_params(pr);
+    if (plan.splits > 1) {
+      if (ctx.workspace.size() < plan.total())
+        throw invalid_argument("flash_cuda: workspace of " + std::to_string(ctx.workspace.size()) + " bytes, needs " +
+                               std::to_string(plan.total()));
+      p.num_splits = plan.splits;
+      p.maybe_partial_out = reinterpret_cast<float*>(ctx.workspace.data());
+      p.maybe_partial_lse = reinterpret_cast<float*>(ctx.workspace.data() + plan.out_bytes);
+    }
+    if (kernel) {
+      kernel->launch(p, ctx.maybe_cuda_stream);
+      if (p.num_splits > 1) launch_flash_combine(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
+    } else {
+      launch_flash_generic(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
+    }
+  }
+
+ protected:
+  bool check_limits(const problem& p, diagnostics& diag) const override {
+    if (const std::string why = device_unusable_reason(p.device.index); !why.empty()) diag.reject(why);
+    constexpr std::int64_t int_max = std::numeric_limits<int>::max();
+    if (p.seqlen_q > int_max || p.seqlen_kv > int_max || p.num_heads_q > 65535 || p.batch > 65535)
+      diag.reject("sequence lengths must fit int32, heads and batch <= 65535 (grid limits); got Sq=" +
+                  std::to_string(p.seqlen_q) + " Skv=" + std::to_string(p.seqlen_kv) + " Hq=" +
+                  std::to_string(p.num_heads_q) + " B=" + std::to_string(p.batch));
+    return diag.ok();
+  }
+
+ private:
+  static flash_params to_params(const problem& pr) {
+    const attention_params& a = pr.params;
+    flash_params p;
+    p.q = a.q.data;
+    p.k = a.k.data;
+    p.v = a.v.data;
+    p.out = a.out.data;
+    p.maybe_lse = pr.maybe_lse;
+    p.maybe_mask = pr.maybe_mask;
+    p.maybe_cu_seqlens_q = pr.maybe_cu_seqlens_q;
+    p.maybe_cu_seqlens_kv = pr.maybe_cu_seqlens_kv;
+    copy_strides(p.q_stride, pr.q);
+    copy_strides(p.k_stride, pr.k);
+    copy_strides(p.v_stride, pr.v);
+    copy_strides(p.out_stride, pr.out);
+    p.lse_batch_stride = pr.lse_batch_stride;
+    p.lse_head_stride = pr.lse_head_stride;
+    p.lse_seq_stride = pr.lse_seq_stride;
+    p.mask_stride[0] = pr.mask.batch;
+    p.mask_stride[1] = pr.mask.head;
+    p.mask_stride[2] = pr.mask.q;
+    p.mask_stride[3] = pr.mask.kv;
+    if (pr.maybe_mask) {
+      switch (pr.mask_dtype) {
+        case dtype::boolean: p.mask = mask_kind::keep_u8; break;
+        case dtype::f16: p.mask = mask_kind::add_f16; break;
+        case dtype::bf16: p.mask = mask_kind::add_bf16; break;
+        default: p.mask = mask_kind::add_f32; break;
+      }
+    }
+    p.batch = static_cast<int>(pr.batch);
+    p.seqlen_q = static_cast<int>(pr.seqlen_q);
+    p.seqlen_kv = static_cast<int>(pr.seqlen_kv);
+    p.num_heads_q = static_cast<int>(pr.num_heads_q);
+    p.num_heads_kv = static_cast<int>(pr.num_heads_kv);
+    p.group_size = static_cast<int>(pr.group_size);
+    p.head_dim_qk = static_cast<int>(pr.head_dim_qk);
+    p.head_dim_v = static_cast<int>(pr.head_dim_v);
+    p.scale = static_cast<float>(pr.scale);
+    p.softcap = static_cast<float>(a.softcap);
+    p.causal = a.causal;
+    p.bottom_right = a.alignment == alignment::bottom_right;
+    p.window_left = a.window_left;
+    p.window_right = a.window_right;
+    p.q_vec = vectorizable(a.q.data, pr.q);
+    p.k_vec = vectorizable(a.k.data, pr.k);
+    p.v_vec = vectorizable(a.v.data, pr.v);
+    p.out_vec = vectorizable(a.out.data, pr.out);
+    return p;
+  }
+
+  backend_traits traits_;
+};
+
+}  // namespace
+
+std::shared_ptr<const backend> make_flash_cuda_backend() { return std::make_shared<flash_cuda_backend>(); }
+
+}  // namespace attend::cuda

@@ -1,0 +1,86 @@
+// Device helpers shared by the flash_cuda kernels: element conversion, sequence bounds (dense or
+// varlen), the visible-key band (Note [Causal alignment] in attend/params.h) and score
+// post-processing (Note [Score pipeline]).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "cuda/flash.h"
+
+namespace attend::cuda {
+
+template <elem E> struct elem_traits;
+template <> struct elem_traits<elem::f32> { using type = float; };
+template <> struct elem_traits<elem::f16> { using type = __half; };
+template <> struct elem_traits<elem::bf16> { using type = __nv_bfloat16; };
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+inline constexpr float k_neg_inf = -__builtin_huge_valf();
+inline constexpr float k_log2e = 1.4426950408889634f;
+inline constexpr float k_ln2 = 0.6931471805599453f;
+
+// Where sequence b lives: first packed row and length, for q and kv.
+struct seq_bounds {
+  std::int64_t start_q = 0, start_kv = 0;
+  int len_q = 0, len_kv = 0;
+};
+__device__ __forceinline__ seq_bounds bounds_of(const flash_params& p, int b) {
+  seq_bounds s;
+  if (p.maybe_cu_seqlens_q) {
+    s.start_q = p.maybe_cu_seqlens_q[b];
+    s.len_q = p.maybe_cu_seqlens_q[b + 1] - p.maybe_cu_seqlens_q[b];
+    s.start_kv = p.maybe_cu_seqlens_kv[b];
+    s.len_kv = p.maybe_cu_seqlens_kv[b + 1] - p.maybe_cu_seqlens_kv[b];
+  } else {
+    s.len_q = p.seqlen_q;
+    s.len_kv = p.seqlen_kv;
+  }
+  return s;
+}
+
+// Visible keys [lo, hi) of query row i (local position); hi <= lo: none.
+struct band {
+  std::int64_t lo, hi;
+};
+__device__ __forceinline__ band visible(const flash_params& p, std::int64_t i, int len_q, int len_kv) {
+  const std::int64_t diag = i + (p.bottom_right ? static_cast<std::int64_t>(len_kv) - len_q : 0);
+  const std::int64_t right = p.causal ? 0 : p.window_right;
+  band r{0, len_kv};
+  if (p.window_left >= 0 && diag - p.window_left > r.lo) r.lo = diag - p.window_left;
+  if (right >= 0 && diag + right + 1 < r.hi) r.hi = diag + right + 1;
+  if (r.hi < r.lo) r.hi = r.lo;
+  return r;
+}
+
+// Mask value of (b, h, i, j): additive term, or -inf for a false keep-mask entry.
+__device__ __forceinline__ float mask_term(const flash_params& p, int b, int h, std::int64_t i, std::int64_t j) {
+  const std::int64_t o = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
+  switch (p.mask) {
+    case mask_kind::keep_u8: return static_cast<const std::uint8_t*>(p.maybe_mask)[o] != 0 ? 0.0f : k_neg_inf;
+    case mask_kind::add_f32: return static_cast<const float*>(p.maybe_mask)[o];
+    case mask_kind::add_f16: return __half2float(static_cast<const __half*>(p.maybe_mask)[o]);
+    case mask_kind::add_bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p.maybe_mask)[o]);
+    case mask_kind::none: break;
+  }
+  return 0.0f;
+}
+
+// Score of a visible pair from the raw dot product, natural-log units.
+__device__ __forceinline__ float score_of(const flash_params& p, float dot, int b, int h, std::int64_t i, std::int64_t j) {
+  float s = dot * p.scale;
+  if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+  if (p.mask != mask_kind::none) s += mask_term(p, b, h, i, j);
+  return s;
+}
+
+}  // namespace attend::cuda

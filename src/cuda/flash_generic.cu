@@ -1,0 +1,160 @@
+// flash_cuda's scalar paths: the fp32 kernel (exact fp32 arithmetic, any strides; one warp per
+// query row, online softmax over chunks of 32 keys) and the split-KV merge (Note [Split KV]).
+#include <cuda_runtime.h>
+
+#include "cuda/cuda_check.h"
+#include "cuda/flash_common.cuh"
+
+namespace attend::cuda {
+namespace {
+
+constexpr int k_rows_per_block = 4;  // why: one warp per row; 4 warps keep a CTA small enough that
+                                     // short sequences still spread over every SM.
+constexpr int k_max_dim_per_lane = 8;  // head dims up to 256 = 8 values per lane
+
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(k_rows_per_block * 32) flash_generic_kernel(const flash_params p) {
+  __shared__ float s_q[k_rows_per_block][256];
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const seq_bounds sb = bounds_of(p, b);
+  const int i = static_cast<int>(blockIdx.x) * k_rows_per_block + warp;
+  if (i >= sb.len_q) return;  // warp-uniform; only warp-level synchronisation follows
+  const int hk = h / p.group_size;
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + (sb.start_q + i) * p.q_stride[1] + h * p.q_stride[2];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + sb.start_kv * p.k_stride[1] + hk * p.k_stride[2];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + sb.start_kv * p.v_stride[1] + hk * p.v_stride[2];
+  for (int d = lane; d < p.head_dim_qk; d += 32) s_q[warp][d] = to_float(q[d * p.q_stride[3]]);
+  __syncwarp();
+
+  const band vis = visible(p, i, sb.len_q, sb.len_kv);
+  float m = k_neg_inf, l = 0.0f;
+  float o[k_max_dim_per_lane];
+#pragma unroll
+  for (int r = 0; r < k_max_dim_per_lane; ++r) o[r] = 0.0f;
+  for (std::int64_t j0 = vis.lo; j0 < vis.hi; j0 += 32) {
+    const std::int64_t j = j0 + lane;
+    float s = k_neg_inf;
+    if (j < vis.hi) {
+      const T* kr = k + j * p.k_stride[1];
+      float dot = 0.0f;
+      for (int d = 0; d < p.head_dim_qk; ++d) dot = fmaf(s_q[warp][d], to_float(kr[d * p.k_stride[3]]), dot);
+      s = score_of(p, dot, b, h, i, j);
+    }
+    const float m_new = fmaxf(m, warp_max(s));
+    const float m_use = m_new == k_neg_inf ? 0.0f : m_new;
+    const float alpha = expf(m - m_use);
+    const float pj = expf(s - m_use);
+    l = l * alpha + warp_sum(pj);
+#pragma unroll
+    for (int r = 0; r < k_max_dim_per_lane; ++r) o[r] *= alpha;
+    const int n = static_cast<int>(vis.hi - j0 < 32 ? vis.hi - j0 : 32);
+    for (int t = 0; t < n; ++t) {
+      const float pt = __shfl_sync(0xffffffffu, pj, t);
+      if (pt == 0.0f) continue;  // like the reference: a key of weight 0 contributes nothing
+      const T* vr = v + (j0 + t) * p.v_stride[1];
+#pragma unroll
+      for (int r = 0; r < k_max_dim_per_lane; ++r) {
+        const int d = lane + 32 * r;
+        if (d < p.head_dim_v) o[r] = fmaf(pt, to_float(vr[d * p.v_stride[3]]), o[r]);
+      }
+    }
+    m = m_new;
+  }
+  const float inv = l == 0.0f ? 0.0f : 1.0f / l;
+  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + i) * p.out_stride[1] + h * p.out_stride[2];
+#pragma unroll
+  for (int r = 0; r < k_max_dim_per_lane; ++r) {
+    const int d = lane + 32 * r;
+    if (d < p.head_dim_v) out[d * p.out_stride[3]] = from_float<T>(o[r] * inv);
+  }
+  if (p.maybe_lse && lane == 0)
+    p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] =
+        l == 0.0f ? k_neg_inf : m + logf(l);
+}
+
+// Note [Split KV]: split s of row (b, h, i) wrote its normalised output o_s and lse_s. The merge:
+// L = log Σ exp(lse_s), out = Σ exp(lse_s - L) o_s. All splits empty: out 0, lse -inf; any NaN
+// partial makes the row NaN.
+template <typename T>
+__global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(const flash_params p) {
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const seq_bounds sb = bounds_of(p, b);
+  const int i = static_cast<int>(blockIdx.x) * k_rows_per_block + warp;
+  if (i >= sb.len_q) return;
+  const std::int64_t split_rows = static_cast<std::int64_t>(p.batch) * p.num_heads_q * p.seqlen_q;
+  const std::int64_t row = (static_cast<std::int64_t>(b) * p.num_heads_q + h) * p.seqlen_q + i;
+  float lmax = k_neg_inf;
+  bool nan = false;
+  for (int s = 0; s < p.num_splits; ++s) {
+    const float x = p.maybe_partial_lse[s * split_rows + row];
+    nan = nan || isnan(x);
+    lmax = fmaxf(lmax, x);
+  }
+  float total_lse;
+  if (nan) {
+    total_lse = __int_as_float(0x7fc00000);
+  } else if (lmax == k_neg_inf) {
+    total_lse = k_neg_inf;
+  } else {
+    float sum = 0.0f;
+    for (int s = 0; s < p.num_splits; ++s) sum += expf(p.maybe_partial_lse[s * split_rows + row] - lmax);
+    total_lse = lmax + logf(sum);
+  }
+  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + i) * p.out_stride[1] + h * p.out_stride[2];
+  for (int d = lane; d < p.head_dim_v; d += 32) {
+    float acc = 0.0f;
+    if (nan) {
+      acc = total_lse;
+    } else if (total_lse != k_neg_inf) {
+      for (int s = 0; s < p.num_splits; ++s) {
+        const float w = expf(p.maybe_partial_lse[s * split_rows + row] - total_lse);
+        if (w != 0.0f) acc = fmaf(w, p.maybe_partial_out[(s * split_rows + row) * p.head_dim_v + d], acc);
+      }
+    }
+    out[d * p.out_stride[3]] = from_float<T>(acc);
+  }
+  if (p.maybe_lse && lane == 0)
+    p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = total_lse;
+}
+
+dim3 row_grid(const flash_params& p) {
+  return dim3(static_cast<unsigned>((p.seqlen_q + k_rows_per_block - 1) / k_rows_per_block),
+              static_cast<unsigned>(p.num_heads_q), static_cast<unsigned>(p.batch));
+}
+
+}  // namespace
+
+void launch_flash_generic(elem e, const flash_params& p, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (e) {
+    case elem::f32: flash_generic_kernel<float><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+    case elem::f16: flash_generic_kernel<__half><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+    case elem::bf16: flash_generic_kernel<__nv_bfloat16><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+  }
+  ATTEND_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_flash_combine(elem e, const flash_params& p, void* stream) {
+  const auto s = static_cast<cudaStream_t>(stream);
+  switch (e) {
+    case elem::f32: flash_combine_kernel<float><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+    case elem::f16: flash_combine_kernel<__half><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+    case elem::bf16: flash_combine_kernel<__nv_bfloat16><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
+  }
+  ATTEND_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace attend::cuda

@@ -1,0 +1,444 @@
+// flash_cuda tensor-core kernel (FlashAttention-2 style forward), one template per (dtype, width)
+// at the tile shape of Note [Tile sizes] (flash.h). Instantiated only by the translation units
+// generated from flash_kernels.txt (and, at other tile shapes, by bench/flash_tune.cu).
+//
+// One CTA: block_m query rows of one (batch, query head); warp w owns rows
+// [w * rows_per_warp, (w + 1) * rows_per_warp), one or two m16 row blocks. Each visible key tile
+// of block_n keys: S = Q K^T by mma.m16n8k16 (fp32 accumulation; each K fragment feeds every row
+// block of the warp), mask/band/softcap only where the tile is not fully visible, online softmax
+// in registers in log2 units with ex2.approx, O += P V with P taken straight from the S
+// accumulators as the A operand (rounded to the input dtype). K and V tiles are double-buffered
+// through 16-byte cp.async; shared-memory rows are XOR-swizzled in 16-byte chunks so ldmatrix
+// reads of 8 rows hit 8 different bank groups. Q fragments stay in registers for the whole key
+// loop where they fit (flash_q_in_registers). The output is staged through the warp's own rows of
+// the Q tile and stored in 16-byte coalesced vectors. Head dims below the width are zero-filled in
+// shared memory, so the padded k-steps add zeros; SkipPadded (flash_skip_padded_steps) skips them
+// at run time instead, at the price of splitting the unrolled MMA chain into basic blocks.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "cuda/flash_common.cuh"
+
+namespace attend::cuda {
+namespace tc {
+
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(std::uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_addr(p)));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)[4], std::uint32_t b0, std::uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = +0, NaN stays NaN). Its ~2 ulp error
+// is far below the bf16/f16 rounding that P gets before the second MMA.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
+}
+
+// Element (row, chunk) of a swizzled [rows][Width] tile: chunk c of row r lives at c ^ (r & 7).
+template <int Width, typename T>
+__device__ __forceinline__ T* tile_at(T* tile, int row, int chunk) {
+  return tile + row * Width + ((chunk ^ (row & 7)) << 3);
+}
+
+// Loads rows [0, Rows) x [0, Width) of a [seq, dim] matrix into a swizzled tile. Thread x owns
+// chunk x % chunks of rows x / chunks + k * (Threads / chunks): one running source pointer, so no
+// per-chunk 64-bit addresses stay live across the key loop. Rows at or past `rows_valid` and dims
+// at or past `dim` are zero (so padded lanes add nothing and no stale NaN reaches the tensor cores).
+template <int Rows, int Width, int Threads, typename T>
+__device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_stride, std::int64_t dim_stride,
+                                          int rows_valid, int dim, bool vec) {
+  constexpr int chunks = Width / 8;
+  static_assert(Threads % chunks == 0 && Rows % (Threads / chunks) == 0, "every thread loads whole rows' chunks");
+  constexpr int rows_step = Threads / chunks;
+  const int r0 = static_cast<int>(threadIdx.x) / chunks, ch = static_cast<int>(threadIdx.x) % chunks;
+  const bool dim_ok = ch * 8 < dim;
+  const T* src = g + r0 * row_stride + static_cast<std::int64_t>(ch) * 8 * dim_stride;
+  const std::int64_t src_step = rows_step * row_stride;
+#pragma unroll
+  for (int it = 0; it < Rows / rows_step; ++it, src += src_step) {
+    const int r = r0 + it * rows_step;
+    T* dst = tile_at<Width>(tile, r, ch);
+    if (r < rows_valid && dim_ok) {
+      if (vec) {
+        cp_async16(dst, src);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = src[e * dim_stride];
+      }
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+}  // namespace tc
+
+// Note [CTA order]: blockIdx.x walks the row blocks of one (head, batch) from the last to the
+// first. Under causal masking the last row block sees the most keys, so the longest CTAs start
+// first and the short ones fill the tail of the last wave; neighbouring CTAs share K/V in L2
+// either way.
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
+__global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
+  using T = typename elem_traits<E>::type;
+  constexpr int threads = Warps * 32;
+  constexpr int rows = BlockM / Warps;  // per warp
+  constexpr int mb_count = rows / 16;
+  constexpr int nb_count = BlockN / 8;
+  constexpr int kq_count = Width / 16;
+  constexpr int nd_count = Width / 8;
+  constexpr bool q_regs = flash_q_in_registers(Width, rows, BlockN);
+  static_assert(Width % 64 == 0, "the swizzle needs at least 8 chunks of 16 bytes per row");
+  static_assert(BlockN % 16 == 0 && rows % 16 == 0 && (mb_count == 1 || mb_count == 2), "tile shape");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* s_q = reinterpret_cast<T*>(smem_raw);
+  T* s_k = s_q + BlockM * Width;        // 2 stages
+  T* s_v = s_k + 2 * BlockN * Width;    // 2 stages
+
+  const int h = static_cast<int>(blockIdx.y);
+  const int b = static_cast<int>(blockIdx.z) / p.num_splits, split = static_cast<int>(blockIdx.z) % p.num_splits;
+  const seq_bounds sb = bounds_of(p, b);
+  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BlockM;  // Note [CTA order]
+  if (m0 >= sb.len_q) return;  // varlen: this sequence is shorter than max_seqlen_q
+  const int hk = h / p.group_size;
+  const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp_row0 = warp * rows;                      // first row of this warp within the CTA
+  const bool warp_live = m0 + warp_row0 < sb.len_q;       // warp-uniform: has at least one real row
+
+  // Visible key tiles of the CTA's rows: bands are monotone in the row (Note [Causal alignment]).
+  const int m_last = min(m0 + BlockM, sb.len_q) - 1;
+  const band first = visible(p, m0, sb.len_q, sb.len_kv), last = visible(p, m_last, sb.len_q, sb.len_kv);
+  const std::int64_t key_lo = first.lo, key_hi = last.hi;
+  int t_begin = 0, t_end = 0;
+  if (key_hi > key_lo) {
+    t_begin = static_cast<int>(key_lo / BlockN);
+    t_end = static_cast<int>((key_hi + BlockN - 1) / BlockN);
+  }
+  if (p.num_splits > 1) {  // Note [Split KV]: contiguous ranges of tiles per split
+    const int per = (t_end - t_begin + p.num_splits - 1) / p.num_splits;
+    t_begin = min(t_end, t_begin + split * per);
+    t_end = min(t_end, t_begin + per);
+  }
+  // A tile [n0, n0 + block_n) needs no per-element test when every row sees all of it.
+  // (Bands lie within [0, len_kv], so these bounds and key positions fit int32.)
+  const int full_lo = static_cast<int>(last.lo), full_hi = static_cast<int>(first.hi);
+
+  const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + (sb.start_q + m0) * p.q_stride[1] + h * p.q_stride[2];
+  const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + sb.start_kv * p.k_stride[1] + hk * p.k_stride[2];
+  const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + sb.start_kv * p.v_stride[1] + hk * p.v_stride[2];
+
+  tc::load_tile<BlockM, Width, threads>(s_q, q, p.q_stride[1], p.q_stride[3], sb.len_q - m0, p.head_dim_qk, p.q_vec);
+  auto load_kv = [&](int t, int stage) {
+    const std::int64_t n0 = static_cast<std::int64_t>(t) * BlockN;
+    const int valid = static_cast<int>(sb.len_kv - n0);
+    tc::load_tile<BlockN, Width, threads>(s_k + stage * BlockN * Width, k + n0 * p.k_stride[1], p.k_stride[1],
+                                          p.k_stride[3], valid, p.head_dim_qk, p.k_vec);
+    tc::load_tile<BlockN, Width, threads>(s_v + stage * BlockN * Width, v + n0 * p.v_stride[1], p.v_stride[1],
+                                          p.v_stride[3], valid, p.head_dim_v, p.v_vec);
+  };
+  if (t_begin < t_end) load_kv(t_begin, 0);
+  tc::cp_async_commit();
+
+  float o[mb_count][nd_count][4];
+#pragma unroll
+  for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+    for (int nd = 0; nd < nd_count; ++nd) o[mb][nd][0] = o[mb][nd][1] = o[mb][nd][2] = o[mb][nd][3] = 0.0f;
+  float row_m[mb_count][2], row_l[mb_count][2];
+#pragma unroll
+  for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
+  std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
+  const bool extras = p.softcap > 0.0f || p.mask != mask_kind::none;
+  const float scale_log2 = p.scale * k_log2e;
+  const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
+  const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
+  // Keys any row of this warp sees (bands are monotone in the row): a tile outside them is skipped
+  // by the warp, e.g. the upper half of a causal diagonal tile pair for the CTA's first warps.
+  const int warp_row_last = min(m0 + warp_row0 + rows, sb.len_q) - 1;
+  const int warp_key_lo = static_cast<int>(visible(p, m0 + warp_row0, sb.len_q, sb.len_kv).lo);
+  const int warp_key_hi = static_cast<int>(visible(p, warp_row_last, sb.len_q, sb.len_kv).hi);
+
+  for (int t = t_begin; t < t_end; ++t) {
+    tc::cp_async_wait_all();
+    __syncthreads();  // tile t (and Q) is in shared memory; every warp is done with tile t - 1's stage
+    const int stage = (t - t_begin) & 1;
+    if (t + 1 < t_end) load_kv(t + 1, stage ^ 1);
+    tc::cp_async_commit();
+    if (!warp_live) continue;  // rows past the sequence (decode, short varlen): loads only
+    const T* c_k = s_k + stage * BlockN * Width;
+    const T* c_v = s_v + stage * BlockN * Width;
+    if constexpr (q_regs) {
+      if (t == t_begin) {
+#pragma unroll
+        for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+          for (int kk = 0; kk < kq_count; ++kk)
+            tc::ldmatrix_x4(q_frag[mb][kk], tc::tile_at<Width>(s_q, warp_row0 + mb * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+      }
+    }
+    const int n0 = t * BlockN;
+    if (n0 >= warp_key_hi || n0 + BlockN <= warp_key_lo) continue;  // no row of this warp sees the tile
+
+    float s[mb_count][nb_count][4];
+#pragma unroll
+    for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+      for (int nb = 0; nb < nb_count; ++nb) s[mb][nb][0] = s[mb][nb][1] = s[mb][nb][2] = s[mb][nb][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kq_count; ++kk) {
+      if constexpr (SkipPadded) {
+        if (kk >= dqk_steps) break;
+      }
+      std::uint32_t a[mb_count][4];
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb) {
+        if constexpr (q_regs) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[mb][e] = q_frag[mb][kk][e];
+        } else {
+          tc::ldmatrix_x4(a[mb], tc::tile_at<Width>(s_q, warp_row0 + mb * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+        }
+      }
+#pragma unroll
+      for (int nb2 = 0; nb2 < BlockN / 16; ++nb2) {
+        std::uint32_t bf[4];
+        tc::ldmatrix_x4(bf, tc::tile_at<Width>(c_k, nb2 * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1)));
+#pragma unroll
+        for (int mb = 0; mb < mb_count; ++mb) {
+          tc::mma16816<T>(s[mb][2 * nb2], a[mb], bf[0], bf[1]);
+          tc::mma16816<T>(s[mb][2 * nb2 + 1], a[mb], bf[2], bf[3]);
+        }
+      }
+    }
+
+    const bool full = !extras && n0 >= full_lo && n0 + BlockN <= full_hi;
+    if (full) {
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+        for (int nb = 0; nb < nb_count; ++nb)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[mb][nb][e] *= scale_log2;
+    } else if (!extras) {
+      // Band only (causal diagonal, window edges, the last partial tile, rows past the sequence):
+      // per row, the visible columns relative to this thread's first column, so each element is
+      // two compares against compile-time offsets.
+      const int col_base = n0 + (lane & 3) * 2;
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int i = i_base + 16 * mb + 8 * r;
+          const band bd = visible(p, i, sb.len_q, sb.len_kv);
+          const bool row_ok = i < sb.len_q;
+          const int lo = row_ok ? static_cast<int>(bd.lo) - col_base : 0;
+          const int hi = row_ok ? static_cast<int>(bd.hi) - col_base : 0;
+#pragma unroll
+          for (int nb = 0; nb < nb_count; ++nb)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              float& x = s[mb][nb][2 * r + c];
+              x = nb * 8 + c >= lo && nb * 8 + c < hi ? x * scale_log2 : k_neg_inf;
+            }
+        }
+    } else {
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int i = i_base + 16 * mb + 8 * r;
+          const band bd = visible(p, i, sb.len_q, sb.len_kv);
+          const bool row_ok = i < sb.len_q;
+#pragma unroll
+          for (int nb = 0; nb < nb_count; ++nb)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              const std::int64_t j = n0 + nb * 8 + (lane & 3) * 2 + c;
+              float& x = s[mb][nb][2 * r + c];
+              x = row_ok && j >= bd.lo && j < bd.hi ? score_of(p, x, b, h, i, j) * k_log2e : k_neg_inf;
+            }
+        }
+    }
+
+    // Online softmax (log2 units). A row with no visible key so far keeps m = -inf and uses 0 as
+    // its reference so exp2 never sees (-inf) - (-inf). row_l holds this thread's partial sum (its
+    // quad's other columns are added once, in the epilogue).
+#pragma unroll
+    for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_m[mb][r];
+#pragma unroll
+        for (int nb = 0; nb < nb_count; ++nb) mx = fmaxf(mx, fmaxf(s[mb][nb][2 * r], s[mb][nb][2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_use = mx == k_neg_inf ? 0.0f : mx;
+        const float alpha = tc::exp2_approx(row_m[mb][r] - m_use);
+        row_m[mb][r] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nb = 0; nb < nb_count; ++nb)
+#pragma unroll
+          for (int c = 0; c < 2; ++c) {
+            const float pr = tc::exp2_approx(s[mb][nb][2 * r + c] - m_use);
+            s[mb][nb][2 * r + c] = pr;
+            sum += pr;
+          }
+        row_l[mb][r] = row_l[mb][r] * alpha + sum;
+#pragma unroll
+        for (int nd = 0; nd < nd_count; ++nd) {
+          o[mb][nd][2 * r] *= alpha;
+          o[mb][nd][2 * r + 1] *= alpha;
+        }
+      }
+
+    // O += P V: the S accumulators of two adjacent n8 blocks are the A fragment of one k16 step.
+#pragma unroll
+    for (int kk = 0; kk < BlockN / 16; ++kk) {
+      std::uint32_t a[mb_count][4];
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb) {
+        a[mb][0] = tc::pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
+        a[mb][1] = tc::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
+        a[mb][2] = tc::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
+        a[mb][3] = tc::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int nd2 = 0; nd2 < Width / 16; ++nd2) {
+        if constexpr (SkipPadded) {
+          if (nd2 >= dv_steps) break;
+        }
+        std::uint32_t bf[4];
+        tc::ldmatrix_x4_trans(bf, tc::tile_at<Width>(c_v, kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, nd2 * 2 + (lane >> 4)));
+#pragma unroll
+        for (int mb = 0; mb < mb_count; ++mb) {
+          tc::mma16816<T>(o[mb][2 * nd2], a[mb], bf[0], bf[1]);
+          tc::mma16816<T>(o[mb][2 * nd2 + 1], a[mb], bf[2], bf[3]);
+        }
+      }
+    }
+  }
+  tc::cp_async_wait_all();
+  // Every thread's copies (Q's too, when no key tile ran) have landed and every warp is past its
+  // last read of shared memory: the Q tile can be reused to stage the output.
+  __syncthreads();
+  if (!warp_live) return;
+
+  // Epilogue: normalise, write out (or the split's fp32 partial) and the LSE.
+  const int col0 = (lane & 3) * 2;
+#pragma unroll
+  for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_l[mb][r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const int i = i_base + 16 * mb + 8 * r;
+      const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
+      const float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
+      if (p.num_splits > 1) {
+        if (i >= sb.len_q) continue;
+        const std::int64_t row = ((static_cast<std::int64_t>(split) * p.batch + b) * p.num_heads_q + h) * p.seqlen_q + i;
+        float* po = p.maybe_partial_out + row * p.head_dim_v;
+#pragma unroll
+        for (int nd = 0; nd < nd_count; ++nd) {
+          const int d = nd * 8 + col0;
+          if (d < p.head_dim_v)
+            *reinterpret_cast<float2*>(po + d) = make_float2(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
+        }
+        if ((lane & 3) == 0) p.maybe_partial_lse[row] = lse;
+      } else {
+        // Stage the row in this warp's own rows of the Q tile (no other warp touches them now).
+        const int row_in_cta = warp_row0 + 16 * mb + 8 * r + lane / 4;
+#pragma unroll
+        for (int nd = 0; nd < nd_count; ++nd)
+          *reinterpret_cast<std::uint32_t*>(tc::tile_at<Width>(s_q, row_in_cta, nd) + col0) =
+              tc::pack2<T>(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
+        if (p.maybe_lse && (lane & 3) == 0 && i < sb.len_q)
+          p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = lse;
+      }
+    }
+  if (p.num_splits > 1) return;
+  __syncwarp();
+  // The warp's rows, 16 bytes per lane per step: consecutive lanes write consecutive chunks of a row.
+  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + m0 + warp_row0) * p.out_stride[1] +
+           h * p.out_stride[2];
+#pragma unroll
+  for (int it = 0; it < rows * nd_count / 32; ++it) {
+    const int c = it * 32 + lane;
+    const int rr = c / nd_count, ch = c % nd_count;
+    if (m0 + warp_row0 + rr >= sb.len_q || ch * 8 >= p.head_dim_v) continue;
+    const T* src = tc::tile_at<Width>(s_q, warp_row0 + rr, ch);
+    T* dst = out + rr * p.out_stride[1];
+    if (p.out_vec) {
+      *reinterpret_cast<uint4*>(dst + ch * 8) = *reinterpret_cast<const uint4*>(src);
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) dst[(ch * 8 + e) * p.out_stride[3]] = src[e];
+    }
+  }
+}
+
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
+void launch_flash_tc_tile(const flash_params& p, void* stream) {
+  constexpr int smem = flash_smem_bytes_for(Width, BlockM, BlockN);
+  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
+                  static_cast<unsigned>(p.batch * p.num_splits));
+  flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded><<<grid, Warps * 32, smem, static_cast<cudaStream_t>(stream)>>>(p);
+  ATTEND_CUDA_CHECK(cudaGetLastError());
+}
+
+template <elem E, int Width>
+void launch_flash_tc(const flash_params& p, void* stream) {
+  launch_flash_tc_tile<E, Width, flash_warps(Width), flash_block_m(Width), flash_block_n(Width),
+                       flash_skip_padded_steps(Width)>(p, stream);
+}
+
+}  // namespace attend::cuda

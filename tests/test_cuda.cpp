@@ -1,0 +1,146 @@
+// GPU tests: every CUDA backend against the fp64 CPU reference on the awkward-size grid (fresh
+// seed each run, printed; ATTEND_TEST_SEED reproduces one), plus larger shapes that exercise many
+// key tiles, split-KV decode and the widest head dims. Without a CUDA device (or in a build
+// without CUDA) every test here is skipped with the reason printed.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <iostream>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "attend/attend.h"
+#include "attend/check.h"
+#include "attend/registry.h"
+
+namespace {
+
+using namespace attend;
+namespace at = attend::testing;
+using at::case_spec;
+
+constexpr device k_gpu{device_kind::cuda, 0};
+
+// Why GPU tests cannot run here (asking flash_cuda about a tiny call on cuda:0), or empty.
+std::string gpu_skip_reason() {
+  const auto b = registry::global().find("flash_cuda");
+  if (!b) return "attend was built without CUDA (ATTEND_CUDA=OFF)";
+  std::vector<std::uint16_t> q(8), k(8), v(8), o(8);
+  attention_params a;
+  a.q = tensor_view::contiguous(q.data(), dtype::f16, {1, 1, 1, 8}, k_gpu);
+  a.k = tensor_view::contiguous(k.data(), dtype::f16, {1, 1, 1, 8}, k_gpu);
+  a.v = tensor_view::contiguous(v.data(), dtype::f16, {1, 1, 1, 8}, k_gpu);
+  a.out = tensor_view::contiguous(o.data(), dtype::f16, {1, 1, 1, 8}, k_gpu);
+  diagnostics d;
+  if (b->supports(make_problem(a), &d)) return {};
+  return d.joined();
+}
+
+#define ATTEND_REQUIRE_GPU()                                              \
+  do {                                                                    \
+    if (const std::string why = gpu_skip_reason(); !why.empty()) {       \
+      std::cout << "[  SKIPPED ] no usable GPU: " << why << std::endl;    \
+      GTEST_SKIP() << why;                                                \
+    }                                                                     \
+  } while (0)
+
+std::uint64_t fresh_seed() {
+  if (const char* s = std::getenv("ATTEND_TEST_SEED")) return std::strtoull(s, nullptr, 10);
+  static const std::uint64_t seed = std::random_device{}();
+  return seed;
+}
+
+// Runs `name` on every case it supports; flash_cuda must support every case.
+void check_cases(const std::string& name, std::vector<case_spec> cases, bool must_support) {
+  const auto b = registry::global().find(name);
+  if (!b) GTEST_SKIP() << name << " is not built";
+  int ran = 0, skipped = 0;
+  for (case_spec& spec : cases) {
+    spec.device = k_gpu;
+    const at::case_data data(spec);
+    attention_params probe = data.params();  // the same call on the GPU, asked without uploading
+    for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse, &probe.maybe_mask,
+                           &probe.maybe_cu_seqlens_q, &probe.maybe_cu_seqlens_kv})
+      if (!t->empty()) t->device = k_gpu;
+    diagnostics d;
+    if (!b->supports(make_problem(probe), &d)) {
+      EXPECT_FALSE(must_support) << name << " rejects " << spec.describe() << ": " << d.joined();
+      ++skipped;
+      continue;
+    }
+    const at::comparison c = at::check_backend(*b, data);
+    EXPECT_TRUE(c.ok) << name << " " << spec.name << " [" << spec.describe() << "] seed=" << spec.seed << ": "
+                      << c.detail << " (max abs error " << c.max_abs_error << ", worst ratio " << c.worst_ratio << ")";
+    ++ran;
+  }
+  std::cout << "[   INFO   ] " << name << ": " << ran << " cases ran, " << skipped << " not supported (seed "
+            << fresh_seed() << ")" << std::endl;
+}
+
+std::vector<case_spec> big_cases(std::uint64_t seed) {
+  std::vector<case_spec> v;
+  auto add = [&](std::string name, dtype t, auto&& edit) {
+    case_spec c;
+    c.name = std::move(name);
+    c.dtype = t;
+    edit(c);
+    c.seed = seed * 7919u + v.size();
+    v.push_back(std::move(c));
+  };
+  for (dtype t : {dtype::bf16, dtype::f16}) {
+    add("s1024-d128-causal", t, [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 1024; c.heads_q = 4; c.heads_kv = 4; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; });
+    add("s1000-d64-gqa", t, [](case_spec& c) { c.seqlen_q = 1000; c.seqlen_kv = 1500; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
+    add("s333-d256", t, [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 333; c.heads_q = 2; c.heads_kv = 1; c.head_dim_qk = c.head_dim_v = 256; c.causal = true; c.alignment = alignment::bottom_right; });
+    add("d192-dv128-window", t, [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 700; c.heads_q = 2; c.head_dim_qk = 192; c.head_dim_v = 128; c.window_left = 100; c.window_right = 50; });
+    add("decode-split", t, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1; c.seqlen_kv = 20000; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; c.alignment = alignment::bottom_right; });
+    add("decode-split-masked", t, [](case_spec& c) { c.seqlen_q = 4; c.seqlen_kv = 5000; c.heads_q = 4; c.heads_kv = 1; c.head_dim_qk = c.head_dim_v = 64; c.mask = at::mask_type::keep; c.fully_masked_rows = true; });
+    add("varlen-long", t, [](case_spec& c) { c.varlen_q = {700, 1, 130}; c.varlen_kv = {900, 2000, 0}; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; c.alignment = alignment::bottom_right; });
+  }
+  add("f32-s700-softcap", dtype::f32, [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 700; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 128; c.softcap = 20; c.causal = true; });
+  return v;
+}
+
+TEST(cuda, explains_itself_without_a_device) {
+  const auto b = registry::global().find("flash_cuda");
+  if (!b) GTEST_SKIP() << "attend was built without CUDA";
+  const std::string why = gpu_skip_reason();
+  if (why.empty()) GTEST_SKIP() << "a usable GPU is present; nothing to explain";
+  std::cout << "[   INFO   ] flash_cuda says: " << why << std::endl;
+  EXPECT_NE(why.find("cuda"), std::string::npos) << why;
+}
+
+TEST(cuda, flash_cuda_quick_grid) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("flash_cuda", at::default_grid(fresh_seed(), /*quick=*/true), true);
+}
+
+TEST(cuda, flash_cuda_default_grid) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("flash_cuda", at::default_grid(fresh_seed() + 1), true);
+}
+
+TEST(cuda, flash_cuda_big_shapes) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("flash_cuda", big_cases(fresh_seed()), true);
+}
+
+TEST(cuda, cudnn_quick_grid) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("cudnn", at::default_grid(fresh_seed(), /*quick=*/true), false);
+}
+
+TEST(cuda, cudnn_default_grid) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("cudnn", at::default_grid(fresh_seed() + 2), false);
+}
+
+TEST(cuda, cudnn_big_shapes) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("cudnn", big_cases(fresh_seed() + 3), false);
+}
+
+}  // namespace
