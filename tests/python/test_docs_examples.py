@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import sys
+import types
 
 import pytest
 
@@ -29,4 +31,10 @@ def test_doc_example_runs(index):
     doc, code = BLOCKS[index]
     if re.search(r"^import torch|^from torch|attend\.torch", code, flags=re.M) and not HAVE_TORCH:
         pytest.skip(NO_TORCH_REASON)
-    exec(compile(code, f"{doc}:block{index}", "exec"), {"__name__": f"doc_block_{index}"})
+    # A real (registered) module: torch.compile inside a block looks its globals' module up by name.
+    module = types.ModuleType(f"doc_block_{index}")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(code, f"{doc}:block{index}", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]

@@ -30,7 +30,7 @@ def inputs(device, dtype=torch.float32, shape=(2, 9, 4, 32), seed=0):
 
 
 def ref_of(q, k, v, **kwargs):
-    return reference(*(x.float().cpu().numpy().astype(np.float64) for x in (q, k, v)), **kwargs)
+    return reference(*(x.detach().float().cpu().numpy().astype(np.float64) for x in (q, k, v)), **kwargs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -166,9 +166,13 @@ def test_torch_compile_traces_through(device):
     assert_close(out - 1, want_out, "float32")
     assert_close(lse, want_lse, "float32", what="lse", lse=True)
     # The backend is chosen when the op runs: a scope around the compiled call applies.
-    with attend.use_backend("reference"):
+    with attend.use_backend("reference" if device == "cpu" else "flash_cuda"):
         again, _ = compiled(q, k, v)
     assert_close(again - 1, want_out, "float32")
+    if device == "cuda":
+        # ...and it really is the scope that picks: a CPU-only backend refuses CUDA tensors.
+        with attend.use_backend("reference"), pytest.raises(attend.UnsupportedError):
+            compiled(q, k, v)
 
 
 def test_torch_compile_varlen_cpu():
