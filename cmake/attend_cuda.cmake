@@ -16,12 +16,34 @@ set_property(DIRECTORY ${PROJECT_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEP
 file(STRINGS ${_attend_table} _attend_rows REGEX "^[ \t]*[a-z]")
 set(_attend_flash_sources "")
 set(_attend_dispatch "// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.\n")
+# The Hopper rows (`sm90 DTYPE WIDTH`) are built only when the architectures include sm_90a: their
+# kernels use wgmma/setmaxnreg, which exist only there (Note [Hopper path]).
+set(_attend_sm90a OFF)
+if("90a" IN_LIST CMAKE_CUDA_ARCHITECTURES OR "90a-real" IN_LIST CMAKE_CUDA_ARCHITECTURES)
+  set(_attend_sm90a ON)
+endif()
 foreach(_row IN LISTS _attend_rows)
-  if(NOT _row MATCHES "^[ \t]*(f16|bf16)[ \t]+([0-9]+)[ \t]*$")
-    message(FATAL_ERROR "flash_kernels.txt: cannot parse '${_row}' (want: f16|bf16 WIDTH)")
+  if(NOT _row MATCHES "^[ \t]*(sm90[ \t]+)?(f16|bf16)[ \t]+([0-9]+)[ \t]*$")
+    message(FATAL_ERROR "flash_kernels.txt: cannot parse '${_row}' (want: [sm90] f16|bf16 WIDTH)")
   endif()
-  set(_dt ${CMAKE_MATCH_1})
-  set(_w ${CMAKE_MATCH_2})
+  set(_dt ${CMAKE_MATCH_2})
+  set(_w ${CMAKE_MATCH_3})
+  if(CMAKE_MATCH_1)
+    if(NOT _attend_sm90a)
+      continue()
+    endif()
+    set(_src ${_attend_cuda_gen}/flash_sm90_${_dt}_${_w}.cu)
+    file(CONFIGURE OUTPUT ${_src} CONTENT
+"// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.
+#include \"cuda/flash_sm90.cuh\"
+namespace attend::cuda {
+template bool launch_flash_sm90<elem::${_dt}, ${_w}>(const flash_params&, void*);
+}  // namespace attend::cuda
+")
+    list(APPEND _attend_flash_sources ${_src})
+    string(APPEND _attend_dispatch "ATTEND_FLASH_SM90_ROW(${_dt}, ${_w})\n")
+    continue()
+  endif()
   set(_src ${_attend_cuda_gen}/flash_${_dt}_${_w}.cu)
   file(CONFIGURE OUTPUT ${_src} CONTENT
 "// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.

@@ -104,6 +104,37 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
   return v;
 }
 
+// Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
+// head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
+// wgmma/TMA kernel (elsewhere the mma.sync kernel): sequence lengths that are not multiples of its
+// 128-row/128-key tiles, causal with both alignments (including rows that see no key), GQA, a
+// window, the bhsd layout, LSE on every case.
+std::vector<case_spec> hopper_cases(std::uint64_t seed) {
+  std::vector<case_spec> v;
+  for (dtype t : {dtype::bf16, dtype::f16})
+    for (std::int64_t d : {64, 128}) {
+      auto add = [&](std::string name, auto&& edit) {
+        case_spec c;
+        c.name = "sm90-d" + std::to_string(d) + "-" + std::move(name);
+        c.dtype = t;
+        c.head_dim_qk = c.head_dim_v = d;
+        edit(c);
+        c.seed = seed * 7919u + v.size();
+        v.push_back(std::move(c));
+      };
+      add("s501", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 2; });
+      add("s1000-causal-tl", [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 1000; c.heads_q = 2; c.causal = true; });
+      add("causal-br-short-q", [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 777; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("causal-br-long-q", [](case_spec& c) { c.seqlen_q = 700; c.seqlen_kv = 300; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("causal-tl-long-q", [](case_spec& c) { c.seqlen_q = 777; c.seqlen_kv = 300; c.heads_q = 2; c.causal = true; });
+      add("gqa4", [](case_spec& c) { c.batch = 2; c.seqlen_q = 640; c.seqlen_kv = 1100; c.heads_q = 8; c.heads_kv = 2; });
+      add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 900; c.heads_q = 2; c.window_left = 200; c.window_right = 30; });
+      add("bhsd-causal", [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
+      add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = 2; });
+    }
+  return v;
+}
+
 TEST(cuda, explains_itself_without_a_device) {
   const auto b = registry::global().find("flash_cuda");
   if (!b) GTEST_SKIP() << "attend was built without CUDA";
@@ -126,6 +157,11 @@ TEST(cuda, flash_cuda_default_grid) {
 TEST(cuda, flash_cuda_big_shapes) {
   ATTEND_REQUIRE_GPU();
   check_cases("flash_cuda", big_cases(fresh_seed()), true);
+}
+
+TEST(cuda, flash_cuda_hopper_shapes) {
+  ATTEND_REQUIRE_GPU();
+  check_cases("flash_cuda", hopper_cases(fresh_seed()), true);
 }
 
 TEST(cuda, cudnn_quick_grid) {

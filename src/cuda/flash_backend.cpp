@@ -1,14 +1,17 @@
 // Backend `flash_cuda`: host side. Turns the validated problem into flash_params, picks the path
-// (tensor cores for f16/bf16 at an instantiated width, the scalar fp32 kernel otherwise), plans
-// the split-KV workspace and launches on the caller's stream.
+// (on Hopper the wgmma/TMA kernel where sm90_kernel_for allows it, else tensor cores for f16/bf16
+// at an instantiated width, the scalar fp32 kernel otherwise), plans the split-KV workspace and
+// launches on the caller's stream.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
+#include <string_view>
 
 #include "attend/backend.h"
 #include "cuda/backends.h"
@@ -26,8 +29,26 @@ struct tc_entry {
 // The rows of flash_kernels.txt (generated header), so dispatch and instantiation cannot drift.
 constexpr tc_entry k_tc_table[] = {
 #define ATTEND_FLASH_ROW(E, W) {elem::E, W, &launch_flash_tc<elem::E, W>},
+#define ATTEND_FLASH_SM90_ROW(E, W)
 #include "cuda/flash_dispatch.inc"
+#undef ATTEND_FLASH_SM90_ROW
 #undef ATTEND_FLASH_ROW
+};
+
+// The Hopper kernels (the `sm90` rows; none unless the build's architectures include sm_90a),
+// ended by a null entry.
+struct sm90_entry {
+  elem e;
+  int width;
+  bool (*launch)(const flash_params&, void*);
+};
+constexpr sm90_entry k_sm90_table[] = {
+#define ATTEND_FLASH_ROW(E, W)
+#define ATTEND_FLASH_SM90_ROW(E, W) {elem::E, W, &launch_flash_sm90<elem::E, W>},
+#include "cuda/flash_dispatch.inc"
+#undef ATTEND_FLASH_SM90_ROW
+#undef ATTEND_FLASH_ROW
+    {elem::f32, 0, nullptr},
 };
 
 elem elem_of(dtype t) { return t == dtype::f16 ? elem::f16 : t == dtype::bf16 ? elem::bf16 : elem::f32; }
@@ -45,6 +66,21 @@ const tc_entry* tc_kernel_for(const problem& p) {
     if (e.e == elem_of(p.dtype) && e.width >= std::max(p.head_dim_qk, p.head_dim_v) && (!best || e.width < best->width))
       best = &e;
   return best;
+}
+
+// Compute capability (major * 10 + minor) of device `index`, cached.
+int compute_capability(int index) {
+  static std::array<std::atomic<int>, 64> cache{};
+  auto& slot = cache[static_cast<std::size_t>(index) % cache.size()];
+  int cc = slot.load();
+  if (cc == 0) {
+    int major = 0, minor = 0;
+    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+    cc = major * 10 + minor;
+    slot.store(cc);
+  }
+  return cc;
 }
 
 int sm_count(int index) {
@@ -100,6 +136,35 @@ bool vectorizable(const void* data, const strides_bshd& s) {
          s.head % 8 == 0;
 }
 
+// Dispatch decision (Note [Hopper path], flash_sm90.cuh): the wgmma/TMA kernel runs a call only
+// when every condition below holds; any other call runs the mma.sync kernel, which handles every
+// feature. Each condition is a limit of the Hopper kernel, not a preference:
+//   - a compute capability 9.0 device (its code is sm_90a machine code, which no other GPU runs)
+//     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
+//     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
+//   - dense q/k/v (varlen's packed rows would need per-sequence tensor maps);
+//   - no mask tensor and no softcap (only the causal/window band is applied there);
+//   - no split-KV (decode-shaped calls keep the split path and its fp32 partials);
+//   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement;
+//     the epilogue's 16-byte stores);
+//   - ATTEND_FLASH_CUDA_SM90 not set to 0 (a switch to compare the two kernels on one device).
+// When the driver refuses a tensor map anyway, launch_flash_sm90 returns false and the call runs
+// the mma.sync kernel.
+const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
+  static const bool disabled = [] {
+    const char* v = std::getenv("ATTEND_FLASH_CUDA_SM90");
+    return v != nullptr && std::string_view(v) == "0";
+  }();
+  if (disabled || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
+      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || p.num_splits > 1 ||
+      !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
+    return nullptr;
+  for (const sm90_entry& e : k_sm90_table)
+    if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
+      return compute_capability(pr.device.index) == 90 ? &e : nullptr;
+  return nullptr;
+}
+
 void copy_strides(std::int64_t (&dst)[4], const strides_bshd& s) {
   dst[0] = s.batch;
   dst[1] = s.seq;
@@ -112,7 +177,8 @@ class flash_cuda_backend final : public backend {
   flash_cuda_backend() {
     traits_.description =
         "fused FlashAttention-2-style forward on tensor cores (mma.sync bf16/f16, fp32 accumulation; fp32 by a "
-        "scalar path), split-KV for decode";
+        "scalar path), split-KV for decode; on Hopper (sm_90a) a warp-specialised wgmma + TMA kernel for "
+        "f16/bf16 at head dims 64 and 128";
     traits_.devices = {device_kind::cuda};
     traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
     traits_.features = feature_set::all();
@@ -145,6 +211,10 @@ class flash_cuda_backend final : public backend {
       p.num_splits = plan.splits;
       p.maybe_partial_out = reinterpret_cast<float*>(ctx.workspace.data());
       p.maybe_partial_lse = reinterpret_cast<float*>(ctx.workspace.data() + plan.out_bytes);
+    }
+    if (const sm90_entry* hopper = kernel ? sm90_kernel_for(pr, p) : nullptr;
+        hopper != nullptr && hopper->launch(p, ctx.maybe_cuda_stream)) {
+      return;
     }
     if (kernel) {
       kernel->launch(p, ctx.maybe_cuda_stream);

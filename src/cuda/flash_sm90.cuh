@@ -1,0 +1,480 @@
+// flash_cuda Hopper kernel (sm_90a only): warp-specialised FlashAttention forward on wgmma with
+// TMA loads (Note [Hopper path]). Instantiated by the translation units generated from the `sm90`
+// rows of flash_kernels.txt; the kernel body exists only in the sm_90a pass of nvcc (other passes
+// compile an empty stub that traps), and flash_backend.cpp selects it only on compute capability
+// 9.0 devices in a build whose architectures include 90a.
+//
+// Note [Hopper path]: one CTA of 3 warpgroups owns k_sm90_block_m = 128 query rows of one
+// (batch, query head).
+//   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of the Q
+//     tile once and of each visible key tile of K and V (k_sm90_block_n keys) into a 2-stage ring,
+//     each completing on an mbarrier (full_k, full_v); it reuses a stage once both consumers have
+//     arrived on its `empty` barrier. Its registers are given to the consumers (setmaxnreg).
+//   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 with both
+//     operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
+//     ex2.approx), then O += P V by wgmma m64n{D}k16 with P from registers as the A operand and V
+//     read N-major (transposed by the instruction).
+//   - Shared-memory tiles use TMA's 128-byte swizzle: a tile is stored as column blocks of 64
+//     elements (128 bytes) x rows, 16-byte chunk c of row r at c ^ (r & 7), 8-row groups 1024 bytes
+//     apart. The wgmma descriptors describe exactly that layout (layout type SWIZZLE_128B; K-major:
+//     stride byte offset 1024, k16 steps advance the start address by 32 bytes inside a block;
+//     V N-major: stride byte offset 1024 between 8-key groups, leading byte offset = one column
+//     block between the two 64-wide halves at D = 128).
+//   - Rows or keys past the sequence come in as zeros (TMA out-of-bounds fill) and are masked by
+//     the band test; the output is staged through the consumer's own rows of the Q tile and stored
+//     in 16-byte vectors.
+// Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
+// no softcap, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
+// alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
+// (flash_tc.cuh); the decision is written once, in flash_backend.cpp (hopper_eligible).
+#pragma once
+
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/cuda_check.h"
+#include "cuda/flash_common.cuh"
+
+namespace attend::cuda {
+namespace sm90 {
+
+inline constexpr int k_threads = 384;  // producer warpgroup + 2 consumer warpgroups
+inline constexpr int k_stages = 2;     // why: 2 x (K + V) tiles at D = 128 is 128 KB; with Q (32 KB)
+                                       // 160 KB of the 227 KB a block may use
+// Bytes of one [rows x Width] tile in 64-element column blocks.
+constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
+constexpr int smem_bytes(int width) {
+  return tile_bytes(k_sm90_block_m, width) + 2 * k_stages * tile_bytes(k_sm90_block_n, width) + 1024 /* barriers */ +
+         1024 /* alignment slack */;
+}
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define ATTEND_SM90_DEVICE 1
+#endif
+
+__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#ifdef ATTEND_SM90_DEVICE
+__device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
+  std::uint32_t done = 0;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (done == 0);
+}
+// One box of a 4-D tensor map (dim, seq, head, batch) into shared memory, completing on `bar`.
+__device__ __forceinline__ void tma_load(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, int c0, int c1,
+                                         int c2, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5, %6}], "
+      "[%2];\n" ::"r"(dst),
+      "l"(reinterpret_cast<std::uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+      : "memory");
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps the compiler from moving reads of accumulator registers above wgmma.wait_group.
+template <int N>
+__device__ __forceinline__ void reg_fence(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+__device__ __forceinline__ void reg_fence_u32(std::uint32_t (&a)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[i])::"memory");
+}
+
+// Shared-memory matrix descriptor, 128-byte swizzle (Note [Hopper path]).
+__device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uint32_t lbo_bytes, std::uint32_t sbo_bytes) {
+  return static_cast<std::uint64_t>((addr & 0x3FFFF) >> 4) | (static_cast<std::uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
+         (static_cast<std::uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (1ull << 62);
+}
+
+// S[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, both K-major in shared memory.
+template <typename T>
+__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+  }
+}
+// O[64 x N] += P[64 x 16] (registers) V[16 x N] (shared memory, N-major).
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
+  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  } else if constexpr (N == 64) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  } else {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
+  }
+}
+
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+template <typename T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
+}
+#endif  // ATTEND_SM90_DEVICE
+
+}  // namespace sm90
+
+// Note [CTA order] (flash_tc.cuh) applies: blockIdx.x walks row blocks from the last to the first.
+template <elem E, int Width>
+__global__ void __launch_bounds__(sm90::k_threads, 1)
+    flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
+                      const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+#ifdef ATTEND_SM90_DEVICE
+  using namespace sm90;
+  using T = typename elem_traits<E>::type;
+  constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
+  constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
+  constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
+  static_assert(BM == 128 && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
+
+  extern __shared__ unsigned char smem_raw[];
+  // 128-byte swizzled tiles need 1024-byte aligned bases.
+  const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
+  unsigned char* const base_ptr = smem_raw + (base - smem_u32(smem_raw));
+  const std::uint32_t s_q = base;
+  const std::uint32_t s_k = s_q + q_bytes;                    // stages of K
+  const std::uint32_t s_v = s_k + k_stages * kv_bytes;        // stages of V
+  const std::uint32_t s_bar = s_v + k_stages * kv_bytes;      // barriers
+  const std::uint32_t bar_q = s_bar;
+  auto bar_full_k = [&](int s) { return s_bar + 8u + 8u * static_cast<std::uint32_t>(s); };
+  auto bar_full_v = [&](int s) { return s_bar + 8u + 8u * k_stages + 8u * static_cast<std::uint32_t>(s); };
+  auto bar_empty = [&](int s) { return s_bar + 8u + 16u * k_stages + 8u * static_cast<std::uint32_t>(s); };
+
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warpgroup = tid / 128;
+  if (tid == 0) {
+    mbar_init(bar_q, 1);
+    for (int s = 0; s < k_stages; ++s) {
+      mbar_init(bar_full_k(s), 1);
+      mbar_init(bar_full_v(s), 1);
+      mbar_init(bar_empty(s), 8);  // lane 0 of each consumer warp
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
+  const int hk = h / p.group_size;
+  const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
+  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BM;
+  // Visible key tiles of the CTA (bands are monotone in the row).
+  const int m_last = min(m0 + BM, len_q) - 1;
+  const band first = visible(p, m0, len_q, len_kv), last = visible(p, m_last, len_q, len_kv);
+  int t_begin = 0, t_end = 0;
+  if (last.hi > first.lo) {
+    t_begin = static_cast<int>(first.lo / BN);
+    t_end = static_cast<int>((last.hi + BN - 1) / BN);
+  }
+
+  if (warpgroup == 0) {
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    if (tid == 0 && t_begin < t_end) {
+      mbar_expect_tx(bar_q, q_bytes);
+#pragma unroll
+      for (int c = 0; c < blocks; ++c) tma_load(s_q + c * tile_bytes(BM, 64), &tm_q, bar_q, c * 64, m0, h, b);
+      for (int t = t_begin; t < t_end; ++t) {
+        const int i = t - t_begin, s = i % k_stages;
+        if (i >= k_stages) mbar_wait(bar_empty(s), static_cast<std::uint32_t>((i / k_stages - 1) & 1));
+        mbar_expect_tx(bar_full_k(s), kv_bytes);
+#pragma unroll
+        for (int c = 0; c < blocks; ++c)
+          tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, b);
+        mbar_expect_tx(bar_full_v(s), kv_bytes);
+#pragma unroll
+        for (int c = 0; c < blocks; ++c)
+          tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, bar_full_v(s), c * 64, t * BN, hk, b);
+      }
+    }
+    return;
+  }
+
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  const int cw = warpgroup - 1;                  // consumer index: rows [64 cw, 64 cw + 64) of the tile
+  const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
+  const int row0 = m0 + 64 * cw;                 // first row of this warpgroup
+  const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
+  const float scale_log2 = p.scale * k_log2e;
+
+  // Keys any row of this warpgroup sees, and the keys every row sees (tiles inside need no mask).
+  const int wg_last = min(row0 + 63, len_q - 1);
+  const bool wg_live = row0 < len_q;
+  int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
+  if (wg_live) {
+    const band f = visible(p, row0, len_q, len_kv), l = visible(p, wg_last, len_q, len_kv);
+    wg_key_lo = static_cast<int>(f.lo);
+    wg_key_hi = static_cast<int>(l.hi);
+    full_lo = static_cast<int>(l.lo);
+    full_hi = static_cast<int>(f.hi);
+  }
+  // Per-row bands (rows past the sequence see nothing).
+  int lo_r[2], hi_r[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int i = i_lo + 8 * r;
+    if (i < len_q) {
+      const band bd = visible(p, i, len_q, len_kv);
+      lo_r[r] = static_cast<int>(bd.lo);
+      hi_r[r] = static_cast<int>(bd.hi);
+    } else {
+      lo_r[r] = hi_r[r] = 0;
+    }
+  }
+
+  float o[Width / 2];
+#pragma unroll
+  for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
+  float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
+  if (t_begin < t_end) mbar_wait(bar_q, 0);
+
+  for (int t = t_begin; t < t_end; ++t) {
+    const int i = t - t_begin, s = i % k_stages;
+    const std::uint32_t parity = static_cast<std::uint32_t>((i / k_stages) & 1);
+    const int n0 = t * BN;
+    const bool skip = !wg_live || n0 >= wg_key_hi || n0 + BN <= wg_key_lo;
+    mbar_wait(bar_full_k(s), parity);
+    if (!skip) {
+      float sc[64];
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < Width / 16; ++kk) {
+        const std::uint32_t a = s_q + (kk / 4) * tile_bytes(BM, 64) + cw * 64 * 128 + (kk % 4) * 32;
+        const std::uint32_t bk = s_k + s * kv_bytes + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
+        wgmma_ss_n128<T>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), kk > 0 ? 1 : 0);
+      }
+      wg_commit();
+      wg_wait0();
+      reg_fence(sc);
+
+      // Scale to log2 units; outside the band (causal/window edges, keys past the sequence, rows
+      // past it) -inf. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key n0 + 8j + 2(lane%4) + (e&1).
+      if (n0 >= full_lo && n0 + BN <= full_hi) {
+#pragma unroll
+        for (int e = 0; e < 64; ++e) sc[e] *= scale_log2;
+      } else {
+        const int col_base = n0 + (lane & 3) * 2;
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int lo = lo_r[r] - col_base, hi = hi_r[r] - col_base;
+#pragma unroll
+          for (int j = 0; j < 16; ++j)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+              float& x = sc[4 * j + 2 * r + c];
+              x = 8 * j + c >= lo && 8 * j + c < hi ? x * scale_log2 : k_neg_inf;
+            }
+        }
+      }
+
+      // Online softmax (log2 units); a row with no visible key so far keeps m = -inf and uses 0 as
+      // its reference, so exp2 never sees (-inf) - (-inf).
+      std::uint32_t pa[8][4];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        float mx = row_m[r];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_use = mx == k_neg_inf ? 0.0f : mx;
+        const float alpha = exp2_approx(row_m[r] - m_use);
+        row_m[r] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const float p0 = exp2_approx(sc[4 * j + 2 * r] - m_use), p1 = exp2_approx(sc[4 * j + 2 * r + 1] - m_use);
+          sum += p0 + p1;
+          // A fragment of k16 step j / 2: registers {row lo, row hi} x {first, second n8 block}.
+          pa[j / 2][(j % 2) * 2 + r] = pack2<T>(p0, p1);
+        }
+        row_l[r] = row_l[r] * alpha + sum;
+#pragma unroll
+        for (int jd = 0; jd < Width / 8; ++jd) {
+          o[4 * jd + 2 * r] *= alpha;
+          o[4 * jd + 2 * r + 1] *= alpha;
+        }
+      }
+
+      mbar_wait(bar_full_v(s), parity);
+      // The rescaled O and the packed P must be in registers before wgmma.fence.
+      reg_fence(o);
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) reg_fence_u32(pa[kk]);
+      wg_fence();
+#pragma unroll
+      for (int kk = 0; kk < BN / 16; ++kk) {
+        const std::uint32_t bv = s_v + s * kv_bytes + kk * 16 * 128;
+        wgmma_rs<T, Width>(o, pa[kk], desc_sw128(bv, tile_bytes(BN, 64), 1024));
+      }
+      wg_commit();
+      wg_wait0();
+      reg_fence(o);
+    } else {
+      mbar_wait(bar_full_v(s), parity);  // arrive only after the tile landed (phases stay in step)
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar_empty(s));
+  }
+
+  // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q tile (only this
+  // warpgroup ever read them, and its last wgmma has completed); 16-byte coalesced stores.
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float l = row_l[r];
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
+    const int i = i_lo + 8 * r;
+    if (p.maybe_lse && (lane & 3) == 0 && i < len_q)
+      p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + i * p.lse_seq_stride] =
+          l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
+    const int rr = 64 * cw + 16 * warp + lane / 4 + 8 * r;  // row within the tile
+#pragma unroll
+    for (int jd = 0; jd < Width / 8; ++jd) {
+      const int blk = jd / 8, chunk = jd % 8;
+      unsigned char* dst = base_ptr + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4) + (lane & 3) * 4;
+      *reinterpret_cast<std::uint32_t*>(dst) = pack2<T>(o[4 * jd + 2 * r] * inv, o[4 * jd + 2 * r + 1] * inv);
+    }
+  }
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory");
+  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + static_cast<std::int64_t>(row0) * p.out_stride[1] +
+           h * p.out_stride[2];
+  constexpr int chunks = Width / 8;  // 16-byte chunks per row
+#pragma unroll
+  for (int it = 0; it < 64 * chunks / 128; ++it) {
+    const int c = it * 128 + wtid;
+    const int rl = c / chunks, ch = c % chunks;  // row within the warpgroup, chunk within the row
+    if (row0 + rl >= len_q) continue;
+    const int rr = 64 * cw + rl, blk = ch / 8, chunk = ch % 8;
+    const unsigned char* src = base_ptr + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4);
+    *reinterpret_cast<uint4*>(out + rl * p.out_stride[1] + ch * 8) = *reinterpret_cast<const uint4*>(src);
+  }
+#else
+  (void)p;
+  (void)tm_q;
+  (void)tm_k;
+  (void)tm_v;
+  __trap();  // not built for sm_90a: flash_backend.cpp never launches this (Note [Hopper path])
+#endif
+}
+
+namespace sm90 {
+
+// cuTensorMapEncodeTiled through the runtime's driver entry point (no link to libcuda).
+inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      f = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+// A 4-D map of a [batch, seq, head, dim] tensor (dim innermost, unit stride) with boxes of
+// 64 dims x `box_rows` rows, 128-byte swizzle, zero fill out of bounds. False if the driver refuses.
+inline bool encode_map(CUtensorMap* map, elem e, const void* data, const std::int64_t (&stride)[4], int seqlen, int heads,
+                       int batch, int dim, int box_rows) {
+  const auto fn = encode_fn();
+  if (fn == nullptr) return false;
+  constexpr std::int64_t eb = 2;
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(dim), static_cast<cuuint64_t>(seqlen), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(batch)};
+  // A dimension of extent 1 is never stepped over; give it any valid stride if the caller's is 0.
+  auto stride_of = [&](int i, int extent) {
+    const std::int64_t s = stride[i] * eb;
+    return static_cast<cuuint64_t>(extent == 1 && s == 0 ? 16 : s);
+  };
+  const cuuint64_t strides[3] = {stride_of(1, seqlen), stride_of(2, heads), stride_of(0, batch)};
+  const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
+  const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
+  const CUresult r =
+      fn(map, e == elem::bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4, const_cast<void*>(data),
+         dims, strides, box, elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS;
+}
+
+}  // namespace sm90
+
+template <elem E, int Width>
+bool launch_flash_sm90(const flash_params& p, void* stream) {
+  static_assert(E == elem::f16 || E == elem::bf16);
+  CUtensorMap tm_q, tm_k, tm_v;
+  if (!sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, k_sm90_block_m) ||
+      !sm90::encode_map(&tm_k, E, p.k, p.k_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n))
+    return false;
+  constexpr int smem = sm90::smem_bytes(Width);
+  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_sm90_kernel<E, Width>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid(static_cast<unsigned>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m),
+                  static_cast<unsigned>(p.num_heads_q), static_cast<unsigned>(p.batch));
+  flash_sm90_kernel<E, Width><<<grid, sm90::k_threads, smem, static_cast<cudaStream_t>(stream)>>>(p, tm_q, tm_k, tm_v);
+  ATTEND_CUDA_CHECK(cudaGetLastError());
+  return true;
+}
+
+}  // namespace attend::cuda
