@@ -77,6 +77,15 @@ std::vector<testing::case_spec> boundary_cases(std::uint64_t seed) {
     c.seqlen_q = 2; c.seqlen_kv = 4000; c.window_left = 1500; c.causal = true; c.alignment = alignment::bottom_right;
     c.mask = testing::mask_type::keep; c.fully_masked_rows = true;
   });
+  // Narrow items without a mask take the keys-in-lanes softmax (Note [Flash narrow softmax]):
+  // band edges inside a 4-key tile, and rows that see no key at all (bottom-right, Sq > Skv).
+  add("decode-window-lanes", [](testing::case_spec& c) {
+    c.seqlen_q = 2; c.seqlen_kv = 3001; c.window_left = 1499; c.causal = true; c.alignment = alignment::bottom_right;
+    c.heads_q = 4; c.heads_kv = 2;
+  });
+  add("decode-fully-masked-lanes", [](testing::case_spec& c) {
+    c.seqlen_q = 4; c.seqlen_kv = 3; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 2;
+  });
   add("odd-dims-strided", [](testing::case_spec& c) {
     c.seqlen_q = 70; c.seqlen_kv = 131; c.head_dim_qk = 33; c.head_dim_v = 17; c.heads_q = 6; c.heads_kv = 3; c.strided = true;
   });

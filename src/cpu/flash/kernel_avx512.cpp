@@ -90,6 +90,11 @@ void pv_bf16_cols(const std::uint16_t* pp, std::int64_t rp, const std::uint16_t*
 
 struct ops_avx512 {
   static constexpr int k_width = 16;
+  // Why 6 and 6 (Note [Flash micro-kernel shapes]): 6 keys × 4 vectors of rows (Q·Kᵀ) and
+  // 6 rows × 4 vectors of head_dim (P·V) are 24 accumulators + 4 operands + 1 broadcast of the
+  // 32 zmm registers: 10 loads per 24 FMAs, against 8 per 16 with 4 × 4.
+  static constexpr int k_qk_keys = 6;
+  static constexpr int k_pv_rows = 6;
   static constexpr bool k_bf16_dot = true;
   using vf = __m512;
   using vi = __m512i;
@@ -129,12 +134,30 @@ struct ops_avx512 {
     return _mm512_scalef_ps(r, n);
   }
   static float hsum(vf x) { return _mm512_reduce_add_ps(x); }
+  // out[0, 4) = the horizontal sums of a, b, c, d.
+  static void hsum4(vf a, vf b, vf c, vf d, float* out) {
+    const __m256 x0 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    const __m256 x1 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    const __m256 x2 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    const __m256 x3 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(x0, x1), _mm256_hadd_ps(x2, x3));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
   static vi load_i(const std::int32_t* p) { return _mm512_loadu_si512(p); }
   static vf band(vf s, std::int32_t j, vi lo, vi hi) {
     const __m512i jv = _mm512_set1_epi32(j);
     const __mmask16 visible = _mm512_cmp_epi32_mask(lo, jv, _MM_CMPINT_LE) & _mm512_cmp_epi32_mask(jv, hi, _MM_CMPINT_LT);
     return _mm512_mask_blend_ps(visible, _mm512_set1_ps(k_neg_inf), s);
   }
+  // s where key j + lane is in [lo, hi), else -inf (keys in lanes, Note [Flash narrow softmax]).
+  static vf band_lanes(vf s, std::int32_t j, std::int32_t lo, std::int32_t hi) {
+    const __m512i jv = _mm512_add_epi32(_mm512_set1_epi32(j), _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0));
+    const __mmask16 visible = _mm512_cmp_epi32_mask(_mm512_set1_epi32(lo), jv, _MM_CMPINT_LE) &
+                              _mm512_cmp_epi32_mask(jv, _mm512_set1_epi32(hi), _MM_CMPINT_LT);
+    return _mm512_mask_blend_ps(visible, _mm512_set1_ps(k_neg_inf), s);
+  }
+  static bool any_nan(vf s) { return _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q) != 0; }
+  static float hmax(vf x) { return _mm512_reduce_max_ps(x); }
   static vm nan_none() { return 0; }
   static vm nan_acc(vm acc, vf s) { return static_cast<vm>(acc | _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q)); }
   static void nan_store(float* flags, vm acc) { _mm512_mask_storeu_ps(flags, acc, _mm512_set1_ps(1.0f)); }
@@ -149,14 +172,11 @@ struct ops_avx512 {
   static void qk_bf16(const std::uint16_t* qp, std::int64_t rp, const std::uint16_t* k, std::int64_t ldk,
                       std::int64_t pairs, std::int64_t nk, float* st) {
     const std::int64_t mvecs = rp / 16;
+    // 6 keys per block: Note [Flash micro-kernel shapes] in kernel_impl.h.
     std::int64_t n0 = 0;
-    for (; n0 + 4 <= nk; n0 += 4) qk_bf16_rows<4>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs);
-    switch (nk - n0) {
-      case 3: qk_bf16_rows<3>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs); break;
-      case 2: qk_bf16_rows<2>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs); break;
-      case 1: qk_bf16_rows<1>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs); break;
-      default: break;
-    }
+    for (; n0 + k_qk_keys <= nk; n0 += k_qk_keys) qk_bf16_rows<k_qk_keys>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs);
+    for (; n0 + 2 <= nk; n0 += 2) qk_bf16_rows<2>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs);
+    if (n0 < nk) qk_bf16_rows<1>(qp, rp, k + n0 * ldk, ldk, pairs, st + n0 * rp, mvecs);
   }
   // P (f32, [keys][rows]) -> bf16 pairs [keys/2][rows][2]; an odd last key pairs with 0.
   static void pack_p_pairs(const float* st, std::int64_t rp, std::int64_t nk, std::uint16_t* pp) {
@@ -200,13 +220,10 @@ struct ops_avx512 {
                       std::int64_t pairs, float* o, std::int64_t ldo, const float* alpha, std::int64_t rows,
                       std::int64_t evecs) {
     std::int64_t m0 = 0;
-    for (; m0 + 4 <= rows; m0 += 4) pv_bf16_cols<4>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs);
-    switch (rows - m0) {
-      case 3: pv_bf16_cols<3>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-      case 2: pv_bf16_cols<2>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-      case 1: pv_bf16_cols<1>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-      default: break;
-    }
+    for (; m0 + k_pv_rows <= rows; m0 += k_pv_rows)
+      pv_bf16_cols<k_pv_rows>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs);
+    for (; m0 + 2 <= rows; m0 += 2) pv_bf16_cols<2>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs);
+    if (m0 < rows) pv_bf16_cols<1>(pp + m0 * 2, rp, vp, dv_pad, pairs, o + m0 * ldo, ldo, alpha + m0, evecs);
   }
 };
 

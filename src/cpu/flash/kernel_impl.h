@@ -65,12 +65,22 @@ float to_float(typename E::storage x) {
     return f16_to_float(x);
 }
 
+// attend::float_to_bf16 (round to nearest even, NaN stays a quiet NaN), inline here so the
+// output loop of the finalise step vectorises: the out-of-line call per element was ≈ 4% of
+// bf16 causal D=128 S=4096 (perf).
+std::uint16_t bf16_from_float(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
+  return static_cast<std::uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 template <class E>
 typename E::storage from_float(float x) {
   if constexpr (E::k_dtype == dtype::f32)
     return x;
   else if constexpr (E::k_dtype == dtype::bf16)
-    return float_to_bf16(x);
+    return bf16_from_float(x);
   else
     return float_to_f16(x);
 }
@@ -120,31 +130,44 @@ void qk_block(const float* qt, std::int64_t ldq, const float* k, std::int64_t ld
     for (int v = 0; v < MV; ++v) O::store(st + r * lds + v * w, acc[r][v]);
 }
 
-template <class O, int NR>
-void qk_rows(const float* qt, std::int64_t ldq, const float* k, std::int64_t ldk, std::int64_t dqk, float* st,
-             std::int64_t lds, std::int64_t mvecs) {
-  constexpr std::int64_t w = O::k_width;
-  std::int64_t v0 = 0;
-  for (; v0 + 4 <= mvecs; v0 += 4) qk_block<O, NR, 4>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds);
-  switch (mvecs - v0) {
-    case 3: qk_block<O, NR, 3>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
-    case 2: qk_block<O, NR, 2>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
-    case 1: qk_block<O, NR, 1>(qt + v0 * w, ldq, k, ldk, dqk, st + v0 * w, lds); break;
-    default: break;
+// One row chunk of MV vectors against all nk keys, O::k_qk_keys keys per block. The chunk's
+// packed Q (MV·W rows × dqk) stays in L1 while the key blocks stream past it
+// (Note [Flash micro-kernel shapes]).
+template <class O, int MV>
+void qk_chunk(const float* qt, std::int64_t ldq, const float* k, std::int64_t ldk, std::int64_t dqk, std::int64_t nk,
+              float* st, std::int64_t lds) {
+  constexpr int nr = O::k_qk_keys;
+  std::int64_t n0 = 0;
+  for (; n0 + nr <= nk; n0 += nr) qk_block<O, nr, MV>(qt, ldq, k + n0 * ldk, ldk, dqk, st + n0 * lds, lds);
+  if constexpr (nr > 4) {  // 64 keys = 10 × 6 + 4
+    if (n0 + 4 <= nk) qk_block<O, 4, MV>(qt, ldq, k + n0 * ldk, ldk, dqk, st + n0 * lds, lds), n0 += 4;
   }
+  for (; n0 + 2 <= nk; n0 += 2) qk_block<O, 2, MV>(qt, ldq, k + n0 * ldk, ldk, dqk, st + n0 * lds, lds);
+  if (n0 < nk) qk_block<O, 1, MV>(qt, ldq, k + n0 * ldk, ldk, dqk, st + n0 * lds, lds);
 }
 
 // Wide Q·Kᵀ: St[n][m] for n < nk, m < rows_pad, from Qt[d][m] and f32 key rows.
+// Note [Flash micro-kernel shapes]: the row chunk (4 vectors = 64 rows on AVX-512: 32 KiB of
+// packed Q at D=128) is the outer loop and the keys the inner one, so the chunk stays in L1
+// while each K row is read once per chunk; with keys outer, the whole 64 KiB Q panel streamed
+// through L1 once per key block and every Q load came from L2. The key block (O::k_qk_keys) and
+// the P·V row block (O::k_pv_rows) are as wide as the register file allows, and V tiles are
+// packed contiguously for wide items (v_direct in run_item_typed). Together, fp32 D=128, H=16,
+// S=2048, 1 thread (thread CPU time): 149 -> 186 GFLOP/s; a dependency-free FMA loop peaks at
+// ~270 GFLOP/s per core, and perf puts both micro-kernels near that. With head-major items
+// (flash_cpu.cpp), fp32 D=128 S=4096, 2 threads: P·V 43%, Q·Kᵀ 42%, softmax 8.5%, packing and
+// the rest 6% of flash_cpu's time.
 template <class O>
 void qk_wide(const float* qt, std::int64_t rows_pad, const float* k, std::int64_t ldk, std::int64_t dqk,
              std::int64_t nk, float* st) {
-  const std::int64_t mvecs = rows_pad / O::k_width;
-  std::int64_t n0 = 0;
-  for (; n0 + 4 <= nk; n0 += 4) qk_rows<O, 4>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs);
-  switch (nk - n0) {
-    case 3: qk_rows<O, 3>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
-    case 2: qk_rows<O, 2>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
-    case 1: qk_rows<O, 1>(qt, rows_pad, k + n0 * ldk, ldk, dqk, st + n0 * rows_pad, rows_pad, mvecs); break;
+  constexpr std::int64_t w = O::k_width;
+  const std::int64_t mvecs = rows_pad / w;
+  std::int64_t v0 = 0;
+  for (; v0 + 4 <= mvecs; v0 += 4) qk_chunk<O, 4>(qt + v0 * w, rows_pad, k, ldk, dqk, nk, st + v0 * w, rows_pad);
+  switch (mvecs - v0) {
+    case 3: qk_chunk<O, 3>(qt + v0 * w, rows_pad, k, ldk, dqk, nk, st + v0 * w, rows_pad); break;
+    case 2: qk_chunk<O, 2>(qt + v0 * w, rows_pad, k, ldk, dqk, nk, st + v0 * w, rows_pad); break;
+    case 1: qk_chunk<O, 1>(qt + v0 * w, rows_pad, k, ldk, dqk, nk, st + v0 * w, rows_pad); break;
     default: break;
   }
 }
@@ -164,12 +187,39 @@ void prefetch_bytes(const void* p, std::int64_t bytes) {
 
 template <class O, class E>
 void qk_narrow(const float* q, std::int64_t ldq, std::int64_t rows, const typename E::storage* k, std::int64_t ldk,
-               std::int64_t dqk_pad, std::int64_t nk, float* st, std::int64_t lds, const void* maybe_v_rows,
+               std::int64_t dqk_pad, std::int64_t nk, float* st, std::int64_t lds, std::int64_t ldm, const void* maybe_v_rows,
                std::int64_t v_row_stride_bytes, std::int64_t v_row_bytes, bool prefetch_k = true) {
   constexpr std::int64_t w = O::k_width;
   const auto k_row_stride_bytes = static_cast<std::int64_t>(sizeof(typename E::storage)) * ldk;
   const std::int64_t k_row_bytes = static_cast<std::int64_t>(sizeof(typename E::storage)) * dqk_pad;
-  for (std::int64_t n = 0; n < nk; ++n) {
+  std::int64_t n0 = 0;
+  if constexpr (O::k_width >= 8) {
+    // Keys in lanes (lds == 1, Note [Flash narrow softmax]): 4 keys at a time, one Q load per 4
+    // K loads, and the 4 dot products reduced together into 4 adjacent scores (O::hsum4) instead
+    // of one full horizontal sum per key.
+    if (lds == 1) {
+      for (; n0 + 4 <= nk; n0 += 4) {
+        for (std::int64_t n = n0; n < n0 + 4; ++n) {
+          if (prefetch_k) prefetch_bytes(reinterpret_cast<const char*>(k + n * ldk) + k_prefetch_rows * k_row_stride_bytes, k_row_bytes);
+          if (maybe_v_rows) prefetch_bytes(static_cast<const char*>(maybe_v_rows) + n * v_row_stride_bytes, v_row_bytes);
+        }
+        const typename E::storage* kr = k + n0 * ldk;
+        for (std::int64_t m = 0; m < rows; ++m) {
+          const float* qr = q + m * ldq;
+          typename O::vf a0 = O::zero(), a1 = O::zero(), a2 = O::zero(), a3 = O::zero();
+          for (std::int64_t d = 0; d < dqk_pad; d += w) {
+            const typename O::vf qv = O::load(qr + d);
+            a0 = O::fma(qv, O::template load_cvt<E>(kr + d), a0);
+            a1 = O::fma(qv, O::template load_cvt<E>(kr + ldk + d), a1);
+            a2 = O::fma(qv, O::template load_cvt<E>(kr + 2 * ldk + d), a2);
+            a3 = O::fma(qv, O::template load_cvt<E>(kr + 3 * ldk + d), a3);
+          }
+          O::hsum4(a0, a1, a2, a3, st + m * ldm + n0);
+        }
+      }
+    }
+  }
+  for (std::int64_t n = n0; n < nk; ++n) {
     const typename E::storage* kr = k + n * ldk;
     // K rows ahead (into the next tile), and this tile's V rows, which P·V reads next.
     if (prefetch_k) prefetch_bytes(reinterpret_cast<const char*>(kr) + k_prefetch_rows * k_row_stride_bytes, k_row_bytes);
@@ -183,7 +233,7 @@ void qk_narrow(const float* q, std::int64_t ldq, std::int64_t rows, const typena
         a1 = O::fma(O::load(qr + d + w), O::template load_cvt<E>(kr + d + w), a1);
       }
       if (d < dqk_pad) a0 = O::fma(O::load(qr + d), O::template load_cvt<E>(kr + d), a0);
-      st[n * lds + m] = O::hsum(O::add(a0, a1));
+      st[n * lds + m * ldm] = O::hsum(O::add(a0, a1));
     }
   }
 }
@@ -225,18 +275,16 @@ void pv_cols(const float* pt, std::int64_t ldp, const typename E::storage* v, st
   }
 }
 
-// O[m][:] for m < rows (rounded up to the row block; padded rows have P = 0).
+// O[m][:] for m < rows (rounded up to the row block; padded rows have P = 0), O::k_pv_rows rows
+// per block (Note [Flash micro-kernel shapes]).
 template <class O, class E>
 void pv_all(const float* pt, std::int64_t ldp, const typename E::storage* v, std::int64_t ldv, std::int64_t nk,
             float* o, std::int64_t ldo, const float* alpha, std::int64_t rows, std::int64_t evecs) {
+  constexpr int mr = O::k_pv_rows;
   std::int64_t m0 = 0;
-  for (; m0 + 4 <= rows; m0 += 4) pv_cols<O, E, 4>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs);
-  switch (rows - m0) {
-    case 3: pv_cols<O, E, 3>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-    case 2: pv_cols<O, E, 2>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-    case 1: pv_cols<O, E, 1>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs); break;
-    default: break;
-  }
+  for (; m0 + mr <= rows; m0 += mr) pv_cols<O, E, mr>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs);
+  for (; m0 + 2 <= rows; m0 += 2) pv_cols<O, E, 2>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs);
+  if (m0 < rows) pv_cols<O, E, 1>(pt + m0, ldp, v, ldv, nk, o + m0 * ldo, ldo, alpha + m0, evecs);
 }
 
 // ---- online softmax ------------------------------------------------------------------------
@@ -313,6 +361,37 @@ void softmax_tile(float* st, std::int64_t rows_pad, std::int64_t nk, std::int64_
   }
 }
 
+// Note [Flash narrow softmax]: decode items have one (or a few) query rows per KV head and
+// head-blocked tiles of 4 keys, so softmax_tile (rows in lanes) ran every exp and max on a
+// vector with one live lane, once per key. Here each row's scores of a tile sit in one vector,
+// keys in lanes (st_lanes[m][0, nk)); one exp2 covers the tile, lanes outside [nk) or the band
+// get -inf (weight 0), and alpha is 1 without an exp while the row's max does not move. P goes
+// back to st[n][m] for pv_all. Decode f32 (Sq=1, Skv=32768, H=32, D=128), 1 thread: 21.8 ->
+// 26 GB/s (plain read of K and V: 39 GB/s).
+template <class O>
+void softmax_lanes(const float* st_lanes, float* st, std::int64_t rp, std::int64_t rows, std::int64_t nk,
+                   std::int64_t j0, float mult, const row_state& rs) {
+  using vf = typename O::vf;
+  constexpr std::int64_t w = O::k_width;
+  const vf vmult = O::set1(mult);
+  for (std::int64_t m = 0; m < rows; ++m) {
+    const std::int32_t lo = rs.lo[m], hi = static_cast<std::int32_t>(imin(rs.hi[m], j0 + nk));
+    const vf s = O::band_lanes(O::mul(O::load(st_lanes + m * w), vmult), static_cast<std::int32_t>(j0), lo, hi);
+    if (O::any_nan(s)) rs.nan[m] = 1.0f;
+    const float m_old = rs.max_log2[m], tmax = O::hmax(s);
+    const float m_new = tmax > m_old ? tmax : m_old;
+    const float m_use = m_new == k_neg_inf ? 0.0f : m_new;  // all masked so far: exp2(-inf - 0) = 0
+    const float a = m_new == m_old ? 1.0f : __builtin_exp2f(m_old - m_use);
+    const vf pr = O::exp2(O::sub(s, O::set1(m_use)));
+    alignas(64) float lane[w];
+    O::store(lane, pr);
+    for (std::int64_t n = 0; n < nk; ++n) st[n * rp + m] = lane[n];
+    rs.sum[m] = rs.sum[m] * a + O::hsum(pr);
+    rs.max_log2[m] = m_new;
+    rs.alpha[m] = a;
+  }
+}
+
 // ---- the work item -------------------------------------------------------------------------
 
 // One KV head's part of an item: its packed Q, output rows and softmax state.
@@ -351,6 +430,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
   float* kbuf = reinterpret_cast<float*>(scratch + c.k_offset);
   float* vbuf = reinterpret_cast<float*>(scratch + c.v_offset);
   float* st = reinterpret_cast<float*>(scratch + c.s_offset);
+  float* st_lanes = st + bkv * rp;  // [rows][w] (plan.cpp sizes the score region for both)
   auto* pbuf = reinterpret_cast<std::uint16_t*>(scratch + c.p_offset);
 
   // Row bands (the same for every head), the union of keys any row sees, and the keys every
@@ -383,19 +463,44 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
       hp.rs.nan[m] = 0.0f;
     }
     for (std::int64_t i = 0; i < rows * c.dv_pad; ++i) hp.obuf[i] = 0.0f;
-    for (std::int64_t m = 0; m < rp; ++m) {
+    auto q_row = [&](std::int64_t m) -> const st_t* {
       const std::int64_t h = hk * gs + m % gs;
-      const st_t* qr = m < rows ? q_src + b * p.q.batch + (q_start + it.q_begin + m / gs) * p.q.seq + h * p.q.head : nullptr;
-      if (c.narrow) {
-        if (qr) pack_row_f32<O, E>(qr, p.q.dim, dqk, c.dqk_pad, hp.qbuf + m * c.dqk_pad);
-      } else if (c.bf16_dot) {
-        if constexpr (E::k_dtype == dtype::bf16) {
-          auto* qp = reinterpret_cast<std::uint16_t*>(hp.qbuf);
-          for (std::int64_t d = 0; d < c.dqk_pad; ++d)
-            qp[((d / 2) * rp + m) * 2 + (d & 1)] = qr && d < dqk ? qr[d * p.q.dim] : std::uint16_t{0};
+      return m < rows ? q_src + b * p.q.batch + (q_start + it.q_begin + m / gs) * p.q.seq + h * p.q.head : nullptr;
+    };
+    if (c.narrow) {
+      for (std::int64_t m = 0; m < rows; ++m) pack_row_f32<O, E>(q_row(m), p.q.dim, dqk, c.dqk_pad, hp.qbuf + m * c.dqk_pad);
+      continue;
+    }
+    // Wide items store Q transposed ([d][rows]). Why 8 rows × 16 dims per block: Q rows sit a
+    // token apart (often a multiple of 4 KiB, one L1 set), and a row-at-a-time transpose wrote
+    // across the whole 64 KiB panel per row, missing L1 on every store; a block touches 8 source
+    // lines and 16 destination lines.
+    constexpr std::int64_t k_tr_rows = 8, k_tr_dims = 16;
+    const bool q_pairs = p.q.dim == 1 && dqk == c.dqk_pad;  // bf16: contiguous rows, even head dim
+    for (std::int64_t m0 = 0; m0 < rp; m0 += k_tr_rows) {
+      for (std::int64_t d0 = 0; d0 < c.dqk_pad; d0 += k_tr_dims) {
+        for (std::int64_t m = m0; m < imin(m0 + k_tr_rows, rp); ++m) {
+          const st_t* qr = q_row(m);
+          const std::int64_t d_end = imin(d0 + k_tr_dims, c.dqk_pad);
+          if (c.bf16_dot) {
+            if constexpr (E::k_dtype == dtype::bf16) {
+              if (q_pairs) {  // whole (d, d+1) pairs as one 32-bit word
+                auto* qp32 = reinterpret_cast<std::uint32_t*>(hp.qbuf);
+                for (std::int64_t d = d0; d < d_end; d += 2) {
+                  std::uint32_t pair = 0;
+                  if (qr) std::memcpy(&pair, qr + d, sizeof pair);
+                  qp32[(d / 2) * rp + m] = pair;
+                }
+              } else {
+                auto* qp = reinterpret_cast<std::uint16_t*>(hp.qbuf);
+                for (std::int64_t d = d0; d < d_end; ++d)
+                  qp[((d / 2) * rp + m) * 2 + (d & 1)] = qr && d < dqk ? qr[d * p.q.dim] : std::uint16_t{0};
+              }
+            }
+          } else {
+            for (std::int64_t d = d0; d < imin(d_end, dqk); ++d) hp.qbuf[d * rp + m] = qr ? to_float<E>(qr[d * p.q.dim]) : 0.0f;
+          }
         }
-      } else {
-        for (std::int64_t d = 0; d < dqk; ++d) hp.qbuf[d * rp + m] = qr ? to_float<E>(qr[d * p.q.dim]) : 0.0f;
       }
     }
   }
@@ -405,7 +510,12 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
   const bool k_direct_f32 = E::k_dtype == dtype::f32 && p.k.dim == 1;
   const bool k_direct_typed = p.k.dim == 1 && dqk % w == 0;
   const bool k_direct_pairs = E::k_dtype == dtype::bf16 && p.k.dim == 1 && dqk % 2 == 0;
-  const bool v_direct = p.v.dim == 1 && dv % w == 0;
+  // Wide items pack each V tile into contiguous rows (vbuf) before P·V even when the caller's
+  // rows could be read in place: V rows of one head sit a token apart (bshd f32, H=16, D=128:
+  // 8 KiB), so a tile's rows all fall into the same few L1 sets and every P·V pass over the tile
+  // missed L1; packed, the 32 KiB tile stays in L1 for all row blocks (Note [Flash micro-kernel
+  // shapes]). Narrow (decode) items read each V row once: in place.
+  const bool v_direct = p.v.dim == 1 && dv % w == 0 && (c.narrow || p.v.seq == dv);
   const std::int64_t evecs = c.dv_pad / w;
 
   for (std::int64_t j0 = union_lo; j0 < union_hi; j0 += bkv) {
@@ -430,17 +540,21 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         prefetch_bytes(v_next + v_span * hh / it.hk_count, v_span / it.hk_count);
       }
 
-      // S = K·Qᵀ
+      // S = K·Qᵀ. Narrow tiles of at most one vector of keys without a prepass put the keys in
+      // the lanes instead (st_lanes[m][n], Note [Flash narrow softmax]).
+      const bool lanes = c.narrow && !prepass && nk <= w;
+      const std::int64_t s_key = lanes ? 1 : rp, s_row = lanes ? w : 1;
+      float* s_out = lanes ? st_lanes : st;
       if (c.narrow) {
         const auto v_stride_bytes = static_cast<std::int64_t>(sizeof(st_t)) * p.v.seq;
         const std::int64_t v_bytes = p.v.dim == 1 ? static_cast<std::int64_t>(sizeof(st_t)) * dv : 0;
         if (k_direct_typed && sweep) {
-          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, st, rp, nullptr, 0, 0, false);
+          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, s_out, s_key, s_row, nullptr, 0, 0, false);
         } else if (k_direct_typed) {
-          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, st, rp, vt, v_stride_bytes, v_bytes);
+          qk_narrow<O, E>(hp.qbuf, c.dqk_pad, rows, kt, p.k.seq, c.dqk_pad, nk, s_out, s_key, s_row, vt, v_stride_bytes, v_bytes);
         } else {
           for (std::int64_t n = 0; n < nk; ++n) pack_row_f32<O, E>(kt + n * p.k.seq, p.k.dim, dqk, c.dqk_pad, kbuf + n * c.dqk_pad);
-          qk_narrow<O, e_f32>(hp.qbuf, c.dqk_pad, rows, kbuf, c.dqk_pad, c.dqk_pad, nk, st, rp, vt, v_stride_bytes, v_bytes);
+          qk_narrow<O, e_f32>(hp.qbuf, c.dqk_pad, rows, kbuf, c.dqk_pad, c.dqk_pad, nk, s_out, s_key, s_row, vt, v_stride_bytes, v_bytes);
         }
       } else if (c.bf16_dot) {
         if constexpr (O::k_bf16_dot && E::k_dtype == dtype::bf16) {
@@ -494,7 +608,10 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         next.k_row_bytes = esize * dqk;
         next.v_row_bytes = esize * dv;
       }
-      softmax_tile<O>(st, rp, nk, j0, full, mult, rs, next);
+      if (lanes)
+        softmax_lanes<O>(st_lanes, st, rp, rows, nk, j0, mult, rs);
+      else
+        softmax_tile<O>(st, rp, nk, j0, full, mult, rs, next);
 
       // O = alpha·O + P·V
       if (c.bf16_dot) {
@@ -532,7 +649,12 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         continue;
       }
       st_t* out = static_cast<st_t*>(a.out.data) + b * p.out.batch + (q_start + i) * p.out.seq + h * p.out.head;
-      for (std::int64_t d = 0; d < dv; ++d) out[d * p.out.dim] = from_float<E>(is_nan ? k_nan : orow[d] * inv);
+      if (is_nan)
+        for (std::int64_t d = 0; d < dv; ++d) out[d * p.out.dim] = from_float<E>(k_nan);
+      else if (p.out.dim == 1)
+        for (std::int64_t d = 0; d < dv; ++d) out[d] = from_float<E>(orow[d] * inv);
+      else
+        for (std::int64_t d = 0; d < dv; ++d) out[d * p.out.dim] = from_float<E>(orow[d] * inv);
       if (p.maybe_lse) p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (q_start + i) * p.lse_seq_stride] = lse;
     }
   }

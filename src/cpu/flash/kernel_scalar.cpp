@@ -7,6 +7,10 @@ namespace {
 
 struct ops_scalar {
   static constexpr int k_width = 1;
+  // Why 4 and 4: portable path; 16 scalar accumulators, as many as the compiler keeps in
+  // registers on common targets.
+  static constexpr int k_qk_keys = 4;
+  static constexpr int k_pv_rows = 4;
   static constexpr bool k_bf16_dot = false;
   using vf = float;
   using vi = std::int32_t;
@@ -26,6 +30,9 @@ struct ops_scalar {
   static float hsum(vf x) { return x; }
   static vi load_i(const std::int32_t* p) { return *p; }
   static vf band(vf s, std::int32_t j, vi lo, vi hi) { return j >= lo && j < hi ? s : k_neg_inf; }
+  static vf band_lanes(vf s, std::int32_t j, std::int32_t lo, std::int32_t hi) { return band(s, j, lo, hi); }
+  static bool any_nan(vf s) { return s != s; }
+  static float hmax(vf x) { return x; }
   static vm nan_none() { return false; }
   static vm nan_acc(vm acc, vf s) { return acc || s != s; }
   static void nan_store(float* flags, vm acc) {

@@ -73,14 +73,16 @@ namespace {
 // Why 128 rows: each item streams its head's K/V from memory once, so rows set the FLOPs per
 // byte; 128 rows halve that traffic against 64 (fp32 D=128 S=16384, 2 threads: 262 -> 286
 // GFLOP/s; bf16 S=4096: 499 -> 621) while the Q panel (128 × D=128 × 4 B = 64 KiB) and the score
-// tile (64 × 128 × 4 B = 32 KiB) stay in L2. The Q·Kᵀ micro-kernel (4 keys × 4 vectors of 16
-// rows = 16 zmm accumulators) runs it as two row chunks.
+// tile (64 × 128 × 4 B = 32 KiB) stay in L2. The Q·Kᵀ micro-kernel (AVX-512: 6 keys × 4 vectors
+// of 16 rows = 24 zmm accumulators) runs it as two row chunks of 32 KiB, each kept in L1 while
+// the tile's keys stream past (Note [Flash micro-kernel shapes] in kernel_impl.h).
 constexpr std::int64_t k_target_rows = 128;
 // Why 64 keys: the score tile (64 keys × 64 rows × 4 B = 16 KiB) plus one V stripe stays in a
 // 32-48 KiB L1d, and the once-per-tile rescale of the output rows costs 1/64 of the P·V work.
 // Must be even (bf16 pairs of keys).
 constexpr std::int64_t k_block_kv = 64;
-// Why 4: the P·V micro-kernel's row block; rows are padded to it so no row remainder is needed.
+// Why 4: rows are padded to a multiple of 4 (and of the vector width) so that the portable path
+// (one-float vectors) runs whole 4-row P·V blocks; the vector paths handle any row remainder.
 constexpr std::int64_t k_pv_rows = 4;
 
 std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
@@ -125,7 +127,9 @@ tile_config make_tile_config(const problem& p, isa target) {
   };
   c.k_offset = take(c.block_kv * c.dqk_pad * 4);
   c.v_offset = take(c.block_kv * c.dv_pad * 4);
-  c.s_offset = take(c.block_kv * c.rows_pad * 4);
+  // Scores [keys][rows_pad], then (narrow items) one vector of keys per row (Note [Flash narrow
+  // softmax] in kernel_impl.h).
+  c.s_offset = take((c.block_kv + (c.narrow ? c.width : 0)) * c.rows_pad * 4);
   c.p_offset = take(c.block_kv * c.rows_pad * 2);
   c.head_offset = at;
   at = 0;
