@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/flash.h"
 
@@ -46,6 +47,25 @@ __device__ __forceinline__ seq_bounds bounds_of(const flash_params& p, int b) {
     s.len_kv = p.seqlen_kv;
   }
   return s;
+}
+
+// 2^x on the special-function unit (flush-to-zero; 2^-inf = +0, NaN stays NaN). Its ~2 ulp error
+// is far below the bf16/f16 rounding that P gets before the second MMA.
+__device__ __forceinline__ float exp2_approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+template <typename T>
+__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  } else {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const std::uint32_t*>(&v);
+  }
 }
 
 // Visible keys [lo, hi) of query row i (local position); hi <= lo: none.

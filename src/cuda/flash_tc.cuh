@@ -61,25 +61,6 @@ __device__ __forceinline__ void mma16816(float (&c)[4], const std::uint32_t (&a)
   }
 }
 
-// 2^x on the special-function unit (flush-to-zero; 2^-inf = +0, NaN stays NaN). Its ~2 ulp error
-// is far below the bf16/f16 rounding that P gets before the second MMA.
-__device__ __forceinline__ float exp2_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-template <typename T>
-__device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 v = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&v);
-  } else {
-    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<const std::uint32_t*>(&v);
-  }
-}
-
 // Element (row, chunk) of a swizzled [rows][Width] tile: chunk c of row r lives at c ^ (r & 7).
 template <int Width, typename T>
 __device__ __forceinline__ T* tile_at(T* tile, int row, int chunk) {
@@ -318,14 +299,14 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float m_use = mx == k_neg_inf ? 0.0f : mx;
-        const float alpha = tc::exp2_approx(row_m[mb][r] - m_use);
+        const float alpha = exp2_approx(row_m[mb][r] - m_use);
         row_m[mb][r] = mx;
         float sum = 0.0f;
 #pragma unroll
         for (int nb = 0; nb < nb_count; ++nb)
 #pragma unroll
           for (int c = 0; c < 2; ++c) {
-            const float pr = tc::exp2_approx(s[mb][nb][2 * r + c] - m_use);
+            const float pr = exp2_approx(s[mb][nb][2 * r + c] - m_use);
             s[mb][nb][2 * r + c] = pr;
             sum += pr;
           }
@@ -343,10 +324,10 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       std::uint32_t a[mb_count][4];
 #pragma unroll
       for (int mb = 0; mb < mb_count; ++mb) {
-        a[mb][0] = tc::pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
-        a[mb][1] = tc::pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
-        a[mb][2] = tc::pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
-        a[mb][3] = tc::pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
+        a[mb][0] = pack2<T>(s[mb][2 * kk][0], s[mb][2 * kk][1]);
+        a[mb][1] = pack2<T>(s[mb][2 * kk][2], s[mb][2 * kk][3]);
+        a[mb][2] = pack2<T>(s[mb][2 * kk + 1][0], s[mb][2 * kk + 1][1]);
+        a[mb][3] = pack2<T>(s[mb][2 * kk + 1][2], s[mb][2 * kk + 1][3]);
       }
 #pragma unroll
       for (int nd2 = 0; nd2 < Width / 16; ++nd2) {
@@ -398,7 +379,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
         for (int nd = 0; nd < nd_count; ++nd)
           *reinterpret_cast<std::uint32_t*>(tc::tile_at<Width>(s_q, row_in_cta, nd) + col0) =
-              tc::pack2<T>(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
+              pack2<T>(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
         if (p.maybe_lse && (lane & 3) == 0 && i < sb.len_q)
           p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = lse;
       }
