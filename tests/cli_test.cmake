@@ -44,3 +44,8 @@ expect_exit(0 bench --seqlen 64 --heads 2 --head-dim 32 --dtype f32 --min-time 0
 expect_match("${last_out}" "GFLOP/s")
 expect_exit(0 check --quick --backend unfused_cpu --seed 7)
 expect_match("${last_out}" "[0-9]+ passed, 0 failed")
+# Variable-length batches from the command line.
+expect_exit(0 explain --varlen 3,0,5 --varlen-kv 4,2,0 --causal --align bottom_right)
+expect_match("${last_out}" "features=causal, varlen, bottom_right alignment")
+expect_exit(2 explain --varlen 3,x)
+expect_exit(2 explain --varlen 3,4 --varlen-kv 1)

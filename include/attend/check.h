@@ -54,6 +54,9 @@ struct case_spec {
   std::string describe() const;
 };
 
+// Cumulative offsets [0, l0, l0 + l1, ...] of per-sequence lengths (varlen cu_seqlens).
+std::vector<std::int32_t> cumulative_offsets(const std::vector<std::int32_t>& lengths);
+
 // The awkward-size grid: S = 1, 17, 501; D = 8, 64, 80, 128; GQA 4:1 and 8:1; Sq != Skv with
 // both alignments; windows; masks with fully masked rows; varlen with a zero-length sequence.
 // `seed` reseeds every case (fresh data per run); `quick` keeps a smaller subset.

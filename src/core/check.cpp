@@ -51,6 +51,12 @@ std::string case_spec::describe() const {
   return os.str();
 }
 
+std::vector<std::int32_t> cumulative_offsets(const std::vector<std::int32_t>& lengths) {
+  std::vector<std::int32_t> offsets(1, 0);
+  for (std::int32_t length : lengths) offsets.push_back(offsets.back() + length);
+  return offsets;
+}
+
 std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   std::vector<case_spec> base;
   auto add = [&](std::string name, auto&& edit) {
@@ -150,16 +156,13 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   std::int64_t rows_q = spec.batch * spec.seqlen_q, rows_kv = spec.batch * spec.seqlen_kv;
   std::int64_t max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
   if (varlen) {
+    if (spec.varlen_kv.size() != spec.varlen_q.size())
+      throw invalid_argument("case_spec: varlen_q and varlen_kv must list as many sequences");
     batch = static_cast<std::int64_t>(spec.varlen_q.size());
-    m.cu_q.assign(1, 0);
-    m.cu_kv.assign(1, 0);
-    max_q = max_kv = 0;
-    for (std::size_t b = 0; b < spec.varlen_q.size(); ++b) {
-      m.cu_q.push_back(m.cu_q.back() + spec.varlen_q[b]);
-      m.cu_kv.push_back(m.cu_kv.back() + spec.varlen_kv[b]);
-      max_q = std::max<std::int64_t>(max_q, spec.varlen_q[b]);
-      max_kv = std::max<std::int64_t>(max_kv, spec.varlen_kv[b]);
-    }
+    m.cu_q = cumulative_offsets(spec.varlen_q);
+    m.cu_kv = cumulative_offsets(spec.varlen_kv);
+    max_q = *std::max_element(spec.varlen_q.begin(), spec.varlen_q.end());
+    max_kv = *std::max_element(spec.varlen_kv.begin(), spec.varlen_kv.end());
     rows_q = m.cu_q.back();
     rows_kv = m.cu_kv.back();
     a.maybe_cu_seqlens_q = tensor_view::contiguous(m.cu_q.data(), dtype::i32, {batch + 1});

@@ -54,14 +54,10 @@ shape_only_call shape_only(const cli_options& o) {
   std::int64_t total_q = 0, total_kv = 0, max_q = 0, max_kv = 0;
   std::int64_t batch = o.batch;
   if (varlen) {
-    call.cu_q = {0};
-    call.cu_kv = {0};
-    for (std::size_t b = 0; b < o.varlen_q.size(); ++b) {
-      call.cu_q.push_back(call.cu_q.back() + o.varlen_q[b]);
-      call.cu_kv.push_back(call.cu_kv.back() + o.varlen_kv[b]);
-      max_q = std::max<std::int64_t>(max_q, o.varlen_q[b]);
-      max_kv = std::max<std::int64_t>(max_kv, o.varlen_kv[b]);
-    }
+    call.cu_q = testing::cumulative_offsets(o.varlen_q);
+    call.cu_kv = testing::cumulative_offsets(o.varlen_kv);
+    max_q = *std::max_element(o.varlen_q.begin(), o.varlen_q.end());
+    max_kv = *std::max_element(o.varlen_kv.begin(), o.varlen_kv.end());
     total_q = call.cu_q.back();
     total_kv = call.cu_kv.back();
     batch = static_cast<std::int64_t>(o.varlen_q.size());
