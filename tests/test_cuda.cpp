@@ -108,7 +108,7 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
 // head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
 // wgmma/TMA kernel (elsewhere the mma.sync kernel): sequence lengths that are not multiples of its
 // 128-row/128-key tiles, causal with both alignments (including rows that see no key), GQA, a
-// window, the bhsd layout, LSE on every case.
+// window, the bhsd layout, LSE on every case, and calls with more work items than the GPU has SMs.
 std::vector<case_spec> hopper_cases(std::uint64_t seed) {
   std::vector<case_spec> v;
   for (dtype t : {dtype::bf16, dtype::f16})
@@ -131,6 +131,10 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 900; c.heads_q = 2; c.window_left = 200; c.window_right = 30; });
       add("bhsd-causal", [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
       add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = 2; });
+      // More work items than SMs: each persistent CTA runs several items, so both Q buffers and the
+      // K/V ring's phases are reused across items (Note [Hopper scheduler]).
+      add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 1000; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
+      add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 1500; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
     }
   return v;
 }
@@ -162,6 +166,29 @@ TEST(cuda, flash_cuda_big_shapes) {
 TEST(cuda, flash_cuda_hopper_shapes) {
   ATTEND_REQUIRE_GPU();
   check_cases("flash_cuda", hopper_cases(fresh_seed()), true);
+}
+
+// Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
+// with more work items (2 row blocks x 70 heads x 2 batches) than an H100 has SMs, so the
+// persistent Hopper kernel reuses its Q buffers and K/V ring across items (Note [Hopper scheduler]).
+TEST(cuda, flash_cuda_hopper_persistent_small) {
+  ATTEND_REQUIRE_GPU();
+  std::vector<case_spec> v;
+  const std::uint64_t seed = fresh_seed();
+  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{64}}, std::pair{dtype::f16, std::int64_t{128}}}) {
+    case_spec c;
+    c.name = "sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d);
+    c.dtype = t;
+    c.head_dim_qk = c.head_dim_v = d;
+    c.batch = 2;
+    c.seqlen_q = c.seqlen_kv = 200;
+    c.heads_q = 70;
+    c.heads_kv = 14;
+    c.causal = true;
+    c.seed = seed + v.size();
+    v.push_back(c);
+  }
+  check_cases("flash_cuda", v, true);
 }
 
 TEST(cuda, cudnn_quick_grid) {

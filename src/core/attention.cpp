@@ -11,10 +11,14 @@ std::string_view version() noexcept { return ATTEND_VERSION_STRING; }
 namespace {
 
 // Note [Workspace cache]: backends never allocate in run(); attention() hands them a workspace
-// of workspace_bytes(). When the caller gives none, a per-thread buffer per memory resource is
-// grown to the largest size seen and reused, so steady-state calls allocate nothing.
+// of workspace_bytes(). When the caller gives none, a per-thread buffer per (memory resource,
+// CUDA stream) is grown to the largest size seen and reused, so steady-state calls allocate
+// nothing. Keyed by stream because a GPU backend's kernels use the workspace after run() returns:
+// two calls on one stream are ordered by it, two calls on different streams must not share a
+// buffer (flash_cuda's split-KV partials and work counter would race).
 struct cached_workspace {
   memory_resource* memory = nullptr;
+  void* stream = nullptr;
   void* data = nullptr;
   std::size_t bytes = 0;
   cached_workspace() = default;
@@ -25,15 +29,16 @@ struct cached_workspace {
   }
 };
 
-std::span<std::byte> thread_workspace(memory_resource& memory, std::size_t bytes) {
+std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std::size_t bytes) {
   thread_local std::vector<std::unique_ptr<cached_workspace>> cache;
   cached_workspace* slot = nullptr;
   for (auto& c : cache)
-    if (c->memory == &memory) slot = c.get();
+    if (c->memory == &memory && c->stream == stream) slot = c.get();
   if (slot == nullptr) {
     cache.push_back(std::make_unique<cached_workspace>());
     slot = cache.back().get();
     slot->memory = &memory;
+    slot->stream = stream;
   }
   if (slot->bytes < bytes) {
     if (slot->data) memory.deallocate(slot->data);
@@ -66,7 +71,7 @@ void run_on(const backend& b, const problem& p, const run_options& options) {
       memory_resource* memory = b.memory_for(p.device);
       if (memory == nullptr)
         throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
-      ctx.workspace = thread_workspace(*memory, bytes);
+      ctx.workspace = thread_workspace(*memory, options.maybe_cuda_stream, bytes);
     }
   }
   b.run(p, ctx);

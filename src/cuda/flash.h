@@ -49,6 +49,12 @@ struct flash_params {
   int num_splits = 1;
   float* maybe_partial_out = nullptr;  // [splits, B, Hq, Sq, Dv]
   float* maybe_partial_lse = nullptr;  // [splits, B, Hq, Sq]
+
+  // The Hopper path's persistent schedule (Note [Hopper scheduler], flash_sm90.cuh): an int in the
+  // workspace that its launcher zeroes on the stream and its CTAs count work items with, and the
+  // number of CTAs (the device's SM count).
+  int* maybe_work_counter = nullptr;
+  int persistent_ctas = 0;
 };
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -119,8 +125,8 @@ void launch_flash_tc(const flash_params& p, void* stream);
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream);
 // The Hopper kernel (sm_90a; flash_sm90.cuh) for one (elem, width) `sm90` row of flash_kernels.txt.
-// Returns false, launching nothing, when the driver refuses the TMA descriptors of these tensors
-// (the caller then runs launch_flash_tc).
+// Needs p.maybe_work_counter and p.persistent_ctas. Returns false, launching nothing, when the
+// driver refuses the TMA descriptors of these tensors (the caller then runs launch_flash_tc).
 template <elem E, int Width>
 bool launch_flash_sm90(const flash_params& p, void* stream);
 // fp32 (and any dtype) by a scalar fp32 path: one warp per query row.

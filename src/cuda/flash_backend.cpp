@@ -117,12 +117,14 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
 
 std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
+// Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [split-KV partial
+// outputs] [split-KV partial LSEs].
 struct workspace_plan {
   int splits = 1;
-  std::size_t out_bytes = 0, lse_bytes = 0;
-  std::size_t total() const { return splits > 1 ? out_bytes + lse_bytes : 0; }
+  std::size_t counter_bytes = 0, out_bytes = 0, lse_bytes = 0;
+  std::size_t total() const { return counter_bytes + (splits > 1 ? out_bytes + lse_bytes : 0); }
 };
-workspace_plan plan_workspace(const problem& p, const tc_entry* kernel) {
+workspace_plan plan_splits(const problem& p, const tc_entry* kernel) {
   workspace_plan w;
   w.splits = num_splits(p, kernel, kernel ? sm_count(p.device.index) : 1);
   const auto rows = static_cast<std::size_t>(w.splits) * static_cast<std::size_t>(p.batch * p.num_heads_q * p.seqlen_q);
@@ -195,29 +197,29 @@ class flash_cuda_backend final : public backend {
 
   std::size_t workspace_bytes(const problem& p, int num_threads) const override {
     (void)num_threads;
-    return plan_workspace(p, tc_kernel_for(p)).total();
+    return plan_call(p).ws.total();
   }
 
   void run(const problem& pr, const run_context& ctx) const override {
     if (pr.batch == 0 || pr.seqlen_q == 0 || pr.num_heads_q == 0) return;
     const device_guard guard(pr.device.index);
-    const tc_entry* kernel = tc_kernel_for(pr);
-    const workspace_plan plan = plan_workspace(pr, kernel);
-    flash_params p = to_params(pr);
-    if (plan.splits > 1) {
-      if (ctx.workspace.size() < plan.total())
-        throw invalid_argument("flash_cuda: workspace of " + std::to_string(ctx.workspace.size()) + " bytes, needs " +
-                               std::to_string(plan.total()));
-      p.num_splits = plan.splits;
-      p.maybe_partial_out = reinterpret_cast<float*>(ctx.workspace.data());
-      p.maybe_partial_lse = reinterpret_cast<float*>(ctx.workspace.data() + plan.out_bytes);
+    call_plan plan = plan_call(pr);
+    flash_params& p = plan.params;
+    if (ctx.workspace.size() < plan.ws.total())
+      throw invalid_argument("flash_cuda: workspace of " + std::to_string(ctx.workspace.size()) + " bytes, needs " +
+                             std::to_string(plan.ws.total()));
+    std::byte* const ws = ctx.workspace.data();
+    if (plan.hopper != nullptr) {
+      p.maybe_work_counter = reinterpret_cast<int*>(ws);
+      p.persistent_ctas = sm_count(pr.device.index);
+      if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
-    if (const sm90_entry* hopper = kernel ? sm90_kernel_for(pr, p) : nullptr;
-        hopper != nullptr && hopper->launch(p, ctx.maybe_cuda_stream)) {
-      return;
+    if (p.num_splits > 1) {
+      p.maybe_partial_out = reinterpret_cast<float*>(ws + plan.ws.counter_bytes);
+      p.maybe_partial_lse = reinterpret_cast<float*>(ws + plan.ws.counter_bytes + plan.ws.out_bytes);
     }
-    if (kernel) {
-      kernel->launch(p, ctx.maybe_cuda_stream);
+    if (plan.kernel) {
+      plan.kernel->launch(p, ctx.maybe_cuda_stream);
       if (p.num_splits > 1) launch_flash_combine(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
     } else {
       launch_flash_generic(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
@@ -236,6 +238,24 @@ class flash_cuda_backend final : public backend {
   }
 
  private:
+  // Which kernel runs the call, its parameters (without workspace pointers) and its workspace.
+  struct call_plan {
+    const tc_entry* kernel = nullptr;   // nullptr: the scalar fp32 kernel
+    const sm90_entry* hopper = nullptr;  // the Hopper kernel, when sm90_kernel_for allows it
+    workspace_plan ws;
+    flash_params params;
+  };
+  static call_plan plan_call(const problem& pr) {
+    call_plan c;
+    c.kernel = tc_kernel_for(pr);
+    c.ws = plan_splits(pr, c.kernel);
+    c.params = to_params(pr);
+    c.params.num_splits = c.ws.splits;
+    c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
+    if (c.hopper != nullptr) c.ws.counter_bytes = 256;
+    return c;
+  }
+
   static flash_params to_params(const problem& pr) {
     const attention_params& a = pr.params;
     flash_params p;

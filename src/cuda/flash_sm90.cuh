@@ -4,12 +4,13 @@
 // compile an empty stub that traps), and flash_backend.cpp selects it only on compute capability
 // 9.0 devices in a build whose architectures include 90a.
 //
-// Note [Hopper path]: one CTA of 3 warpgroups owns k_sm90_block_m = 128 query rows of one
-// (batch, query head).
-//   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of the Q
-//     tile once and of each visible key tile of K and V (k_sm90_block_n keys) into a 2-stage ring,
-//     each completing on an mbarrier (full_k, full_v); it reuses a stage once both consumers have
-//     arrived on its `empty` barrier. Its registers are given to the consumers (setmaxnreg).
+// Note [Hopper path]: a persistent CTA of 3 warpgroups runs work items of k_sm90_block_m = 128
+// query rows of one (batch, query head), one after another (Note [Hopper scheduler]).
+//   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of each
+//     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a 2-stage
+//     ring, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage once both
+//     consumers have arrived on its `empty` barrier. Its registers are given to the consumers
+//     (setmaxnreg).
 //   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 with both
 //     operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
 //     ex2.approx), then O += P V by wgmma m64n{D}k16 with P from registers as the A operand and V
@@ -21,8 +22,8 @@
 //     V N-major: stride byte offset 1024 between 8-key groups, leading byte offset = one column
 //     block between the two 64-wide halves at D = 128).
 //   - Rows or keys past the sequence come in as zeros (TMA out-of-bounds fill) and are masked by
-//     the band test; the output is staged through the consumer's own rows of the Q tile and stored
-//     in 16-byte vectors.
+//     the band test; the output is staged through the consumer's own rows of the Q buffer and
+//     stored in 16-byte vectors.
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
 // no softcap, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
 // alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
@@ -33,6 +34,7 @@
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -43,13 +45,20 @@ namespace attend::cuda {
 namespace sm90 {
 
 inline constexpr int k_threads = 384;  // producer warpgroup + 2 consumer warpgroups
-inline constexpr int k_stages = 2;     // why: 2 x (K + V) tiles at D = 128 is 128 KB; with Q (32 KB)
-                                       // 160 KB of the 227 KB a block may use
+// Stages of the K/V ring.
+template <int Width>
+inline constexpr int k_stages = Width == 64 ? 4 : 2;  // why: at D = 128, 2 x (K + V) tiles are 128 KB;
+                                                      // with two Q buffers (64 KB, Note [Hopper
+                                                      // scheduler]) 194 KB of the 227 KB a block may
+                                                      // use, and a third stage would not fit. At
+                                                      // D = 64, 4 stages (128 KB) hide more load
+                                                      // latency at item boundaries.
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 constexpr int smem_bytes(int width) {
-  return tile_bytes(k_sm90_block_m, width) + 2 * k_stages * tile_bytes(k_sm90_block_n, width) + 1024 /* barriers */ +
-         1024 /* alignment slack */;
+  const int stages = width == 64 ? k_stages<64> : k_stages<128>;
+  return 2 * tile_bytes(k_sm90_block_m, width) + 2 * stages * tile_bytes(k_sm90_block_n, width) +
+         1024 /* barriers, item slots */ + 1024 /* alignment slack */;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -89,6 +98,12 @@ __device__ __forceinline__ void tma_load(std::uint32_t dst, const CUtensorMap* m
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+__device__ __forceinline__ void named_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
@@ -110,58 +125,198 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
          (static_cast<std::uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
 
-// S[64 x 128] (+)= A[64 x 16] B[128 x 16]^T, both K-major in shared memory.
-template <typename T>
-__device__ __forceinline__ void wgmma_ss_n128(float (&d)[64], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-}
+// wgmma wrappers. Accumulator operand lists of 32 and 64 floats; the element type (bf16/f16) is
+// pasted into the instruction name.
+#define ATTEND_WG_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define ATTEND_WG_ACC64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define ATTEND_WG_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
+#define ATTEND_WG_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+// S[64 x N] (+)= A[64 x 16] B[N x 16]^T, both K-major in shared memory.
+#define ATTEND_WG_SS(N, TY, R, ACC, IA, IB, IP)                                                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
+               : ACC                                                                                       \
+               : "l"(desc_a), "l"(desc_b), "r"(accumulate))
 // O[64 x N] += P[64 x 16] (registers) V[16 x N] (shared memory, N-major).
+#define ATTEND_WG_RS(N, TY, R, ACC, A0, IB, IP)                                                              \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", " A0 ", %" IB ", p, 1, 1, 1;\n}\n" \
+               : ACC                                                                                       \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
+
+template <typename T, int N>
+__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
+  static_assert(N == 64 || N == 128);
+  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_SS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "34");
+  else if constexpr (N == 64)
+    ATTEND_WG_SS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "34");
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_SS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
+  else
+    ATTEND_WG_SS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
+}
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
-  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  } else if constexpr (N == 64) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  } else {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, {%64,%65,%66,%67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-  }
+  static_assert(N == 64 || N == 128);
+  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_RS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36", "37");
+  else if constexpr (N == 64)
+    ATTEND_WG_RS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36", "37");
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_RS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68", "69");
+  else
+    ATTEND_WG_RS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68", "69");
 }
+#undef ATTEND_WG_SS
+#undef ATTEND_WG_RS
+#undef ATTEND_WG_ACC32
+#undef ATTEND_WG_ACC64
+#undef ATTEND_WG_R32
+#undef ATTEND_WG_R64
 
 #endif  // ATTEND_SM90_DEVICE
 
 }  // namespace sm90
 
-// Note [CTA order] (flash_tc.cuh) applies: blockIdx.x walks row blocks from the last to the first.
+namespace sm90 {
+
+// Work item w of the persistent schedule (Note [Hopper scheduler]): (batch, head) major, and within
+// one (batch, head) the row blocks from the last to the first.
+struct work_item {
+  int b, h, m0;
+};
+__device__ __forceinline__ work_item item_of(const flash_params& p, int w) {
+  const int row_blocks = (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m;
+  const int bh = w / row_blocks;
+  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - w % row_blocks) * k_sm90_block_m};
+}
+__device__ __forceinline__ int item_count(const flash_params& p) {
+  return (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m * p.num_heads_q * p.batch;
+}
+
+// Key tiles [t_begin, t_end) that any of the rows [m0, m0 + 128) sees (bands are monotone in the row).
+__device__ __forceinline__ void tile_range(const flash_params& p, int m0, int& t_begin, int& t_end) {
+  const int m_last = min(m0 + k_sm90_block_m, p.seqlen_q) - 1;
+  const band first = visible(p, m0, p.seqlen_q, p.seqlen_kv), last = visible(p, m_last, p.seqlen_q, p.seqlen_kv);
+  t_begin = t_end = 0;
+  if (last.hi > first.lo) {
+    t_begin = static_cast<int>(first.lo / k_sm90_block_n);
+    t_end = static_cast<int>((last.hi + k_sm90_block_n - 1) / k_sm90_block_n);
+  }
+}
+
+#ifdef ATTEND_SM90_DEVICE
+// One consumer warpgroup's step over NK keys of a key tile (NK = 128: the whole tile; 64: the half
+// that holds every key its rows see, Note [Hopper half tiles]): S = Q K^T, band mask, online
+// softmax, O += P V. `a_base`: this warpgroup's 64 rows of Q; `k_base`/`v_base`: the first of the
+// NK keys in the stage; keys [n0, n0 + NK) need no mask when `unmasked`.
+template <typename T, int Width, int NK>
+__device__ __forceinline__ void consume_keys(float (&o)[Width / 2], float (&row_m)[2], float (&row_l)[2],
+                                             std::uint32_t a_base, std::uint32_t k_base, std::uint32_t v_base,
+                                             std::uint32_t bar_v, std::uint32_t parity, int n0, bool unmasked,
+                                             const int (&lo_r)[2], const int (&hi_r)[2], int lane, float scale_log2) {
+  constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
+  float sc[NK / 2];
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < Width / 16; ++kk) {
+    const std::uint32_t a = a_base + (kk / 4) * tile_bytes(BM, 64) + (kk % 4) * 32;
+    const std::uint32_t bk = k_base + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
+    wgmma_ss<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), kk > 0 ? 1 : 0);
+  }
+  wg_commit();
+  wg_wait0();
+  reg_fence(sc);
+
+  // Scale to log2 units; outside the band (causal/window edges, keys past the sequence, rows past
+  // it) -inf. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key n0 + 8j + 2(lane%4) + (e&1).
+  if (unmasked) {
+#pragma unroll
+    for (int e = 0; e < NK / 2; ++e) sc[e] *= scale_log2;
+  } else {
+    const int col_base = n0 + (lane & 3) * 2;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int lo = lo_r[r] - col_base, hi = hi_r[r] - col_base;
+#pragma unroll
+      for (int j = 0; j < NK / 8; ++j)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = sc[4 * j + 2 * r + c];
+          x = 8 * j + c >= lo && 8 * j + c < hi ? x * scale_log2 : k_neg_inf;
+        }
+    }
+  }
+
+  // Online softmax (log2 units); a row with no visible key so far keeps m = -inf and uses 0 as its
+  // reference, so exp2 never sees (-inf) - (-inf).
+  std::uint32_t pa[NK / 16][4];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = row_m[r];
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_use = mx == k_neg_inf ? 0.0f : mx;
+    const float alpha = exp2_approx(row_m[r] - m_use);
+    row_m[r] = mx;
+    float sum = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) {
+      const float p0 = exp2_approx(sc[4 * j + 2 * r] - m_use), p1 = exp2_approx(sc[4 * j + 2 * r + 1] - m_use);
+      sum += p0 + p1;
+      // A fragment of k16 step j / 2: registers {row lo, row hi} x {first, second n8 block}.
+      pa[j / 2][(j % 2) * 2 + r] = pack2<T>(p0, p1);
+    }
+    row_l[r] = row_l[r] * alpha + sum;
+#pragma unroll
+    for (int jd = 0; jd < Width / 8; ++jd) {
+      o[4 * jd + 2 * r] *= alpha;
+      o[4 * jd + 2 * r + 1] *= alpha;
+    }
+  }
+
+  mbar_wait(bar_v, parity);
+  // The rescaled O and the packed P must be in registers before wgmma.fence.
+  reg_fence(o);
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk) reg_fence_u32(pa[kk]);
+  wg_fence();
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk)
+    wgmma_rs<T, Width>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
+  wg_commit();
+  wg_wait0();
+  reg_fence(o);
+}
+#endif  // ATTEND_SM90_DEVICE
+
+}  // namespace sm90
+
+// Note [Hopper scheduler]: the kernel is persistent. The grid has one CTA per SM (at most one
+// fits: 384 threads, ~194 KB of shared memory at D = 128); each CTA's producer warp takes the next
+// work item (128 query rows of one (batch, head)) from a counter in the workspace (zeroed on the
+// caller's stream before the launch), so CTAs that drew short items take more of them. Items are
+// numbered (batch, head) major so the CTAs running at one time share the K/V of a few heads in
+// L2, and within a head the last row block first: under causal masking it sees the most keys, so
+// the longest items start first and the short ones fill the end.
+// The item number travels through one shared-memory slot, handed to each consumer and back by a
+// pair of named barriers per consumer (bar.arrive / bar.sync, which compute-sanitizer's racecheck
+// follows). Q is double-buffered: while the consumers finish item j (and store its output through
+// their rows of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so
+// the load latency and the epilogue that a CTA per item would pay at its start and end overlap
+// with compute. The K/V ring and its phases run on across items, and the two consumers meet only
+// at its stages: one may finish an item and start the next while the other is still on its last
+// tile.
+//
+// Note [Hopper half tiles]: a consumer warpgroup whose 64 rows see only one half of a 128-key tile
+// (the diagonal tile under causal masking: the first 64 rows see only its first 64 keys; a
+// window's left edge) runs wgmma at n = 64 on that half. The two consumers share the SM's tensor
+// cores, so the halved work shortens the tile; at S = 1024 the 8 diagonal tiles are 8 of a head's
+// 36 causal tiles. Which consumer takes the first 64 rows alternates from item to item, so neither
+// consumer always has the longer diagonal and runs behind the other by more each item.
 template <elem E, int Width>
 __global__ void __launch_bounds__(sm90::k_threads, 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
@@ -172,228 +327,209 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
   constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
   constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
+  constexpr int stages = k_stages<Width>;
   static_assert(BM == 128 && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
 
   extern __shared__ unsigned char smem_raw[];
   // 128-byte swizzled tiles need 1024-byte aligned bases.
   const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
   unsigned char* const base_ptr = smem_raw + (base - smem_u32(smem_raw));
-  const std::uint32_t s_q = base;
-  const std::uint32_t s_k = s_q + q_bytes;                    // stages of K
-  const std::uint32_t s_v = s_k + k_stages * kv_bytes;        // stages of V
-  const std::uint32_t s_bar = s_v + k_stages * kv_bytes;      // barriers
-  const std::uint32_t bar_q = s_bar;
-  auto bar_full_k = [&](int s) { return s_bar + 8u + 8u * static_cast<std::uint32_t>(s); };
-  auto bar_full_v = [&](int s) { return s_bar + 8u + 8u * k_stages + 8u * static_cast<std::uint32_t>(s); };
-  auto bar_empty = [&](int s) { return s_bar + 8u + 16u * k_stages + 8u * static_cast<std::uint32_t>(s); };
+  const std::uint32_t s_q0 = base;                             // 2 Q buffers
+  const std::uint32_t s_k = s_q0 + 2 * q_bytes;         // stages of K
+  const std::uint32_t s_v = s_k + stages * kv_bytes;    // stages of V
+  const std::uint32_t s_bar = s_v + stages * kv_bytes;  // barriers, then the item slot
+  auto bar_q_full = [&](int qb) { return s_bar + 8u * static_cast<std::uint32_t>(qb); };
+  auto bar_q_empty = [&](int qb) { return s_bar + 16u + 8u * static_cast<std::uint32_t>(qb); };
+  auto bar_full_k = [&](int s) { return s_bar + 32u + 8u * static_cast<std::uint32_t>(s); };
+  auto bar_full_v = [&](int s) { return s_bar + 32u + 8u * stages + 8u * static_cast<std::uint32_t>(s); };
+  auto bar_empty = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
+  volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 24 * stages);
+  // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
+  // the producer warp to consumer c (3 + c: written) and back (5 + c: read). One pair per consumer,
+  // so neither consumer waits for the other at an item boundary (Note [Hopper scheduler]).
+  constexpr int k_bar_slot_full = 3, k_bar_slot_read = 5, k_slot_threads = 32 + 128;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warpgroup = tid / 128;
   if (tid == 0) {
-    mbar_init(bar_q, 1);
-    for (int s = 0; s < k_stages; ++s) {
+    for (int qb = 0; qb < 2; ++qb) {
+      mbar_init(bar_q_full(qb), 1);
+      mbar_init(bar_q_empty(qb), 8);  // lane 0 of each consumer warp
+    }
+    for (int s = 0; s < stages; ++s) {
       mbar_init(bar_full_k(s), 1);
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty(s), 8);  // lane 0 of each consumer warp
+      mbar_init(bar_empty(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
-
-  const int h = static_cast<int>(blockIdx.y), b = static_cast<int>(blockIdx.z);
-  const int hk = h / p.group_size;
-  const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
-  const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BM;
-  // Visible key tiles of the CTA (bands are monotone in the row).
-  const int m_last = min(m0 + BM, len_q) - 1;
-  const band first = visible(p, m0, len_q, len_kv), last = visible(p, m_last, len_q, len_kv);
-  int t_begin = 0, t_end = 0;
-  if (last.hi > first.lo) {
-    t_begin = static_cast<int>(first.lo / BN);
-    t_end = static_cast<int>((last.hi + BN - 1) / BN);
-  }
+  const int items = item_count(p);
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-    if (tid == 0 && t_begin < t_end) {
-      mbar_expect_tx(bar_q, q_bytes);
-#pragma unroll
-      for (int c = 0; c < blocks; ++c) tma_load(s_q + c * tile_bytes(BM, 64), &tm_q, bar_q, c * 64, m0, h, b);
-      for (int t = t_begin; t < t_end; ++t) {
-        const int i = t - t_begin, s = i % k_stages;
-        if (i >= k_stages) mbar_wait(bar_empty(s), static_cast<std::uint32_t>((i / k_stages - 1) & 1));
-        mbar_expect_tx(bar_full_k(s), kv_bytes);
-#pragma unroll
-        for (int c = 0; c < blocks; ++c)
-          tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, b);
-        mbar_expect_tx(bar_full_v(s), kv_bytes);
-#pragma unroll
-        for (int c = 0; c < blocks; ++c)
-          tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, bar_full_v(s), c * 64, t * BN, hk, b);
+    if (tid >= 32) return;
+    // Warp 0: lane 0 takes items and issues the loads; the whole warp hands each item over (named
+    // barriers count warps).
+    int kv = 0;  // key tiles issued so far (ring position across items)
+    // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
+    int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
+    for (int j = 0;; ++j) {
+      const int qb = j & 1;
+      const int w = __shfl_sync(0xffffffffu, w_next, 0);
+      if (j > 0) {  // both consumers have read the slot
+        named_sync(k_bar_slot_read, k_slot_threads);
+        named_sync(k_bar_slot_read + 1, k_slot_threads);
       }
+      if (tid == 0) *item_slot = w < items ? w : -1;
+      named_arrive(k_bar_slot_full, k_slot_threads);
+      named_arrive(k_bar_slot_full + 1, k_slot_threads);
+      if (w >= items) break;
+      if (tid == 0) {
+        w_next = atomicAdd(p.maybe_work_counter, 1);
+        if (j >= 2) mbar_wait(bar_q_empty(qb), static_cast<std::uint32_t>(((j >> 1) - 1) & 1));
+        const work_item it = item_of(p, w);
+        const int hk = it.h / p.group_size;
+        int t_begin, t_end;
+        tile_range(p, it.m0, t_begin, t_end);
+        mbar_expect_tx(bar_q_full(qb), q_bytes);
+#pragma unroll
+        for (int c = 0; c < blocks; ++c)
+          tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, it.m0, it.h, it.b);
+        for (int t = t_begin; t < t_end; ++t, ++kv) {
+          const int s = kv % stages;
+          if (kv >= stages) mbar_wait(bar_empty(s), static_cast<std::uint32_t>((kv / stages - 1) & 1));
+          mbar_expect_tx(bar_full_k(s), kv_bytes);
+#pragma unroll
+          for (int c = 0; c < blocks; ++c)
+            tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, it.b);
+          mbar_expect_tx(bar_full_v(s), kv_bytes);
+#pragma unroll
+          for (int c = 0; c < blocks; ++c)
+            tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, bar_full_v(s), c * 64, t * BN, hk, it.b);
+        }
+      }
+      __syncwarp();
     }
     return;
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int cw = warpgroup - 1;                  // consumer index: rows [64 cw, 64 cw + 64) of the tile
+  const int cw = warpgroup - 1;  // consumer index
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
-  const int row0 = m0 + 64 * cw;                 // first row of this warpgroup
-  const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
   const float scale_log2 = p.scale * k_log2e;
+  const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
+  int kv = 0;
+  for (int j = 0;; ++j) {
+    const int qb = j & 1;
+    const std::uint32_t s_q = s_q0 + qb * q_bytes;
+    named_sync(k_bar_slot_full + cw, k_slot_threads);
+    const int w = *item_slot;
+    if (w < 0) break;
+    named_arrive(k_bar_slot_read + cw, k_slot_threads);
+    mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
+    const work_item it = item_of(p, w);
+    int t_begin, t_end;
+    tile_range(p, it.m0, t_begin, t_end);
+    // Rows [64 half, 64 half + 64) of the item; the halves alternate between the consumers from item
+    // to item, so the one with more keys on a causal diagonal is not always the same (Note [Hopper
+    // half tiles]).
+    const int half = cw ^ (j & 1);
+    const int row0 = it.m0 + 64 * half;            // first row of this warpgroup
+    const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
 
-  // Keys any row of this warpgroup sees, and the keys every row sees (tiles inside need no mask).
-  const int wg_last = min(row0 + 63, len_q - 1);
-  const bool wg_live = row0 < len_q;
-  int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
-  if (wg_live) {
-    const band f = visible(p, row0, len_q, len_kv), l = visible(p, wg_last, len_q, len_kv);
-    wg_key_lo = static_cast<int>(f.lo);
-    wg_key_hi = static_cast<int>(l.hi);
-    full_lo = static_cast<int>(l.lo);
-    full_hi = static_cast<int>(f.hi);
-  }
-  // Per-row bands (rows past the sequence see nothing).
-  int lo_r[2], hi_r[2];
+    // Keys any row of this warpgroup sees, and the keys every row sees (tiles inside need no mask).
+    const bool wg_live = row0 < len_q;
+    int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
+    if (wg_live) {
+      const band f = visible(p, row0, len_q, len_kv), l = visible(p, min(row0 + 63, len_q - 1), len_q, len_kv);
+      wg_key_lo = static_cast<int>(f.lo);
+      wg_key_hi = static_cast<int>(l.hi);
+      full_lo = static_cast<int>(l.lo);
+      full_hi = static_cast<int>(f.hi);
+    }
+    // Per-row bands (rows past the sequence see nothing).
+    int lo_r[2], hi_r[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = i_lo + 8 * r;
-    if (i < len_q) {
-      const band bd = visible(p, i, len_q, len_kv);
-      lo_r[r] = static_cast<int>(bd.lo);
-      hi_r[r] = static_cast<int>(bd.hi);
-    } else {
+    for (int r = 0; r < 2; ++r) {
+      const int i = i_lo + 8 * r;
       lo_r[r] = hi_r[r] = 0;
-    }
-  }
-
-  float o[Width / 2];
-#pragma unroll
-  for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
-  float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
-  if (t_begin < t_end) mbar_wait(bar_q, 0);
-
-  for (int t = t_begin; t < t_end; ++t) {
-    const int i = t - t_begin, s = i % k_stages;
-    const std::uint32_t parity = static_cast<std::uint32_t>((i / k_stages) & 1);
-    const int n0 = t * BN;
-    const bool skip = !wg_live || n0 >= wg_key_hi || n0 + BN <= wg_key_lo;
-    mbar_wait(bar_full_k(s), parity);
-    if (!skip) {
-      float sc[64];
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < Width / 16; ++kk) {
-        const std::uint32_t a = s_q + (kk / 4) * tile_bytes(BM, 64) + cw * 64 * 128 + (kk % 4) * 32;
-        const std::uint32_t bk = s_k + s * kv_bytes + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
-        wgmma_ss_n128<T>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), kk > 0 ? 1 : 0);
+      if (i < len_q) {
+        const band bd = visible(p, i, len_q, len_kv);
+        lo_r[r] = static_cast<int>(bd.lo);
+        hi_r[r] = static_cast<int>(bd.hi);
       }
-      wg_commit();
-      wg_wait0();
-      reg_fence(sc);
+    }
 
-      // Scale to log2 units; outside the band (causal/window edges, keys past the sequence, rows
-      // past it) -inf. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key n0 + 8j + 2(lane%4) + (e&1).
-      if (n0 >= full_lo && n0 + BN <= full_hi) {
+    float o[Width / 2];
 #pragma unroll
-        for (int e = 0; e < 64; ++e) sc[e] *= scale_log2;
+    for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
+    float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
+    const std::uint32_t a_base = s_q + half * 64 * 128;
+
+    for (int t = t_begin; t < t_end; ++t, ++kv) {
+      const int s = kv % stages;
+      const std::uint32_t parity = static_cast<std::uint32_t>((kv / stages) & 1);
+      const int n0 = t * BN;
+      // Which 64-key halves of the tile any row of this warpgroup sees (Note [Hopper half tiles]).
+      const bool lo_half = wg_live && wg_key_lo < n0 + 64 && wg_key_hi > n0;
+      const bool hi_half = wg_live && wg_key_lo < n0 + BN && wg_key_hi > n0 + 64;
+      const std::uint32_t k_stage = s_k + s * kv_bytes, v_stage = s_v + s * kv_bytes;
+      mbar_wait(bar_full_k(s), parity);
+      if (lo_half && hi_half) {
+        consume_keys<T, Width, 128>(o, row_m, row_l, a_base, k_stage, v_stage, bar_full_v(s), parity, n0,
+                                    n0 >= full_lo && n0 + BN <= full_hi, lo_r, hi_r, lane, scale_log2);
+      } else if (lo_half || hi_half) {
+        const int h0 = lo_half ? 0 : 64;  // first key of the half, within the tile
+        consume_keys<T, Width, 64>(o, row_m, row_l, a_base, k_stage + h0 * 128, v_stage + h0 * 128, bar_full_v(s),
+                                   parity, n0 + h0, n0 + h0 >= full_lo && n0 + h0 + 64 <= full_hi, lo_r, hi_r, lane,
+                                   scale_log2);
       } else {
-        const int col_base = n0 + (lane & 3) * 2;
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int lo = lo_r[r] - col_base, hi = hi_r[r] - col_base;
-#pragma unroll
-          for (int j = 0; j < 16; ++j)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              float& x = sc[4 * j + 2 * r + c];
-              x = 8 * j + c >= lo && 8 * j + c < hi ? x * scale_log2 : k_neg_inf;
-            }
-        }
+        mbar_wait(bar_full_v(s), parity);  // arrive only after the tile landed (phases stay in step)
       }
-
-      // Online softmax (log2 units); a row with no visible key so far keeps m = -inf and uses 0 as
-      // its reference, so exp2 never sees (-inf) - (-inf).
-      std::uint32_t pa[8][4];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_m[r];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_use = mx == k_neg_inf ? 0.0f : mx;
-        const float alpha = exp2_approx(row_m[r] - m_use);
-        row_m[r] = mx;
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          const float p0 = exp2_approx(sc[4 * j + 2 * r] - m_use), p1 = exp2_approx(sc[4 * j + 2 * r + 1] - m_use);
-          sum += p0 + p1;
-          // A fragment of k16 step j / 2: registers {row lo, row hi} x {first, second n8 block}.
-          pa[j / 2][(j % 2) * 2 + r] = pack2<T>(p0, p1);
-        }
-        row_l[r] = row_l[r] * alpha + sum;
-#pragma unroll
-        for (int jd = 0; jd < Width / 8; ++jd) {
-          o[4 * jd + 2 * r] *= alpha;
-          o[4 * jd + 2 * r + 1] *= alpha;
-        }
-      }
-
-      mbar_wait(bar_full_v(s), parity);
-      // The rescaled O and the packed P must be in registers before wgmma.fence.
-      reg_fence(o);
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) reg_fence_u32(pa[kk]);
-      wg_fence();
-#pragma unroll
-      for (int kk = 0; kk < BN / 16; ++kk) {
-        const std::uint32_t bv = s_v + s * kv_bytes + kk * 16 * 128;
-        wgmma_rs<T, Width>(o, pa[kk], desc_sw128(bv, tile_bytes(BN, 64), 1024));
-      }
-      wg_commit();
-      wg_wait0();
-      reg_fence(o);
-    } else {
-      mbar_wait(bar_full_v(s), parity);  // arrive only after the tile landed (phases stay in step)
+      __syncwarp();
+      if (lane == 0) mbar_arrive(bar_empty(s));
     }
+
+    // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q buffer (only this
+    // warpgroup ever read them, and its last wgmma has completed); 16-byte coalesced stores.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float l = row_l[r];
+      l += __shfl_xor_sync(0xffffffffu, l, 1);
+      l += __shfl_xor_sync(0xffffffffu, l, 2);
+      const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
+      const int i = i_lo + 8 * r;
+      if (p.maybe_lse && (lane & 3) == 0 && i < len_q)
+        p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + i * p.lse_seq_stride] =
+            l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
+      const int rr = 64 * half + 16 * warp + lane / 4 + 8 * r;  // row within the tile
+#pragma unroll
+      for (int jd = 0; jd < Width / 8; ++jd) {
+        const int blk = jd / 8, chunk = jd % 8;
+        unsigned char* dst = base_ptr + (s_q - base) + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4) +
+                             (lane & 3) * 4;
+        *reinterpret_cast<std::uint32_t*>(dst) = pack2<T>(o[4 * jd + 2 * r] * inv, o[4 * jd + 2 * r + 1] * inv);
+      }
+    }
+    named_sync(1 + cw, 128);
+    T* out = static_cast<T*>(p.out) + it.b * p.out_stride[0] + static_cast<std::int64_t>(row0) * p.out_stride[1] +
+             it.h * p.out_stride[2];
+    constexpr int chunks = Width / 8;  // 16-byte chunks per row
+#pragma unroll
+    for (int k = 0; k < 64 * chunks / 128; ++k) {
+      const int c = k * 128 + wtid;
+      const int rl = c / chunks, ch = c % chunks;  // row within the warpgroup, chunk within the row
+      if (row0 + rl >= len_q) continue;
+      const int rr = 64 * half + rl, blk = ch / 8, chunk = ch % 8;
+      const unsigned char* src = base_ptr + (s_q - base) + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4);
+      *reinterpret_cast<uint4*>(out + rl * p.out_stride[1] + ch * 8) = *reinterpret_cast<const uint4*>(src);
+    }
+    // The producer may now load another item's Q here: order these generic-proxy accesses before
+    // its TMA (async-proxy) writes.
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncwarp();
-    if (lane == 0) mbar_arrive(bar_empty(s));
-  }
-
-  // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q tile (only this
-  // warpgroup ever read them, and its last wgmma has completed); 16-byte coalesced stores.
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float l = row_l[r];
-    l += __shfl_xor_sync(0xffffffffu, l, 1);
-    l += __shfl_xor_sync(0xffffffffu, l, 2);
-    const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
-    const int i = i_lo + 8 * r;
-    if (p.maybe_lse && (lane & 3) == 0 && i < len_q)
-      p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + i * p.lse_seq_stride] =
-          l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
-    const int rr = 64 * cw + 16 * warp + lane / 4 + 8 * r;  // row within the tile
-#pragma unroll
-    for (int jd = 0; jd < Width / 8; ++jd) {
-      const int blk = jd / 8, chunk = jd % 8;
-      unsigned char* dst = base_ptr + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4) + (lane & 3) * 4;
-      *reinterpret_cast<std::uint32_t*>(dst) = pack2<T>(o[4 * jd + 2 * r] * inv, o[4 * jd + 2 * r + 1] * inv);
-    }
-  }
-  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + cw) : "memory");
-  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + static_cast<std::int64_t>(row0) * p.out_stride[1] +
-           h * p.out_stride[2];
-  constexpr int chunks = Width / 8;  // 16-byte chunks per row
-#pragma unroll
-  for (int it = 0; it < 64 * chunks / 128; ++it) {
-    const int c = it * 128 + wtid;
-    const int rl = c / chunks, ch = c % chunks;  // row within the warpgroup, chunk within the row
-    if (row0 + rl >= len_q) continue;
-    const int rr = 64 * cw + rl, blk = ch / 8, chunk = ch % 8;
-    const unsigned char* src = base_ptr + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4);
-    *reinterpret_cast<uint4*>(out + rl * p.out_stride[1] + ch * 8) = *reinterpret_cast<const uint4*>(src);
+    if (lane == 0) mbar_arrive(bar_q_empty(qb));
   }
 #else
   (void)p;
@@ -449,15 +585,19 @@ template <elem E, int Width>
 bool launch_flash_sm90(const flash_params& p, void* stream) {
   static_assert(E == elem::f16 || E == elem::bf16);
   CUtensorMap tm_q, tm_k, tm_v;
-  if (!sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, k_sm90_block_m) ||
+  if (p.maybe_work_counter == nullptr || p.persistent_ctas < 1 ||
+      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, k_sm90_block_m) ||
       !sm90::encode_map(&tm_k, E, p.k, p.k_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
       !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n))
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
+  const auto s = static_cast<cudaStream_t>(stream);
   ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_sm90_kernel<E, Width>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  const dim3 grid(static_cast<unsigned>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m),
-                  static_cast<unsigned>(p.num_heads_q), static_cast<unsigned>(p.batch));
-  flash_sm90_kernel<E, Width><<<grid, sm90::k_threads, smem, static_cast<cudaStream_t>(stream)>>>(p, tm_q, tm_k, tm_v);
+  ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
+  const std::int64_t items = static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) *
+                             p.num_heads_q * p.batch;
+  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(items, p.persistent_ctas));
+  flash_sm90_kernel<E, Width><<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
