@@ -2,7 +2,21 @@
 // libcudnn is opened at run time (NV_CUDNN_FRONTEND_USE_DYNAMIC_LOADING), so a build without it
 // links and supports() says what is missing. One graph per call signature (shape, strides,
 // dtype, features, scale, device) is built once and cached; run() only executes it.
+//
+// Note [cuDNN limits]: supports() states cuDNN's real limits by asking cuDNN. After the checks
+// below (attend-side rules, each with its reason), check_limits builds the call's graph (validate,
+// heuristics, check_support, plans) and rejects the call with cuDNN's own message when any step
+// fails; the graph or the failure is cached per call signature, so the question costs one build.
+// What attend does not pass to cuDNN, and why:
+//   - masks: cuDNN's SDPA node takes an additive bias but leaves a row whose bias is -inf
+//     everywhere undefined, where attend defines output 0 and LSE -inf; boolean masks it has not;
+//   - softcap: the SDPA node has none;
+//   - varlen: packed (ragged) tensors are not wired here;
+//   - rows that see no key at all (bottom-right causal with Sq > Skv, windows past the sequence):
+//     the same undefined output.
 #include <dlfcn.h>
+
+#include <exception>
 
 #include <cuda_runtime_api.h>
 #include <cudnn_frontend.h>
@@ -46,8 +60,9 @@ const std::string& cudnn_unusable_reason() {
 }
 
 struct cached_graph {
-  std::shared_ptr<fe::graph::Graph> graph;
+  std::shared_ptr<fe::graph::Graph> graph;  // null when cuDNN refused the call
   std::int64_t workspace = 0;
+  std::string error;  // cuDNN's message when it refused
 };
 enum uid : std::int64_t { uid_q = 1, uid_k, uid_v, uid_o, uid_stats };
 
@@ -57,9 +72,10 @@ class cudnn_backend final : public backend {
     traits_.description = "cuDNN fused SDPA (flash) forward via the cudnn-frontend graph API; graphs cached per shape";
     traits_.devices = {device_kind::cuda};
     traits_.dtypes = {dtype::f16, dtype::bf16};
-    traits_.features = feature::causal | feature::bottom_right | feature::gqa | feature::lse;
+    traits_.features = feature::causal | feature::bottom_right | feature::window | feature::gqa | feature::lse |
+                       feature::head_dim_v_differs;  // the rest: Note [cuDNN limits]
     traits_.min_head_dim = 8;
-    traits_.max_head_dim = 128;
+    traits_.max_head_dim = 256;  // cuDNN 9 on Hopper/Ampere; narrower limits come from cuDNN itself
     traits_.head_dim_multiple = 8;
     traits_.priority = 110;  // above flash_cuda (100): measured 3-4x faster on H100 where both run (bench/RESULTS.md)
   }
@@ -76,7 +92,7 @@ class cudnn_backend final : public backend {
     (void)num_threads;
     const std::lock_guard<std::mutex> hold(lock_);
     const device_guard guard(p.device.index);
-    return static_cast<std::size_t>(graph_for(p).workspace);
+    return static_cast<std::size_t>(graph_for(p).workspace);  // 0 for a refused call (run() throws)
   }
 
   void run(const problem& p, const run_context& ctx) const override {
@@ -84,6 +100,7 @@ class cudnn_backend final : public backend {
     const std::lock_guard<std::mutex> hold(lock_);  // one handle per device: serialise its use
     const device_guard guard(p.device.index);
     const cached_graph& g = graph_for(p);
+    if (!g.graph) throw unsupported("cudnn: cuDNN rejects this call: " + g.error, {{"cudnn", g.error}});
     cudnnHandle_t h = handle(p.device.index);
     check(fe::detail::set_stream(h, static_cast<cudaStream_t>(ctx.maybe_cuda_stream)), "cudnnSetStream");
     std::unordered_map<std::int64_t, void*> pack{{uid_q, p.params.q.data}, {uid_k, p.params.k.data},
@@ -102,19 +119,36 @@ class cudnn_backend final : public backend {
       diag.reject(why);
       return false;
     }
-    if (const std::string& why = cudnn_unusable_reason(); !why.empty()) diag.reject(why);
-    if (p.head_dim_qk != p.head_dim_v)
-      diag.reject("cuDNN SDPA here requires head_dim_v == head_dim_qk; got " + std::to_string(p.head_dim_qk) + " and " +
-                  std::to_string(p.head_dim_v));
+    if (const std::string& why = cudnn_unusable_reason(); !why.empty()) {
+      diag.reject(why);
+      return false;
+    }
     for (const auto& [name, s] : {std::pair{"q", p.q}, {"k", p.k}, {"v", p.v}, {"out", p.out}})
       if (s.dim != 1 || s.batch % 8 != 0 || s.seq % 8 != 0 || s.head % 8 != 0)
         diag.reject(std::string("cuDNN requires ") + name +
                     " with dim stride 1 and batch/seq/head strides multiples of 8 (16-byte aligned rows)");
-    if (p.params.alignment == alignment::bottom_right && p.params.causal && p.seqlen_q > p.seqlen_kv)
-      diag.reject("bottom-right causal with Sq > Skv leaves rows with no visible key, whose output cuDNN does not define");
     if (p.seqlen_kv == 0) diag.reject("cuDNN requires Skv >= 1");
-    if (p.maybe_lse && p.lse_seq_stride != 1)
-      diag.reject("cuDNN writes LSE with seq stride 1");
+    if (p.maybe_lse && p.lse_seq_stride != 1) diag.reject("cuDNN writes LSE with seq stride 1");
+    if (p.seqlen_q > 0 && p.seqlen_kv > 0) {
+      const key_range first = visible_keys(p.params, 0, p.seqlen_q, p.seqlen_kv);
+      const key_range last = visible_keys(p.params, p.seqlen_q - 1, p.seqlen_q, p.seqlen_kv);
+      // Bands move monotonically with the row, so an empty one is at the top or the bottom.
+      if (first.hi <= first.lo || last.hi <= last.lo)
+        diag.reject("rows that see no key (causal alignment / window vs. sequence lengths): cuDNN leaves their output "
+                    "undefined, attend defines it as 0 (Note [cuDNN limits])");
+    }
+    // A call the trait checks already refuse (dtype, head dims, features) is not put to cuDNN.
+    const backend_traits& t = traits_;
+    const bool traits_ok = (p.dtype == dtype::f16 || p.dtype == dtype::bf16) &&
+                           (p.features.bits & ~t.features.bits) == 0 && p.head_dim_qk >= t.min_head_dim &&
+                           p.head_dim_v >= t.min_head_dim && p.head_dim_qk <= t.max_head_dim &&
+                           p.head_dim_v <= t.max_head_dim && p.head_dim_qk % t.head_dim_multiple == 0 &&
+                           p.head_dim_v % t.head_dim_multiple == 0;
+    if (!diag.ok() || !traits_ok) return false;
+    // Everything else is cuDNN's call (Note [cuDNN limits]).
+    const std::lock_guard<std::mutex> hold(lock_);
+    const device_guard guard(p.device.index);
+    if (const cached_graph& g = graph_for(p); !g.error.empty()) diag.reject("cuDNN rejects this call: " + g.error);
     return diag.ok();
   }
 
@@ -139,39 +173,63 @@ class cudnn_backend final : public backend {
   static std::string key_of(const problem& p) {
     std::ostringstream k;
     k << p.device.index << ' ' << static_cast<int>(p.dtype) << ' ' << p.batch << ' ' << p.num_heads_q << ' '
-      << p.num_heads_kv << ' ' << p.seqlen_q << ' ' << p.seqlen_kv << ' ' << p.head_dim_qk << ' ' << p.scale << ' '
-      << p.params.causal << static_cast<int>(p.params.alignment) << (p.maybe_lse != nullptr);
+      << p.num_heads_kv << ' ' << p.seqlen_q << ' ' << p.seqlen_kv << ' ' << p.head_dim_qk << ' ' << p.head_dim_v << ' '
+      << p.scale << ' ' << p.params.causal << static_cast<int>(p.params.alignment) << ' ' << p.params.window_left << ' '
+      << p.params.window_right << ' ' << (p.maybe_lse != nullptr);
     for (const strides_bshd& s : {p.q, p.k, p.v, p.out}) k << ' ' << s.batch << ',' << s.seq << ',' << s.head;
     k << ' ' << p.lse_batch_stride << ',' << p.lse_head_stride;
     return k.str();
   }
 
-  // Caller holds lock_ and the device guard.
+  // Caller holds lock_ and the device guard. Builds the call's graph once; a refusal by cuDNN is
+  // cached too, with its message (Note [cuDNN limits]).
   const cached_graph& graph_for(const problem& p) const {
     const std::string key = key_of(p);
     if (auto it = graph_cache_.find(key); it != graph_cache_.end()) return it->second;
+    cached_graph c;
+    try {
+      c.graph = build(p, c.workspace);
+    } catch (const std::exception& e) {
+      c.graph.reset();
+      c.workspace = 0;
+      c.error = e.what();
+      if (c.error.rfind("cudnn: ", 0) == 0) c.error.erase(0, 7);
+    }
+    return graph_cache_.emplace(key, std::move(c)).first->second;
+  }
+
+  std::shared_ptr<fe::graph::Graph> build(const problem& p, std::int64_t& workspace) const {
     const fe::DataType_t io = p.dtype == dtype::bf16 ? fe::DataType_t::BFLOAT16 : fe::DataType_t::HALF;
     auto g = std::make_shared<fe::graph::Graph>();
     g->set_io_data_type(io).set_intermediate_data_type(fe::DataType_t::FLOAT).set_compute_data_type(fe::DataType_t::FLOAT);
-    const std::int64_t b = p.batch, hq = p.num_heads_q, hk = p.num_heads_kv, sq = p.seqlen_q, skv = p.seqlen_kv,
-                       d = p.head_dim_qk;
-    auto tensor = [&](const char* name, std::int64_t uid, std::int64_t h, std::int64_t s, const strides_bshd& st) {
+    const std::int64_t b = p.batch, hq = p.num_heads_q, hk = p.num_heads_kv, sq = p.seqlen_q, skv = p.seqlen_kv;
+    auto tensor = [&](const char* name, std::int64_t uid, std::int64_t h, std::int64_t s, std::int64_t d,
+                      const strides_bshd& st) {
       return g->tensor(fe::graph::Tensor_attributes().set_name(name).set_uid(uid).set_dim({b, h, s, d}).set_stride(
           {st.batch, st.head, st.seq, st.dim}));
     };
-    auto q = tensor("Q", uid_q, hq, sq, p.q);
-    auto k = tensor("K", uid_k, hk, skv, p.k);
-    auto v = tensor("V", uid_v, hk, skv, p.v);
+    auto q = tensor("Q", uid_q, hq, sq, p.head_dim_qk, p.q);
+    auto k = tensor("K", uid_k, hk, skv, p.head_dim_qk, p.k);
+    auto v = tensor("V", uid_v, hk, skv, p.head_dim_v, p.v);
     auto options = fe::graph::SDPA_attributes().set_name("sdpa").set_generate_stats(p.maybe_lse != nullptr).set_attn_scale(
         static_cast<float>(p.scale));
-    if (p.params.causal) {
-      if (p.params.alignment == alignment::bottom_right)
-        options.set_causal_mask_bottom_right(true);
-      else
-        options.set_causal_mask(true);
+    // The band (Note [Causal alignment] in attend/params.h): keys [diag - window_left, diag + right]
+    // where right = 0 under causal. cuDNN keeps key j of row i when j > diag - left_bound and
+    // j <= diag + right_bound, with the same alignment of diag.
+    // A bound at or beyond Sq + Skv cuts nothing and is left unset (it may not fit cuDNN's int).
+    const attention_params& a = p.params;
+    const std::int64_t reach = sq + skv;
+    const std::int64_t right = a.causal ? 0 : a.window_right < reach ? a.window_right : -1;
+    const std::int64_t left = a.window_left < reach ? a.window_left : -1;
+    if (right >= 0 || left >= 0) {
+      options.set_diagonal_alignment(a.alignment == alignment::bottom_right ? fe::DiagonalAlignment_t::BOTTOM_RIGHT
+                                                                             : fe::DiagonalAlignment_t::TOP_LEFT);
+      if (right >= 0) options.set_diagonal_band_right_bound(static_cast<int>(right));
+      if (left >= 0) options.set_diagonal_band_left_bound(static_cast<int>(left + 1));
     }
     auto [o, stats] = g->sdpa(q, k, v, options);
-    o->set_output(true).set_uid(uid_o).set_dim({b, hq, sq, d}).set_stride({p.out.batch, p.out.head, p.out.seq, p.out.dim});
+    o->set_output(true).set_uid(uid_o).set_dim({b, hq, sq, p.head_dim_v}).set_stride(
+        {p.out.batch, p.out.head, p.out.seq, p.out.dim});
     if (p.maybe_lse)
       stats->set_output(true).set_uid(uid_stats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, hq, sq, 1}).set_stride(
           {p.lse_batch_stride, p.lse_head_stride, 1, 1});
@@ -181,10 +239,8 @@ class cudnn_backend final : public backend {
     check(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans");
     check(g->check_support(h), "check_support");
     check(g->build_plans(h), "build_plans");
-    cached_graph c;
-    c.graph = g;
-    check(g->get_workspace_size(c.workspace), "get_workspace_size");
-    return graph_cache_.emplace(key, std::move(c)).first->second;
+    check(g->get_workspace_size(workspace), "get_workspace_size");
+    return g;
   }
 
   backend_traits traits_;
