@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <thread>
 
 #include "test_helpers.h"
 
@@ -116,6 +117,54 @@ TEST(Grid, CoversTheAwkwardSizes) {
   EXPECT_TRUE(any([](const auto& c) { return c.strided && c.layout == layout::bhsd; }));
   EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::bf16; }));
   EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::f16; }));
+}
+
+
+// Note [Workspace cache]: without a caller workspace, calls on one (thread, stream) reuse one
+// buffer; calls on another stream get their own, because GPU kernels still use it after run().
+TEST(Workspace, CachedPerThreadAndStream) {
+  class records_workspace final : public backend {
+   public:
+    records_workspace() {
+      traits_.devices = {device_kind::cpu};
+      traits_.dtypes = {dtype::f32};
+      traits_.features = feature_set::all();
+    }
+    std::string_view name() const override { return "records_workspace"; }
+    const backend_traits& traits() const override { return traits_; }
+    std::size_t workspace_bytes(const problem&, int) const override { return 256; }
+    void run(const problem& p, const run_context& ctx) const override {
+      last = ctx.workspace.data();
+      registry::global().find("reference")->run(p, ctx);
+    }
+    mutable const std::byte* last = nullptr;
+
+   private:
+    backend_traits traits_;
+  };
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 5;
+  spec.seed = test::test_seed();
+  testing::case_data data(spec);
+  const problem p = make_problem(data.params());
+  const records_workspace b;
+  int stream_a = 0, stream_b = 0;  // stand-ins: a CPU backend never dereferences the stream
+  auto run_with = [&](void* stream) {
+    run_options o;
+    o.maybe_cuda_stream = stream;
+    run_on(b, p, o);
+    return b.last;
+  };
+  const std::byte* a1 = run_with(&stream_a);
+  ASSERT_NE(a1, nullptr);
+  EXPECT_EQ(run_with(&stream_a), a1);
+  const std::byte* b1 = run_with(&stream_b);
+  EXPECT_NE(b1, a1);
+  EXPECT_EQ(run_with(&stream_a), a1);
+  EXPECT_EQ(run_with(&stream_b), b1);
+  std::byte* from_another_thread = nullptr;
+  std::thread([&] { from_another_thread = const_cast<std::byte*>(run_with(&stream_a)); }).join();
+  EXPECT_NE(from_another_thread, a1);
 }
 
 }  // namespace
