@@ -162,6 +162,10 @@ TEST(Workspace, CachedPerThreadAndStream) {
   EXPECT_NE(b1, a1);
   EXPECT_EQ(run_with(&stream_a), a1);
   EXPECT_EQ(run_with(&stream_b), b1);
+  // Many streams: the cache stays bounded and each call still gets a workspace.
+  int streams[20];
+  for (int& s : streams) EXPECT_NE(run_with(&s), nullptr);
+  EXPECT_NE(run_with(&stream_a), nullptr);
   std::byte* from_another_thread = nullptr;
   std::thread([&] { from_another_thread = const_cast<std::byte*>(run_with(&stream_a)); }).join();
   EXPECT_NE(from_another_thread, a1);

@@ -15,7 +15,12 @@ namespace {
 // CUDA stream) is grown to the largest size seen and reused, so steady-state calls allocate
 // nothing. Keyed by stream because a GPU backend's kernels use the workspace after run() returns:
 // two calls on one stream are ordered by it, two calls on different streams must not share a
-// buffer (flash_cuda's split-KV partials and work counter would race).
+// buffer (flash_cuda's split-KV partials and work counter would race). At most
+// k_cached_workspaces entries per thread, least recently used evicted first (a CUDA memory
+// resource frees with cudaFree, which waits for the device, so in-flight kernels finish first).
+inline constexpr std::size_t k_cached_workspaces = 8;  // why: a few streams per thread is the
+                                                       // common case; bounds memory when a caller
+                                                       // makes a new stream per call
 struct cached_workspace {
   memory_resource* memory = nullptr;
   void* stream = nullptr;
@@ -32,9 +37,15 @@ struct cached_workspace {
 std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std::size_t bytes) {
   thread_local std::vector<std::unique_ptr<cached_workspace>> cache;
   cached_workspace* slot = nullptr;
-  for (auto& c : cache)
-    if (c->memory == &memory && c->stream == stream) slot = c.get();
+  for (std::size_t i = 0; i < cache.size(); ++i)
+    if (cache[i]->memory == &memory && cache[i]->stream == stream) {
+      std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                  cache.end());  // most recently used last
+      slot = cache.back().get();
+      break;
+    }
   if (slot == nullptr) {
+    if (cache.size() >= k_cached_workspaces) cache.erase(cache.begin());
     cache.push_back(std::make_unique<cached_workspace>());
     slot = cache.back().get();
     slot->memory = &memory;

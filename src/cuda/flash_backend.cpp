@@ -149,6 +149,7 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - no split-KV (decode-shaped calls keep the split path and its fp32 partials);
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement;
 //     the epilogue's 16-byte stores);
+//   - fewer than 2^30 work items (its scheduler counts them in an int; Note [Hopper scheduler]);
 //   - ATTEND_FLASH_CUDA_SM90 not set to 0 (a switch to compare the two kernels on one device).
 // When the driver refuses a tensor map anyway, launch_flash_sm90 returns false and the call runs
 // the mma.sync kernel.
@@ -161,6 +162,8 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
       pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
+  const std::int64_t items = (pr.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m * pr.num_heads_q * pr.batch;
+  if (items >= (std::int64_t{1} << 30)) return nullptr;
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
       return compute_capability(pr.device.index) == 90 ? &e : nullptr;
