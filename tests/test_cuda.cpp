@@ -206,4 +206,25 @@ TEST(cuda, cudnn_big_shapes) {
   check_cases("cudnn", big_cases(fresh_seed() + 3), false);
 }
 
+// cuDNN graphs are cached per shape and run on any pointers: a base pointer off a 16-byte boundary
+// is rejected per call, with the reason (flash_cuda takes it, by element-wise loads).
+TEST(cuda, cudnn_rejects_misaligned_pointers_with_reason) {
+  ATTEND_REQUIRE_GPU();
+  const auto b = registry::global().find("cudnn");
+  if (!b) GTEST_SKIP() << "cudnn is not built";
+  std::vector<std::uint16_t> q(2 * 64 + 8), k(2 * 64), v(2 * 64), o(2 * 64);  // probes: never uploaded
+  attention_params a;
+  a.k = tensor_view::contiguous(k.data(), dtype::f16, {1, 2, 1, 64}, k_gpu);
+  a.v = tensor_view::contiguous(v.data(), dtype::f16, {1, 2, 1, 64}, k_gpu);
+  a.out = tensor_view::contiguous(o.data(), dtype::f16, {1, 2, 1, 64}, k_gpu);
+  a.q = tensor_view::contiguous(q.data(), dtype::f16, {1, 2, 1, 64}, k_gpu);
+  diagnostics aligned;
+  EXPECT_TRUE(b->supports(make_problem(a), &aligned)) << aligned.joined();
+  a.q = tensor_view::contiguous(q.data() + 1, dtype::f16, {1, 2, 1, 64}, k_gpu);
+  diagnostics d;
+  EXPECT_FALSE(b->supports(make_problem(a), &d));
+  EXPECT_NE(d.joined().find("cuDNN requires q 16-byte aligned"), std::string::npos) << d.joined();
+  EXPECT_TRUE(registry::global().find("flash_cuda")->supports(make_problem(a)));
+}
+
 }  // namespace

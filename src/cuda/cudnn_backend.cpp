@@ -16,6 +16,7 @@
 //     the same undefined output.
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <exception>
 
 #include <cuda_runtime_api.h>
@@ -127,6 +128,13 @@ class cudnn_backend final : public backend {
       if (s.dim != 1 || s.batch % 8 != 0 || s.seq % 8 != 0 || s.head % 8 != 0)
         diag.reject(std::string("cuDNN requires ") + name +
                     " with dim stride 1 and batch/seq/head strides multiples of 8 (16-byte aligned rows)");
+    // Graphs are cached per shape and run on any pointers, so the alignment cuDNN's kernels assume
+    // is checked per call.
+    for (const auto& [name, ptr] : {std::pair<const char*, const void*>{"q", p.params.q.data}, {"k", p.params.k.data},
+                                    {"v", p.params.v.data}, {"out", p.params.out.data}, {"lse", p.maybe_lse}})
+      if (ptr != nullptr && reinterpret_cast<std::uintptr_t>(ptr) % 16 != 0)
+        diag.reject(std::string("cuDNN requires ") + name + " 16-byte aligned; got an address " +
+                    std::to_string(reinterpret_cast<std::uintptr_t>(ptr) % 16) + " bytes past a 16-byte boundary");
     if (p.seqlen_kv == 0) diag.reject("cuDNN requires Skv >= 1");
     if (p.maybe_lse && p.lse_seq_stride != 1) diag.reject("cuDNN writes LSE with seq stride 1");
     if (p.seqlen_q > 0 && p.seqlen_kv > 0) {
