@@ -49,3 +49,14 @@ expect_exit(0 explain --varlen 3,0,5 --varlen-kv 4,2,0 --causal --align bottom_r
 expect_match("${last_out}" "features=causal, varlen, bottom_right alignment")
 expect_exit(2 explain --varlen 3,x)
 expect_exit(2 explain --varlen 3,4 --varlen-kv 1)
+
+# Backends from shared libraries (attend/plugin.h): the C test plugin loads, lists, runs, checks.
+if(DEFINED PLUGIN)
+  expect_exit(0 list --plugin ${PLUGIN})
+  expect_match("${last_out}" "naive_plugin")
+  expect_exit(0 explain --dtype f32 --seqlen 33 --causal --plugin ${PLUGIN} --backend naive_plugin)
+  expect_match("${last_out}" "\\* +naive_plugin")
+  expect_exit(0 check --quick --backend naive_plugin --plugin ${PLUGIN})
+  expect_exit(2 list --plugin /nonexistent/libnothing.so)
+  expect_match("${last_err}" "^attend: plugin: cannot load '/nonexistent/libnothing.so'[^\n]*\n$")
+endif()

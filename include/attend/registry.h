@@ -76,4 +76,10 @@ class registry {
 // Adds the backends this build was configured with (the one explicit list).
 void register_builtin_backends(registry& r);
 
+// A backend from a shared library that exports the C ABI of attend/plugin.h (Note [Plugin ABI]).
+// The library stays loaded while the backend lives. Add it with registry::add. Throws
+// attend::invalid_argument when the library cannot be opened, lacks the entry point, has another
+// ABI version or declares an invalid name or traits.
+std::shared_ptr<const backend> load_plugin(const std::string& path);
+
 }  // namespace attend

@@ -28,6 +28,7 @@ from ._api import (
     backends,
     explain,
     forward_context,
+    load_plugin,
     use_backend,
 )
 
@@ -42,6 +43,7 @@ __all__ = [
     "backends",
     "explain",
     "forward_context",
+    "load_plugin",
     "use_backend",
 ]
 

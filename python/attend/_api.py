@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import numbers
+import os
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -401,6 +402,23 @@ def backends() -> List[Dict[str, Any]]:
     ``min_head_dim``, ``max_head_dim``, ``head_dim_multiple`` and ``exact``.
     """
     return list(_attend.backends())
+
+
+def load_plugin(path: Union[str, "os.PathLike[str]"]) -> str:
+    """Loads a backend from a shared library and adds it to the registry ``attention`` selects from.
+
+    The library exports ``attend_plugin_entry`` with the C ABI of ``include/attend/plugin.h`` (any
+    language that can export a C function). Returns the backend's name; it then appears in
+    :func:`backends`, :func:`explain` and can be chosen by name or by priority.
+
+    Raises:
+        TypeError: ``path`` is not a string or path-like.
+        ValueError: the library cannot be opened, does not export the entry point, has another ABI
+            version, declares invalid traits, or its backend name is already registered.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
+    return str(_attend.load_plugin(os.fspath(path)))
 
 
 @contextlib.contextmanager

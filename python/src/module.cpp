@@ -575,6 +575,15 @@ NB_MODULE(_attend, m) {
     for (const auto& b : attend::registry::global().list()) names.emplace_back(b->name());
     return names;
   });
+  m.def(
+      "load_plugin",
+      [](const std::string& path) {
+        std::shared_ptr<const attend::backend> b = attend::load_plugin(path);
+        std::string name(b->name());
+        attend::registry::global().add(std::move(b));
+        return name;
+      },
+      "path"_a, "Loads a backend from a shared library (attend/plugin.h) into the registry; returns its name.");
   m.def("tolerance", &tolerance, "dtype"_a,
         "The comparison tolerance table of attend's checks (Note [Tolerances]): atol, rtol, lse_atol, lse_rtol.");
   m.def("describe", &describe, "array"_a, "name"_a,

@@ -3,6 +3,7 @@
 #include <exception>
 #include <iostream>
 
+#include "attend/registry.h"
 #include "commands.h"
 
 int main(int argc, char** argv) {
@@ -14,6 +15,13 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (o.command.empty()) throw usage_error("missing command (list, explain, check, bench, demo; see attend --help)");
+    for (const std::string& path : o.plugins) {
+      try {
+        attend::registry::global().add(attend::load_plugin(path));
+      } catch (const attend::invalid_argument& e) {
+        throw usage_error(e.what());
+      }
+    }
     if (o.command == "list") return run_list(o);
     if (o.command == "explain") return run_explain(o);
     if (o.command == "check") return run_check(o);

@@ -125,6 +125,8 @@ const std::vector<flag_spec>& flags() {
        [](cli_options& o, const std::string& v) { o.backend = v; }},
       {"--allow", "A,B", "consider only these backends", [](cli_options& o, const std::string& v) { o.allow = split(v, ','); }},
       {"--deny", "A,B", "never these backends", [](cli_options& o, const std::string& v) { o.deny = split(v, ','); }},
+      {"--plugin", "PATH", "load a backend from a shared library (attend/plugin.h); repeatable",
+       [](cli_options& o, const std::string& v) { o.plugins.push_back(v); }},
       {"--threads", "N", "CPU threads (default OMP_NUM_THREADS or all cores)",
        [](cli_options& o, const std::string& v) { o.threads = static_cast<int>(to_int("--threads", v, 1, 4096)); }},
       {"--seed", "N", "random seed (check: default is fresh each run)",

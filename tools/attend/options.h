@@ -35,6 +35,7 @@ struct cli_options {
   // selection and running
   std::string backend = "auto";
   std::vector<std::string> allow, deny;
+  std::vector<std::string> plugins;  // shared libraries to load before the command
   int threads = 0;
   // check / bench / demo
   std::uint64_t seed = 0;
