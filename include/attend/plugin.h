@@ -16,8 +16,11 @@
  * [batch, seq, head, dim] element strides as in attend::problem (varlen: batch stride 0, sequence
  * b at rows cu_seqlens[b]..cu_seqlens[b+1]). Errors come back as a non-zero return and a
  * NUL-terminated message written into the caller's buffer; attend turns them into typed C++
- * exceptions (attend::runtime_error) and supports() reasons. A new field or callback means a new
- * ABI version (attend_plugin_v2); attend refuses a library whose abi_version it does not know.
+ * exceptions (attend::runtime_error) and supports() reasons. Callbacks may be called from several
+ * threads at once (one attend call per thread); `user` state they share is theirs to guard. The
+ * library stays loaded while its backend is registered or referenced. A new field or callback
+ * means a new ABI version (attend_plugin_v2); attend refuses a library whose abi_version it does
+ * not know.
  */
 #ifndef ATTEND_PLUGIN_H
 #define ATTEND_PLUGIN_H
