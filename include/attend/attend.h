@@ -17,6 +17,7 @@
 #include "attend/backend.h"
 #include "attend/errors.h"
 #include "attend/forward_context.h"
+#include "attend/merge.h"
 #include "attend/params.h"
 #include "attend/registry.h"
 #include "attend/tensor.h"

@@ -15,6 +15,7 @@
 
 #include "attend/backend.h"
 #include "attend/errors.h"
+#include "attend/merge.h"
 #include "cpu/backends.h"
 #include "cpu/elements.h"
 #include "cpu/flash/plan.h"
@@ -145,7 +146,6 @@ class flash_backend final : public backend {
   static void merge(const problem& p, const work_plan& w, const item_fn& item_of, const float* partial, int threads) {
     const std::int64_t dv = p.head_dim_v, rows = w.tiles.rows, splits = w.splits, gs = p.group_size;
     const std::int64_t hpi = w.tiles.heads_per_item, piece = piece_floats(p, w.tiles);
-    constexpr float neg_inf = -std::numeric_limits<float>::infinity();
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (std::int64_t t = 0; t < w.items * hpi * rows; ++t) {
       const std::int64_t index = t / (hpi * rows), hh = t / rows % hpi, m = t % rows;
@@ -153,34 +153,12 @@ class flash_backend final : public backend {
       if (hh >= it.hk_count || m >= it.q_count * gs) continue;
       const float* first = partial + index * splits * piece;
       const std::int64_t row = hh * rows + m, lse_at = hpi * rows * dv + row;
-      float top = neg_inf;
-      bool is_nan = false;
-      for (std::int64_t s = 0; s < splits; ++s) {
-        const float l = first[s * piece + lse_at];
-        is_nan = is_nan || std::isnan(l);
-        top = std::max(top, l);
-      }
       const std::int64_t h = (it.hk + hh) * gs + m % gs, i = it.q_begin + m / gs, q_row = p.start_q(it.b) + i;
       const std::int64_t o = it.b * p.out.batch + q_row * p.out.seq + h * p.out.head;
-      double lse;
-      if (is_nan || top == neg_inf) {
-        const double fill = is_nan ? std::numeric_limits<double>::quiet_NaN() : 0.0;
-        for (std::int64_t d = 0; d < dv; ++d) store(p.params.out.data, p.dtype, o + d * p.out.dim, fill);
-        lse = is_nan ? std::numeric_limits<double>::quiet_NaN() : -std::numeric_limits<double>::infinity();
-      } else {
-        double total = 0;
-        for (std::int64_t s = 0; s < splits; ++s) total += std::exp(double{first[s * piece + lse_at]} - top);
-        for (std::int64_t d = 0; d < dv; ++d) {
-          double acc = 0;
-          for (std::int64_t s = 0; s < splits; ++s) {
-            const float* part = first + s * piece;
-            const double weight = std::exp(double{part[lse_at]} - top);
-            if (weight != 0) acc += weight * part[row * dv + d];
-          }
-          store(p.params.out.data, p.dtype, o + d * p.out.dim, acc / total);
-        }
-        lse = top + std::log(total);
-      }
+      const double lse = merge_row(
+          splits, dv, [&](std::int64_t s) { return double{first[s * piece + lse_at]}; },
+          [&](std::int64_t s, std::int64_t d) { return double{first[s * piece + row * dv + d]}; },
+          [&](std::int64_t d, double x) { store(p.params.out.data, p.dtype, o + d * p.out.dim, x); });
       if (p.maybe_lse)
         p.maybe_lse[it.b * p.lse_batch_stride + h * p.lse_head_stride + q_row * p.lse_seq_stride] = static_cast<float>(lse);
     }

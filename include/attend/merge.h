@@ -1,0 +1,58 @@
+// attend/merge.h: combining attention computed over disjoint key sets (split-KV, context
+// parallelism, composite strategies) by log-sum-exp.
+//
+// Note [LSE merge]: if part s attended over key set K_s (the K_s disjoint, their union K) and
+// returned its normalised output o_s and log-sum-exp l_s, then attention over K is
+//     l = log Σ_s exp(l_s),    o = Σ_s exp(l_s - l) · o_s.
+// Computed around the largest l_s (no overflow). A part that saw no key has l_s = -inf and weight
+// 0; when every part is empty the row is o = 0, l = -inf (attend's convention for a row without
+// visible keys); a NaN l_s makes the row NaN (o and l), as NaN inputs do everywhere.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+
+#include "attend/tensor.h"
+
+namespace attend {
+
+// One row of Note [LSE merge]: `parts` partials of `dv` values. lse(s) gives l_s, value(s, d) gives
+// o_s[d] (read only where the weight is non-zero), emit(d, x) receives o[d]. Returns l.
+template <class Lse, class Value, class Emit>
+double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, Emit&& emit) {
+  constexpr double neg_inf = -std::numeric_limits<double>::infinity();
+  double top = neg_inf;
+  bool is_nan = false;
+  for (std::int64_t s = 0; s < parts; ++s) {
+    const double l = lse(s);
+    is_nan = is_nan || std::isnan(l);
+    if (l > top) top = l;
+  }
+  if (is_nan || top == neg_inf) {
+    const double fill = is_nan ? std::numeric_limits<double>::quiet_NaN() : 0.0;
+    for (std::int64_t d = 0; d < dv; ++d) emit(d, fill);
+    return is_nan ? std::numeric_limits<double>::quiet_NaN() : neg_inf;
+  }
+  double total = 0;
+  for (std::int64_t s = 0; s < parts; ++s) total += std::exp(lse(s) - top);
+  for (std::int64_t d = 0; d < dv; ++d) {
+    double acc = 0;
+    for (std::int64_t s = 0; s < parts; ++s) {
+      const double weight = std::exp(lse(s) - top);
+      if (weight != 0) acc += weight * value(s, d);
+    }
+    emit(d, acc / total);
+  }
+  return top + std::log(total);
+}
+
+// Note [LSE merge] over whole tensors on the host. outs[s]: [B, Sq, H, Dv] (f32, f16 or bf16, any
+// non-negative strides); lses[s]: [B, H, Sq] f32; out: [B, Sq, H, Dv] (f32, f16 or bf16), may be
+// one of outs[s]; maybe_lse: [B, H, Sq] f32 or empty. Throws attend::invalid_argument naming the
+// argument when shapes, dtypes or devices disagree (at least one part; cpu tensors only).
+void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_view> lses, const tensor_view& out,
+                    const tensor_view& maybe_lse = {});
+
+}  // namespace attend

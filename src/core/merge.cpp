@@ -1,0 +1,78 @@
+// attend::merge_partials: Note [LSE merge] (attend/merge.h) over host tensors.
+#include "attend/merge.h"
+
+#include <string>
+
+#include "attend/errors.h"
+#include "cpu/elements.h"
+
+namespace attend {
+namespace {
+
+bool is_float(dtype t) { return t == dtype::f32 || t == dtype::f16 || t == dtype::bf16; }
+
+void require(bool ok, const std::string& what) {
+  if (!ok) throw invalid_argument("merge_partials: " + what);
+}
+
+std::string shape_of(const tensor_view& t) { return t.describe(); }
+
+}  // namespace
+
+void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_view> lses, const tensor_view& out,
+                    const tensor_view& maybe_lse) {
+  require(!outs.empty(), "needs at least one part; got none");
+  require(outs.size() == lses.size(), "needs one lse per part; got " + std::to_string(outs.size()) + " outs and " +
+                                          std::to_string(lses.size()) + " lses");
+  require(out.rank == 4 && out.data != nullptr && is_float(out.dtype) && out.device.kind == device_kind::cpu,
+          "out must be a cpu [B, Sq, H, Dv] f32/f16/bf16 tensor; got " + shape_of(out));
+  const std::int64_t b = out.sizes[0], sq = out.sizes[1], h = out.sizes[2], dv = out.sizes[3];
+  auto check_lse = [&](const tensor_view& l, const std::string& name) {
+    require(l.rank == 3 && l.data != nullptr && l.dtype == dtype::f32 && l.device.kind == device_kind::cpu &&
+                l.sizes[0] == b && l.sizes[1] == h && l.sizes[2] == sq,
+            name + " must be a cpu f32 [" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(sq) +
+                "] tensor (B, H, Sq of out); got " + shape_of(l));
+  };
+  for (std::size_t s = 0; s < outs.size(); ++s) {
+    const tensor_view& o = outs[s];
+    require(o.rank == 4 && o.data != nullptr && is_float(o.dtype) && o.device.kind == device_kind::cpu &&
+                o.sizes == out.sizes,
+            "outs[" + std::to_string(s) + "] must be a cpu f32/f16/bf16 tensor shaped like out (" + shape_of(out) +
+                "); got " + shape_of(o));
+    check_lse(lses[s], "lses[" + std::to_string(s) + "]");
+  }
+  if (!maybe_lse.empty()) check_lse(maybe_lse, "lse");
+  auto non_negative = [&](const tensor_view& t) {
+    for (int d = 0; d < t.rank; ++d)
+      require(t.strides[static_cast<std::size_t>(d)] >= 0, "strides must be non-negative; got " + shape_of(t));
+  };
+  non_negative(out);
+  non_negative(maybe_lse);
+  for (std::size_t s = 0; s < outs.size(); ++s) {
+    non_negative(outs[s]);
+    non_negative(lses[s]);
+  }
+
+  const auto parts = static_cast<std::int64_t>(outs.size());
+  auto at = [](const tensor_view& t, std::int64_t i0, std::int64_t i1, std::int64_t i2, std::int64_t i3 = 0) {
+    return i0 * t.strides[0] + i1 * t.strides[1] + i2 * t.strides[2] + (t.rank == 4 ? i3 * t.strides[3] : 0);
+  };
+  for (std::int64_t bi = 0; bi < b; ++bi)
+    for (std::int64_t i = 0; i < sq; ++i)
+      for (std::int64_t hi = 0; hi < h; ++hi) {
+        const double l = merge_row(
+            parts, dv,
+            [&](std::int64_t s) {
+              const tensor_view& t = lses[static_cast<std::size_t>(s)];
+              return cpu::load(t.data, t.dtype, at(t, bi, hi, i));
+            },
+            [&](std::int64_t s, std::int64_t d) {
+              const tensor_view& t = outs[static_cast<std::size_t>(s)];
+              return cpu::load(t.data, t.dtype, at(t, bi, i, hi, d));
+            },
+            [&](std::int64_t d, double x) { cpu::store(out.data, out.dtype, at(out, bi, i, hi, d), x); });
+        if (!maybe_lse.empty()) cpu::store(maybe_lse.data, dtype::f32, at(maybe_lse, bi, hi, i), l);
+      }
+}
+
+}  // namespace attend

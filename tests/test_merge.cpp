@@ -1,0 +1,109 @@
+// Note [LSE merge] (attend/merge.h): attention over disjoint key sets, merged by log-sum-exp,
+// equals attention over their union; empty parts weigh nothing; NaN propagates; bad arguments
+// are named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attend/merge.h"
+#include "test_helpers.h"
+
+namespace attend {
+namespace {
+
+TEST(Merge, RowWeightsByLse) {
+  const double lse[2] = {std::log(1.0), std::log(3.0)};
+  const double val[2] = {4.0, 8.0};
+  double got = 0;
+  const double l = merge_row(
+      2, 1, [&](std::int64_t s) { return lse[s]; }, [&](std::int64_t s, std::int64_t) { return val[s]; },
+      [&](std::int64_t, double x) { got = x; });
+  EXPECT_DOUBLE_EQ(got, 0.25 * 4.0 + 0.75 * 8.0);
+  EXPECT_NEAR(l, std::log(4.0), 1e-15);
+}
+
+TEST(Merge, EmptyPartsWeighNothingAndNanPropagates) {
+  constexpr double inf = std::numeric_limits<double>::infinity();
+  double out = -1;
+  const double nan_value = std::numeric_limits<double>::quiet_NaN();
+  // Every part empty: 0 and -inf. An empty part's (garbage) values are never read.
+  double l = merge_row(
+      2, 1, [](std::int64_t) { return -inf; }, [&](std::int64_t, std::int64_t) { return nan_value; },
+      [&](std::int64_t, double x) { out = x; });
+  EXPECT_EQ(out, 0.0);
+  EXPECT_EQ(l, -inf);
+  l = merge_row(
+      2, 1, [](std::int64_t s) { return s == 0 ? -inf : 0.5; },
+      [&](std::int64_t s, std::int64_t) { return s == 0 ? nan_value : 2.0; }, [&](std::int64_t, double x) { out = x; });
+  EXPECT_EQ(out, 2.0);
+  EXPECT_EQ(l, 0.5);
+  l = merge_row(
+      2, 1, [&](std::int64_t s) { return s == 0 ? nan_value : 0.5; }, [](std::int64_t, std::int64_t) { return 1.0; },
+      [&](std::int64_t, double x) { out = x; });
+  EXPECT_TRUE(std::isnan(out));
+  EXPECT_TRUE(std::isnan(l));
+}
+
+// Keys [0, 45) split into [0, 10), [10, 10) (empty) and [10, 45): each part is the reference
+// over its keys; the merge matches the reference over all keys.
+TEST(Merge, DisjointKeySetsEqualTheirUnion) {
+  test::dense_call full(2, 17, 45, 4, 2, 16, 24, test::test_seed());
+  const auto ref = registry::global().find("reference");
+  run_on(*ref, make_problem(full.params));
+
+  const std::int64_t cuts[] = {0, 10, 10, 45};
+  std::vector<std::vector<float>> outs(3), lses(3);
+  std::vector<tensor_view> out_views, lse_views;
+  for (int s = 0; s < 3; ++s) {
+    attention_params a = full.params;
+    const std::int64_t begin = cuts[s], len = cuts[s + 1] - cuts[s];
+    a.k.data = full.k.data() + begin * a.k.strides[1];
+    a.k.sizes[1] = len;
+    a.v.data = full.v.data() + begin * a.v.strides[1];
+    a.v.sizes[1] = len;
+    outs[static_cast<std::size_t>(s)].assign(full.out.size(), 0.0f);
+    lses[static_cast<std::size_t>(s)].assign(full.lse.size(), 0.0f);
+    a.out = tensor_view::contiguous(outs[static_cast<std::size_t>(s)].data(), dtype::f32, {full.b, full.sq, full.hq, full.dv});
+    a.maybe_lse = tensor_view::contiguous(lses[static_cast<std::size_t>(s)].data(), dtype::f32, {full.b, full.hq, full.sq});
+    run_on(*ref, make_problem(a));
+    out_views.push_back(a.out);
+    lse_views.push_back(a.maybe_lse);
+  }
+  std::vector<float> merged(full.out.size()), merged_lse(full.lse.size());
+  merge_partials(out_views, lse_views,
+                 tensor_view::contiguous(merged.data(), dtype::f32, {full.b, full.sq, full.hq, full.dv}),
+                 tensor_view::contiguous(merged_lse.data(), dtype::f32, {full.b, full.hq, full.sq}));
+  for (std::size_t i = 0; i < merged.size(); ++i) ASSERT_NEAR(merged[i], full.out[i], 2e-6) << "out " << i;
+  for (std::size_t i = 0; i < merged_lse.size(); ++i) ASSERT_NEAR(merged_lse[i], full.lse[i], 2e-6) << "lse " << i;
+  // Into one of the parts (out aliasing outs[2]): rows are merged one at a time, so the same.
+  merge_partials(out_views, lse_views, out_views[2]);
+  for (std::size_t i = 0; i < merged.size(); ++i) ASSERT_NEAR(outs[2][i], full.out[i], 2e-6) << "in place " << i;
+}
+
+TEST(Merge, NamesTheBadArgument) {
+  std::vector<float> o(2 * 3 * 4 * 5), l(2 * 4 * 3), o2(2 * 3 * 4 * 6);
+  const tensor_view out = tensor_view::contiguous(o.data(), dtype::f32, {2, 3, 4, 5});
+  const tensor_view lse = tensor_view::contiguous(l.data(), dtype::f32, {2, 4, 3});
+  const tensor_view wide = tensor_view::contiguous(o2.data(), dtype::f32, {2, 3, 4, 6});
+  auto message = [](auto&& call) {
+    try {
+      call();
+    } catch (const invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::vector<tensor_view> one{out}, two{out, wide}, lse1{lse}, lse2{lse, lse};
+  EXPECT_NE(message([&] { merge_partials({}, {}, out); }).find("at least one part"), std::string::npos);
+  EXPECT_NE(message([&] { merge_partials(one, lse2, out); }).find("one lse per part"), std::string::npos);
+  EXPECT_NE(message([&] { merge_partials(two, lse2, out); }).find("outs[1] must be"), std::string::npos);
+  const tensor_view bad_lse = tensor_view::contiguous(o.data(), dtype::f32, {2, 3, 4});
+  EXPECT_NE(message([&] { merge_partials(one, std::vector<tensor_view>{bad_lse}, out); }).find("lses[0] must be"),
+            std::string::npos);
+  EXPECT_NE(message([&] { merge_partials(one, lse1, out, bad_lse); }).find("lse must be"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace attend
