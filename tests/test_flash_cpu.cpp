@@ -185,9 +185,9 @@ TEST(FlashCpu, NanPropagatesToItsRowOnly) {
 }
 
 // Note [Flash masked non-finite V]: NaN in V at a key a row does not see (causal band inside a
-// tile, a boolean or additive mask, a window edge, a masked slot of a decode KV cache) leaves that
-// row finite, as in the reference; rows that see the key are NaN in exactly the reference's
-// places. Every path and dtype, one and several threads.
+// tile, a boolean mask, an additive mask of -inf or of the lowest finite float, a window edge, a
+// masked slot of a decode KV cache) leaves that row finite, as in the reference; rows that see the
+// key are NaN in exactly the reference's places. Every path and dtype, one and several threads.
 TEST(FlashCpu, NonFiniteValuesAtUnseenKeysStayOut) {
   const auto ref = registry::global().find("reference");
   auto as_float = [](const void* data, dtype t, std::int64_t i) {
@@ -200,7 +200,7 @@ TEST(FlashCpu, NonFiniteValuesAtUnseenKeysStayOut) {
     if (!cpu::flash::isa_available(target)) continue;
     const scoped_isa forced(target);
     for (dtype t : {dtype::f32, dtype::bf16, dtype::f16})
-      for (int variant = 0; variant < 5; ++variant)
+      for (int variant = 0; variant < 6; ++variant)
         for (int threads : {1, 3}) {
           testing::case_spec spec;
           spec.dtype = t;
@@ -213,6 +213,7 @@ TEST(FlashCpu, NonFiniteValuesAtUnseenKeysStayOut) {
           if (variant == 0) spec.causal = true;                      // rows < 100 do not see key 100
           if (variant == 1) spec.mask = testing::mask_type::keep;    // key 100 masked for every row
           if (variant == 2) spec.mask = testing::mask_type::additive;  // -inf for even rows only
+          if (variant == 5) spec.mask = testing::mask_type::additive;  // the lowest finite float, even rows
           if (variant == 3) spec.window_left = 20, spec.window_right = 5, bad_key = 30;
           if (variant == 4) {  // decode over a padded KV cache: split-KV across threads
             spec.seqlen_q = 1;
@@ -223,14 +224,16 @@ TEST(FlashCpu, NonFiniteValuesAtUnseenKeysStayOut) {
           const testing::case_data data(spec);
           const attention_params& a = data.params();
           const problem p = make_problem(a);
-          if (variant == 1 || variant == 2 || variant == 4)
+          if (variant == 1 || variant == 2 || variant == 4 || variant == 5)
             for (std::int64_t h = 0; h < spec.heads_q; ++h)
               for (std::int64_t i = 0; i < spec.seqlen_q; ++i) {
                 const std::int64_t o = h * p.mask.head + i * p.mask.q + bad_key * p.mask.kv;
-                if (variant != 2)
+                if (variant == 1 || variant == 4)
                   static_cast<std::uint8_t*>(a.maybe_mask.data)[o] = 0;
                 else
-                  static_cast<float*>(a.maybe_mask.data)[o] = i % 2 == 0 ? -std::numeric_limits<float>::infinity() : 0.0f;
+                  static_cast<float*>(a.maybe_mask.data)[o] =
+                      i % 2 == 0 ? (variant == 2 ? -std::numeric_limits<float>::infinity() : std::numeric_limits<float>::lowest())
+                                 : 0.0f;
               }
           for (std::int64_t hk = 0; hk < spec.heads_kv; ++hk) {
             const std::int64_t o = bad_key * p.v.seq + hk * p.v.head + 3 * p.v.dim;

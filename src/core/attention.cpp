@@ -18,6 +18,9 @@ namespace {
 // buffer (flash_cuda's split-KV partials and work counter would race). At most
 // k_cached_workspaces entries per thread, least recently used evicted first (a CUDA memory
 // resource frees with cudaFree, which waits for the device, so in-flight kernels finish first).
+// CUDA graph capture: a captured graph keeps the workspace pointer it saw, while this cache may
+// later regrow or evict (free) that buffer; callers that capture pass run_options::maybe_workspace,
+// a buffer that lives as long as the graph.
 inline constexpr std::size_t k_cached_workspaces = 8;  // why: a few streams per thread is the
                                                        // common case; bounds memory when a caller
                                                        // makes a new stream per call

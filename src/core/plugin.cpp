@@ -124,10 +124,11 @@ class plugin_backend final : public backend {
   const backend_traits& traits() const override { return traits_; }
   // Host memory on the CPU; on a GPU the memory of a built-in backend for that device (the CUDA
   // backends own attend's device allocator), so a CUDA plugin's workspace is planned like theirs.
+  // Other plugins are never asked (two of them would ask each other forever).
   memory_resource* memory_for(device d) const override {
     if (d.kind == device_kind::cpu) return &host_memory();
     for (const auto& b : registry::global().list())
-      if (b.get() != this)
+      if (dynamic_cast<const plugin_backend*>(b.get()) == nullptr)
         if (memory_resource* m = b->memory_for(d)) return m;
     return nullptr;
   }

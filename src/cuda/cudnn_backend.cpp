@@ -26,6 +26,7 @@
 #include <memory>
 #include <mutex>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 
 #include "attend/backend.h"
@@ -156,7 +157,11 @@ class cudnn_backend final : public backend {
     // Everything else is cuDNN's call (Note [cuDNN limits]).
     const std::lock_guard<std::mutex> hold(lock_);
     const device_guard guard(p.device.index);
-    if (const cached_graph& g = graph_for(p); !g.error.empty()) diag.reject("cuDNN rejects this call: " + g.error);
+    try {
+      if (const cached_graph& g = graph_for(p); !g.graph) diag.reject("cuDNN rejects this call: " + g.error);
+    } catch (const std::exception& e) {  // not a refusal (out of memory, driver): not cached, next call retries
+      diag.reject(std::string("cuDNN could not build this call's graph now: ") + e.what());
+    }
     return diag.ok();
   }
 
@@ -167,6 +172,25 @@ class cudnn_backend final : public backend {
   }
   static void check(fe::error_t e, const char* what) {
     if (e.is_bad()) throw runtime_error(std::string("cudnn: ") + what + ": " + e.get_message());
+  }
+  // cuDNN's answer that it cannot run a graph (Note [cuDNN limits]): cached, unlike an error of
+  // the moment (allocation, driver), which is thrown as attend::runtime_error and retried.
+  struct refusal : std::runtime_error {
+    using std::runtime_error::runtime_error;
+  };
+  // A graph-building step: `decides_support` steps (validate, lowering, heuristics, support check)
+  // refuse on any failure but an environment one; the others (plan build, workspace query) only
+  // when cuDNN says the graph is not supported.
+  static void step(fe::error_t e, const char* what, bool decides_support) {
+    if (e.is_good()) return;
+    const fe::error_code_t code = e.get_code();
+    const bool environment = code == fe::error_code_t::CUDA_API_FAILED || code == fe::error_code_t::HANDLE_ERROR ||
+                             code == fe::error_code_t::INVALID_CUDA_DEVICE;
+    const bool not_supported = code == fe::error_code_t::GRAPH_NOT_SUPPORTED ||
+                               code == fe::error_code_t::GRAPH_EXECUTION_PLAN_CREATION_FAILED;
+    const std::string message = std::string(what) + ": " + e.get_message();
+    if (not_supported || (decides_support && !environment)) throw refusal(message);
+    throw runtime_error("cudnn: " + message);
   }
 
   cudnnHandle_t handle(int index) const {
@@ -190,18 +214,18 @@ class cudnn_backend final : public backend {
   }
 
   // Caller holds lock_ and the device guard. Builds the call's graph once; a refusal by cuDNN is
-  // cached too, with its message (Note [cuDNN limits]).
+  // cached too, with its message (Note [cuDNN limits]); any other failure is thrown, not cached.
   const cached_graph& graph_for(const problem& p) const {
     const std::string key = key_of(p);
     if (auto it = graph_cache_.find(key); it != graph_cache_.end()) return it->second;
     cached_graph c;
     try {
       c.graph = build(p, c.workspace);
-    } catch (const std::exception& e) {
+    } catch (const refusal& e) {
       c.graph.reset();
       c.workspace = 0;
       c.error = e.what();
-      if (c.error.rfind("cudnn: ", 0) == 0) c.error.erase(0, 7);
+      if (c.error.empty()) c.error = "no reason given";
     }
     return graph_cache_.emplace(key, std::move(c)).first->second;
   }
@@ -242,12 +266,12 @@ class cudnn_backend final : public backend {
       stats->set_output(true).set_uid(uid_stats).set_data_type(fe::DataType_t::FLOAT).set_dim({b, hq, sq, 1}).set_stride(
           {p.lse_batch_stride, p.lse_head_stride, 1, 1});
     cudnnHandle_t h = handle(p.device.index);
-    check(g->validate(), "validate");
-    check(g->build_operation_graph(h), "build_operation_graph");
-    check(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans");
-    check(g->check_support(h), "check_support");
-    check(g->build_plans(h), "build_plans");
-    check(g->get_workspace_size(workspace), "get_workspace_size");
+    step(g->validate(), "validate", true);
+    step(g->build_operation_graph(h), "build_operation_graph", true);
+    step(g->create_execution_plans({fe::HeurMode_t::A}), "create_execution_plans", true);
+    step(g->check_support(h), "check_support", true);
+    step(g->build_plans(h), "build_plans", false);
+    step(g->get_workspace_size(workspace), "get_workspace_size", false);
     return g;
   }
 

@@ -394,12 +394,12 @@ void softmax_lanes(const float* st_lanes, float* st, std::int64_t rp, std::int64
 }
 
 // Note [Flash masked non-finite V]: a masked key has P = 0 exactly, but 0 x NaN (or Inf) in the
-// vectorised P·V would still poison its row, where the reference leaves masked keys out (padding
-// slots of a KV cache often hold garbage). Tiles that can hold masked keys (band edges, or any
-// tile under a mask tensor) are scanned for non-finite V values, an integer test on the exponent
-// bits that costs ~1/rows of the tile's P·V; a tile that has one takes pv_guarded, a scalar P·V
-// that skips P = 0 terms of keys the row does not see. Visible keys still contribute (NaN stays
-// NaN).
+// vectorised P·V would still poison its row, where the reference leaves every zero-weight key out
+// (padding slots of a KV cache often hold garbage, masked by -inf or by a large finite negative
+// bias such as the dtype's lowest value). Tiles that can hold masked keys (band edges, or any tile
+// under a mask tensor) are scanned for non-finite V values, an integer test on the exponent bits
+// that costs ~1/rows of the tile's P·V; a tile that has one takes pv_guarded, a scalar P·V that
+// skips P = 0 terms, as the reference does. Keys with P > 0 still contribute (NaN stays NaN).
 template <class E>
 bool has_non_finite(const typename E::storage* v, std::int64_t seq_stride, std::int64_t dim_stride, std::int64_t nk,
                     std::int64_t dv) {
@@ -419,29 +419,17 @@ bool has_non_finite(const typename E::storage* v, std::int64_t seq_stride, std::
   return false;
 }
 
-// O = alpha·O + P·V over one tile, leaving out P = 0 terms of keys row m does not see (band or
-// mask): Note [Flash masked non-finite V]. `b`, `hk`, `q_begin`: the item's sequence, KV head and
-// first query position; row m is query q_begin + m / gs of head hk * gs + m % gs.
+// O = alpha·O + P·V over one tile, leaving out P = 0 terms (Note [Flash masked non-finite V]).
 template <class E>
-void pv_guarded(const problem& p, std::int64_t b, std::int64_t hk, std::int64_t q_begin, const float* st,
-                std::int64_t rp, std::int64_t rows, const typename E::storage* vt, std::int64_t nk, std::int64_t j0,
-                float* o, std::int64_t ldo, const row_state& rs) {
-  const std::int64_t gs = p.group_size, dv = p.head_dim_v;
+void pv_guarded(const problem& p, const float* st, std::int64_t rp, std::int64_t rows, const typename E::storage* vt,
+                std::int64_t nk, float* o, std::int64_t ldo, const row_state& rs) {
+  const std::int64_t dv = p.head_dim_v;
   for (std::int64_t m = 0; m < rows; ++m) {
     float* orow = o + m * ldo;
     for (std::int64_t d = 0; d < dv; ++d) orow[d] *= rs.alpha[m];
     for (std::int64_t n = 0; n < nk; ++n) {
       const float pm = st[n * rp + m];
-      if (pm == 0.0f) {
-        const std::int64_t j = j0 + n;
-        bool seen = j >= rs.lo[m] && j < rs.hi[m];
-        if (seen && p.maybe_mask) {
-          const std::int64_t h = hk * gs + m % gs, i = q_begin + m / gs;
-          const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
-          seen = p.mask_dtype == dtype::boolean ? mv != 0.0f : mv != k_neg_inf;
-        }
-        if (!seen) continue;
-      }
+      if (pm == 0.0f) continue;
       const typename E::storage* vr = vt + n * p.v.seq;
       for (std::int64_t d = 0; d < dv; ++d) orow[d] += pm * to_float<E>(vr[d * p.v.dim]);
     }
@@ -671,7 +659,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
 
       // O = alpha·O + P·V
       if ((!full || p.maybe_mask != nullptr) && has_non_finite<E>(vt, p.v.seq, p.v.dim, nk, dv)) {
-        pv_guarded<E>(p, b, hk, it.q_begin, st, rp, rows, vt, nk, j0, hp.obuf, c.dv_pad, rs);
+        pv_guarded<E>(p, st, rp, rows, vt, nk, hp.obuf, c.dv_pad, rs);
         continue;
       }
       if (c.bf16_dot) {
