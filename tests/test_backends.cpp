@@ -171,5 +171,39 @@ TEST(Workspace, CachedPerThreadAndStream) {
   EXPECT_NE(from_another_thread, a1);
 }
 
+// backend::traits_accept answers for the trait checks alone (check_limits runs either way).
+TEST(Backend, TraitsAcceptMatchesTheTraitChecks) {
+  class probe final : public backend {
+   public:
+    probe() {
+      traits_.devices = {device_kind::cpu};
+      traits_.dtypes = {dtype::f32};
+      traits_.features = feature::causal | feature::lse;
+    }
+    std::string_view name() const override { return "probe"; }
+    const backend_traits& traits() const override { return traits_; }
+    void run(const problem&, const run_context&) const override {}
+    mutable int accepted = -1;
+
+   protected:
+    bool check_limits(const problem& p, diagnostics& diag) const override {
+      accepted = traits_accept(p) ? 1 : 0;
+      return diag.ok();
+    }
+
+   private:
+    backend_traits traits_;
+  };
+  const probe b;
+  test::dense_call call(1, 5, 5, 2, 2, 8, 8);
+  attention_params a = call.params;
+  a.causal = true;
+  EXPECT_TRUE(b.supports(make_problem(a)));
+  EXPECT_EQ(b.accepted, 1);
+  a.softcap = 5.0;  // a feature the traits lack
+  EXPECT_FALSE(b.supports(make_problem(a)));
+  EXPECT_EQ(b.accepted, 0);
+}
+
 }  // namespace
 }  // namespace attend

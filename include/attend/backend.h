@@ -87,6 +87,9 @@ class backend {
   }
 
  protected:
+  // Whether the trait checks of supports() pass (check_limits runs either way; a backend whose
+  // limit checks are costly, or meaningless for a call its traits refuse, can skip them).
+  bool traits_accept(const problem& p) const;
   // Limits the traits cannot express (sizes, alignment, ...). Append reasons; return ok.
   virtual bool check_limits(const problem& p, diagnostics& diag) const {
     (void)p;

@@ -69,6 +69,14 @@ class host_memory_resource final : public memory_resource {
   void synchronize() override {}
 };
 
+// Every trait check (Note [Features]).
+void check_traits(const backend_traits& t, const problem& p, diagnostics& d) {
+  check_device(t, p, d);
+  check_dtype(t, p, d);
+  check_head_dims(t, p, d);
+  check_features(t, p, d);
+}
+
 }  // namespace
 
 memory_resource& host_memory() {
@@ -80,16 +88,18 @@ bool backend::supports(const problem& p, diagnostics* maybe_diag) const {
   diagnostics local;
   diagnostics& d = maybe_diag ? *maybe_diag : local;
   const std::size_t before = d.lines().size();
-  const backend_traits& t = traits();
-  check_device(t, p, d);
-  check_dtype(t, p, d);
-  check_head_dims(t, p, d);
-  check_features(t, p, d);
+  check_traits(traits(), p, d);
   // Backend-specific limits see a fresh diagnostics so their return value is their own verdict.
   diagnostics limits;
   check_limits(p, limits);
   for (const std::string& line : limits.lines()) d.reject(line);
   return d.lines().size() == before;
+}
+
+bool backend::traits_accept(const problem& p) const {
+  diagnostics d;
+  check_traits(traits(), p, d);
+  return d.ok();
 }
 
 }  // namespace attend

@@ -15,8 +15,6 @@ void require(bool ok, const std::string& what) {
   if (!ok) throw invalid_argument("merge_partials: " + what);
 }
 
-std::string shape_of(const tensor_view& t) { return t.describe(); }
-
 }  // namespace
 
 void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_view> lses, const tensor_view& out,
@@ -25,26 +23,26 @@ void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_vi
   require(outs.size() == lses.size(), "needs one lse per part; got " + std::to_string(outs.size()) + " outs and " +
                                           std::to_string(lses.size()) + " lses");
   require(out.rank == 4 && out.data != nullptr && is_float(out.dtype) && out.device.kind == device_kind::cpu,
-          "out must be a cpu [B, Sq, H, Dv] f32/f16/bf16 tensor; got " + shape_of(out));
+          "out must be a cpu [B, Sq, H, Dv] f32/f16/bf16 tensor; got " + out.describe());
   const std::int64_t b = out.sizes[0], sq = out.sizes[1], h = out.sizes[2], dv = out.sizes[3];
   auto check_lse = [&](const tensor_view& l, const std::string& name) {
     require(l.rank == 3 && l.data != nullptr && l.dtype == dtype::f32 && l.device.kind == device_kind::cpu &&
                 l.sizes[0] == b && l.sizes[1] == h && l.sizes[2] == sq,
             name + " must be a cpu f32 [" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(sq) +
-                "] tensor (B, H, Sq of out); got " + shape_of(l));
+                "] tensor (B, H, Sq of out); got " + l.describe());
   };
   for (std::size_t s = 0; s < outs.size(); ++s) {
     const tensor_view& o = outs[s];
     require(o.rank == 4 && o.data != nullptr && is_float(o.dtype) && o.device.kind == device_kind::cpu &&
                 o.sizes == out.sizes,
-            "outs[" + std::to_string(s) + "] must be a cpu f32/f16/bf16 tensor shaped like out (" + shape_of(out) +
-                "); got " + shape_of(o));
+            "outs[" + std::to_string(s) + "] must be a cpu f32/f16/bf16 tensor shaped like out (" + out.describe() +
+                "); got " + o.describe());
     check_lse(lses[s], "lses[" + std::to_string(s) + "]");
   }
   if (!maybe_lse.empty()) check_lse(maybe_lse, "lse");
   auto non_negative = [&](const tensor_view& t) {
     for (int d = 0; d < t.rank; ++d)
-      require(t.strides[static_cast<std::size_t>(d)] >= 0, "strides must be non-negative; got " + shape_of(t));
+      require(t.strides[static_cast<std::size_t>(d)] >= 0, "strides must be non-negative; got " + t.describe());
   };
   non_negative(out);
   non_negative(maybe_lse);

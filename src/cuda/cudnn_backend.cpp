@@ -147,13 +147,7 @@ class cudnn_backend final : public backend {
                     "undefined, attend defines it as 0 (Note [cuDNN limits])");
     }
     // A call the trait checks already refuse (dtype, head dims, features) is not put to cuDNN.
-    const backend_traits& t = traits_;
-    const bool traits_ok = (p.dtype == dtype::f16 || p.dtype == dtype::bf16) &&
-                           (p.features.bits & ~t.features.bits) == 0 && p.head_dim_qk >= t.min_head_dim &&
-                           p.head_dim_v >= t.min_head_dim && p.head_dim_qk <= t.max_head_dim &&
-                           p.head_dim_v <= t.max_head_dim && p.head_dim_qk % t.head_dim_multiple == 0 &&
-                           p.head_dim_v % t.head_dim_multiple == 0;
-    if (!diag.ok() || !traits_ok) return false;
+    if (!diag.ok() || !traits_accept(p)) return false;
     // Everything else is cuDNN's call (Note [cuDNN limits]).
     const std::lock_guard<std::mutex> hold(lock_);
     const device_guard guard(p.device.index);
@@ -169,9 +163,6 @@ class cudnn_backend final : public backend {
   static void check(cudnnStatus_t s, const char* what) {
     if (s != CUDNN_STATUS_SUCCESS)
       throw runtime_error(std::string("cudnn: ") + what + " failed with status " + std::to_string(static_cast<int>(s)));
-  }
-  static void check(fe::error_t e, const char* what) {
-    if (e.is_bad()) throw runtime_error(std::string("cudnn: ") + what + ": " + e.get_message());
   }
   // cuDNN's answer that it cannot run a graph (Note [cuDNN limits]): cached, unlike an error of
   // the moment (allocation, driver), which is thrown as attend::runtime_error and retried.

@@ -116,6 +116,12 @@ inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortise
                                             // keys; 2 stages of K and V (128 KB at D = 128) plus Q
                                             // fit the 227 KB a block may use
 
+// Work items of the Hopper path's persistent schedule (Note [Hopper scheduler]): 128-row blocks x
+// query heads x batch.
+inline std::int64_t sm90_item_count(const flash_params& p) {
+  return static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) * p.num_heads_q * p.batch;
+}
+
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.
 // One definition per (elem, width) row of flash_kernels.txt.
 template <elem E, int Width>

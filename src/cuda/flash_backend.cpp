@@ -68,31 +68,24 @@ const tc_entry* tc_kernel_for(const problem& p) {
   return best;
 }
 
-// Compute capability (major * 10 + minor) of device `index`, cached.
+// Attribute `Attr` of device `index`, cached per device (indices from 64 on are asked each time).
+template <cudaDeviceAttr Attr>
+int device_attribute(int index) {
+  static std::array<std::atomic<int>, 64> cache{};  // value + 1; 0: not asked yet
+  const bool cached = index >= 0 && index < static_cast<int>(cache.size());
+  if (cached)
+    if (const int v = cache[static_cast<std::size_t>(index)].load(); v != 0) return v - 1;
+  int v = 0;
+  ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&v, Attr, index));
+  if (cached) cache[static_cast<std::size_t>(index)].store(v + 1);
+  return v;
+}
+// Compute capability (major * 10 + minor) of device `index`.
 int compute_capability(int index) {
-  static std::array<std::atomic<int>, 64> cache{};
-  auto& slot = cache[static_cast<std::size_t>(index) % cache.size()];
-  int cc = slot.load();
-  if (cc == 0) {
-    int major = 0, minor = 0;
-    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
-    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
-    cc = major * 10 + minor;
-    slot.store(cc);
-  }
-  return cc;
+  return device_attribute<cudaDevAttrComputeCapabilityMajor>(index) * 10 +
+         device_attribute<cudaDevAttrComputeCapabilityMinor>(index);
 }
-
-int sm_count(int index) {
-  static std::array<std::atomic<int>, 64> cache{};
-  auto& slot = cache[static_cast<std::size_t>(index) % cache.size()];
-  int n = slot.load();
-  if (n == 0) {
-    ATTEND_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, index));
-    slot.store(n);
-  }
-  return n;
-}
+int sm_count(int index) { return device_attribute<cudaDevAttrMultiProcessorCount>(index); }
 
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
 // loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
@@ -162,8 +155,7 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
       pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
-  const std::int64_t items = (pr.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m * pr.num_heads_q * pr.batch;
-  if (items >= (std::int64_t{1} << 30)) return nullptr;
+  if (sm90_item_count(p) >= (std::int64_t{1} << 30)) return nullptr;
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
       return compute_capability(pr.device.index) == 90 ? &e : nullptr;

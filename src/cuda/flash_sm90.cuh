@@ -594,9 +594,7 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
   const auto s = static_cast<cudaStream_t>(stream);
   ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_sm90_kernel<E, Width>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
-  const std::int64_t items = static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) *
-                             p.num_heads_q * p.batch;
-  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(items, p.persistent_ctas));
+  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p), p.persistent_ctas));
   flash_sm90_kernel<E, Width><<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
