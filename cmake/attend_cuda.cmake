@@ -15,6 +15,7 @@ set(_attend_table ${PROJECT_SOURCE_DIR}/src/cuda/flash_kernels.txt)
 set_property(DIRECTORY ${PROJECT_SOURCE_DIR} APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_attend_table})
 file(STRINGS ${_attend_table} _attend_rows REGEX "^[ \t]*[a-z]")
 set(_attend_flash_sources "")
+set(ATTEND_SM90_SOURCES "")
 set(_attend_dispatch "// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.\n")
 # The Hopper rows (`sm90 DTYPE WIDTH`) are built only when the architectures include sm_90a: their
 # kernels use wgmma/setmaxnreg, which exist only there (Note [Hopper path]).
@@ -41,6 +42,7 @@ template bool launch_flash_sm90<elem::${_dt}, ${_w}>(const flash_params&, void*)
 }  // namespace attend::cuda
 ")
     list(APPEND _attend_flash_sources ${_src})
+    list(APPEND ATTEND_SM90_SOURCES ${_src})  # tests/CMakeLists.txt checks their wgmma pipelines
     string(APPEND _attend_dispatch "ATTEND_FLASH_SM90_ROW(${_dt}, ${_w})\n")
     continue()
   endif()

@@ -8,13 +8,14 @@
 // query rows of one (batch, query head), one after another (Note [Hopper scheduler]).
 //   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of each
 //     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a 2-stage
-//     ring, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage once both
-//     consumers have arrived on its `empty` barrier. Its registers are given to the consumers
-//     (setmaxnreg).
+//     ring, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage's K once
+//     both consumers have arrived on its `empty_k` barrier, its V on `empty_v`. Its registers are
+//     given to the consumers (setmaxnreg).
 //   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 with both
 //     operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
 //     ex2.approx), then O += P V by wgmma m64n{D}k16 with P from registers as the A operand and V
-//     read N-major (transposed by the instruction).
+//     read N-major (transposed by the instruction); software-pipelined so that softmax overlaps
+//     the tensor cores (Note [Hopper overlap]).
 //   - Shared-memory tiles use TMA's 128-byte swizzle: a tile is stored as column blocks of 64
 //     elements (128 bytes) x rows, 16-byte chunk c of row r at c ^ (r & 7), 8-row groups 1024 bytes
 //     apart. The wgmma descriptors describe exactly that layout (layout type SWIZZLE_128B; K-major:
@@ -79,15 +80,20 @@ __device__ __forceinline__ void mbar_expect_tx(std::uint32_t bar, std::uint32_t 
 __device__ __forceinline__ void mbar_arrive(std::uint32_t bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
+// Arrive when `pred`, predicated rather than branched: a branch on a thread-varying value while a
+// wgmma is in flight is a divergent path to ptxas, which then serialises the wgmma pipeline (Note
+// [Hopper overlap]).
+__device__ __forceinline__ void mbar_arrive_if(std::uint32_t bar, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+               "r"(static_cast<int>(pred))
+               : "memory");
+}
+// The retry loop is inside the asm, as a loop in C++ is a thread-varying branch to ptxas.
 __device__ __forceinline__ void mbar_wait(std::uint32_t bar, std::uint32_t parity) {
-  std::uint32_t done = 0;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (done == 0);
+  asm volatile(
+      "{\n.reg .pred p;\nwait_%=:\nmbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n@!p bra wait_%=;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
 }
 // One box of a 4-D tensor map (dim, seq, head, batch) into shared memory, completing on `bar`.
 __device__ __forceinline__ void tma_load(std::uint32_t dst, const CUtensorMap* map, std::uint32_t bar, int c0, int c1,
@@ -107,6 +113,7 @@ __device__ __forceinline__ void named_arrive(int id, int threads) {
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wg_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_wait1() { asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); }
 // Keeps the compiler from moving reads of accumulator registers above wgmma.wait_group.
 template <int N>
 __device__ __forceinline__ void reg_fence(float (&d)[N]) {
@@ -129,6 +136,8 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
 // pasted into the instruction name.
 #define ATTEND_WG_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define ATTEND_WG_ACC64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define ATTEND_WG_OUT32 "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
+#define ATTEND_WG_OUT64 "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
 #define ATTEND_WG_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define ATTEND_WG_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
 // S[64 x N] (+)= A[64 x 16] B[N x 16]^T, both K-major in shared memory.
@@ -137,6 +146,13 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
                : ACC                                                                                       \
                : "l"(desc_a), "l"(desc_b), "r"(accumulate))
+// S[64 x N] = A[64 x 16] B[N x 16]^T: the first k16 step writes the accumulators without reading
+// them, and says so ("=f"), so they are not live before it (Note [Hopper overlap]).
+#define ATTEND_WG_SS0(N, TY, R, OUT, IA, IB)                                                                 \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"                                                    \
+               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
+               : OUT                                                                                       \
+               : "l"(desc_a), "l"(desc_b))
 // O[64 x N] += P[64 x 16] (registers) V[16 x N] (shared memory, N-major).
 #define ATTEND_WG_RS(N, TY, R, ACC, A0, IB, IP)                                                              \
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
@@ -144,9 +160,10 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
                : ACC                                                                                       \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
 
-template <typename T, int N>
-__device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
-  static_assert(N == 64 || N == 128);
+// `d` may be longer than the N / 2 accumulators (its first N / 2 are used).
+template <typename T, int N, int M>
+__device__ __forceinline__ void wgmma_ss(float (&d)[M], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
+  static_assert((N == 64 || N == 128) && M >= N / 2);
   if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
     ATTEND_WG_SS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "34");
   else if constexpr (N == 64)
@@ -155,6 +172,18 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], std::uint64_t desc_a
     ATTEND_WG_SS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
   else
     ATTEND_WG_SS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
+}
+template <typename T, int N, int M>
+__device__ __forceinline__ void wgmma_ss_first(float (&d)[M], std::uint64_t desc_a, std::uint64_t desc_b) {
+  static_assert((N == 64 || N == 128) && M >= N / 2);
+  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_SS0(64, "bf16", ATTEND_WG_R32, ATTEND_WG_OUT32, "32", "33");
+  else if constexpr (N == 64)
+    ATTEND_WG_SS0(64, "f16", ATTEND_WG_R32, ATTEND_WG_OUT32, "32", "33");
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
+    ATTEND_WG_SS0(128, "bf16", ATTEND_WG_R64, ATTEND_WG_OUT64, "64", "65");
+  else
+    ATTEND_WG_SS0(128, "f16", ATTEND_WG_R64, ATTEND_WG_OUT64, "64", "65");
 }
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
@@ -169,6 +198,9 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
     ATTEND_WG_RS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68", "69");
 }
 #undef ATTEND_WG_SS
+#undef ATTEND_WG_SS0
+#undef ATTEND_WG_OUT32
+#undef ATTEND_WG_OUT64
 #undef ATTEND_WG_RS
 #undef ATTEND_WG_ACC32
 #undef ATTEND_WG_ACC64
@@ -207,30 +239,47 @@ __device__ __forceinline__ void tile_range(const flash_params& p, int m0, int& t
 }
 
 #ifdef ATTEND_SM90_DEVICE
-// One consumer warpgroup's step over NK keys of a key tile (NK = 128: the whole tile; 64: the half
-// that holds every key its rows see, Note [Hopper half tiles]): S = Q K^T, band mask, online
-// softmax, O += P V. `a_base`: this warpgroup's 64 rows of Q; `k_base`/`v_base`: the first of the
-// NK keys in the stage; keys [n0, n0 + NK) need no mask when `unmasked`.
+// The consumer's steps over one key tile, split so that one tile's softmax runs while the previous
+// tile's P V is on the tensor cores (Note [Hopper overlap]). NK = 128: the whole tile; 64: the half
+// that holds every key the warpgroup's rows see (Note [Hopper half tiles]). Scores live in
+// sc[0, NK / 2) of a 64-float array, so one array serves both widths.
+
+// Issues S = Q K^T (the caller fences and commits). `a_base`: the warpgroup's 64 rows of Q;
+// `k_base`: the first of the NK keys in the stage.
 template <typename T, int Width, int NK>
-__device__ __forceinline__ void consume_keys(float (&o)[Width / 2], float (&row_m)[2], float (&row_l)[2],
-                                             std::uint32_t a_base, std::uint32_t k_base, std::uint32_t v_base,
-                                             std::uint32_t bar_v, std::uint32_t parity, int n0, bool unmasked,
-                                             const int (&lo_r)[2], const int (&hi_r)[2], int lane, float scale_log2) {
+__device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, std::uint32_t k_base) {
   constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
-  float sc[NK / 2];
-  wg_fence();
 #pragma unroll
   for (int kk = 0; kk < Width / 16; ++kk) {
     const std::uint32_t a = a_base + (kk / 4) * tile_bytes(BM, 64) + (kk % 4) * 32;
     const std::uint32_t bk = k_base + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
-    wgmma_ss<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), kk > 0 ? 1 : 0);
+    if (kk == 0)
+      wgmma_ss_first<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
+    else
+      wgmma_ss<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), 1);
   }
-  wg_commit();
-  wg_wait0();
-  reg_fence(sc);
+}
 
-  // Scale to log2 units; outside the band (causal/window edges, keys past the sequence, rows past
-  // it) -inf. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key n0 + 8j + 2(lane%4) + (e&1).
+// Issues O += P V over the first NK keys at `v_base` (V read N-major; the caller fences and
+// commits).
+template <typename T, int Width, int NK>
+__device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&pa)[8][4], std::uint32_t v_base) {
+  constexpr int BN = k_sm90_block_n;
+#pragma unroll
+  for (int kk = 0; kk < NK / 16; ++kk)
+    wgmma_rs<T, Width>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
+}
+
+// Band mask and online softmax of a completed S tile, in place: sc[0, NK / 2) becomes the
+// unnormalised P (fp32, log2 units, ex2.approx); row_m and row_l move to the new row maxima and
+// `alpha` is the factor O must be rescaled by before P V of this tile. Keys [n0, n0 + NK) need no
+// mask when `unmasked`. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key
+// n0 + 8j + 2(lane%4) + (e&1). A row with no visible key so far keeps m = -inf and uses 0 as its
+// reference, so exp2 never sees (-inf) - (-inf).
+template <int NK>
+__device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_m)[2], float (&row_l)[2], float (&alpha)[2],
+                                             int n0, bool unmasked, const int (&lo_r)[2], const int (&hi_r)[2], int lane,
+                                             float scale_log2) {
   if (unmasked) {
 #pragma unroll
     for (int e = 0; e < NK / 2; ++e) sc[e] *= scale_log2;
@@ -248,10 +297,6 @@ __device__ __forceinline__ void consume_keys(float (&o)[Width / 2], float (&row_
         }
     }
   }
-
-  // Online softmax (log2 units); a row with no visible key so far keeps m = -inf and uses 0 as its
-  // reference, so exp2 never sees (-inf) - (-inf).
-  std::uint32_t pa[NK / 16][4];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     float mx = row_m[r];
@@ -260,36 +305,29 @@ __device__ __forceinline__ void consume_keys(float (&o)[Width / 2], float (&row_
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float m_use = mx == k_neg_inf ? 0.0f : mx;
-    const float alpha = exp2_approx(row_m[r] - m_use);
+    alpha[r] = exp2_approx(row_m[r] - m_use);
     row_m[r] = mx;
     float sum = 0.0f;
 #pragma unroll
-    for (int j = 0; j < NK / 8; ++j) {
-      const float p0 = exp2_approx(sc[4 * j + 2 * r] - m_use), p1 = exp2_approx(sc[4 * j + 2 * r + 1] - m_use);
-      sum += p0 + p1;
-      // A fragment of k16 step j / 2: registers {row lo, row hi} x {first, second n8 block}.
-      pa[j / 2][(j % 2) * 2 + r] = pack2<T>(p0, p1);
-    }
-    row_l[r] = row_l[r] * alpha + sum;
+    for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
-    for (int jd = 0; jd < Width / 8; ++jd) {
-      o[4 * jd + 2 * r] *= alpha;
-      o[4 * jd + 2 * r + 1] *= alpha;
-    }
+      for (int c = 0; c < 2; ++c) {
+        float& x = sc[4 * j + 2 * r + c];
+        x = exp2_approx(x - m_use);
+        sum += x;
+      }
+    row_l[r] = row_l[r] * alpha[r] + sum;
   }
+}
 
-  mbar_wait(bar_v, parity);
-  // The rescaled O and the packed P must be in registers before wgmma.fence.
-  reg_fence(o);
+// P as the A operand of the P V wgmma: k16 step kk holds registers {row lo, row hi} x {first,
+// second n8 block}.
+template <typename T, int NK>
+__device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&sc)[64]) {
 #pragma unroll
-  for (int kk = 0; kk < NK / 16; ++kk) reg_fence_u32(pa[kk]);
-  wg_fence();
+  for (int j = 0; j < NK / 8; ++j)
 #pragma unroll
-  for (int kk = 0; kk < NK / 16; ++kk)
-    wgmma_rs<T, Width>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
-  wg_commit();
-  wg_wait0();
-  reg_fence(o);
+    for (int r = 0; r < 2; ++r) pa[j / 2][(j % 2) * 2 + r] = pack2<T>(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]);
 }
 #endif  // ATTEND_SM90_DEVICE
 
@@ -302,14 +340,42 @@ __device__ __forceinline__ void consume_keys(float (&o)[Width / 2], float (&row_
 // numbered (batch, head) major so the CTAs running at one time share the K/V of a few heads in
 // L2, and within a head the last row block first: under causal masking it sees the most keys, so
 // the longest items start first and the short ones fill the end.
-// The item number travels through one shared-memory slot, handed to each consumer and back by a
-// pair of named barriers per consumer (bar.arrive / bar.sync, which compute-sanitizer's racecheck
-// follows). Q is double-buffered: while the consumers finish item j (and store its output through
+// The item number travels through a shared-memory slot, handed to each consumer by a named barrier
+// (producer bar.arrive, consumer bar.sync) and back by another (the reverse), one pair per consumer.
+// There are two slots, one per Q buffer: the producer writes item j's slot only after both
+// consumers finished item j - 2 (its q_empty barrier), which also orders their read of that slot
+// before the write through an mbarrier; with one slot, racecheck reported the read/write pair
+// whenever the hand-back by named barrier was the only ordering it could see. Q is double-buffered: while the consumers finish item j (and store its output through
 // their rows of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so
 // the load latency and the epilogue that a CTA per item would pay at its start and end overlap
 // with compute. The K/V ring and its phases run on across items, and the two consumers meet only
 // at its stages: one may finish an item and start the next while the other is still on its last
 // tile.
+//
+// Note [Hopper overlap]: the tensor cores and the softmax (exp2, max, sum: the SM's special-function
+// and FMA pipes) must run at the same time, as in FlashAttention-3:
+//   - within a consumer, tile t's S = Q K^T and tile t-1's O += P V are issued back to back as two
+//     wgmma groups; `wgmma.wait_group 1` returns when S is done, so tile t's softmax runs while
+//     P V of tile t-1 is still on the tensor cores; then `wait_group 0`, O is rescaled and tile t's
+//     P is packed for the next step. K of a stage is released as soon as its S completed, V once
+//     its P V did (separate empty barriers), so the producer refills K a step earlier;
+//   - between the consumers, ping-pong turns: consumer c issues its wgmma only after taking its
+//     turn (named barrier 7 + c) and passes it on right after issuing, so one consumer's
+//     instructions reach the tensor cores while the other runs its softmax. Every tile of an item
+//     is one turn, plus one for the item's last P V, the same count for both consumers since they
+//     run the same items over the same tiles; consumer 1 gives the first turn and consumer 0
+//     completes the last one at exit. (bf16 on the H100, attend_gpu_bench, same run: with the turns
+//     1.1-1.2x faster at head dim 64, up to 1.05x at 128.)
+// The pipeline exists only if ptxas keeps every wgmma asynchronous. It serialises all of a
+// kernel's wgmma (reporting it only as an info line, C7510-C7515) when an accumulator may be read
+// or written by other instructions while a wgmma is in flight (so each step's wgmma are issued and
+// waited for inside one template instantiation, with no branch in between that merges register
+// values: `step` per (key width, first tile or not); waits are never skipped on a path), when a
+// branch on a thread-varying value sits between issue and wait (so lane 0's arrivals are
+// predicated: mbar_arrive_if), or when registers run short: the first k16 step of S = Q K^T writes
+// its accumulators without reading them ("=f", wgmma_ss_first), so the 64 score registers are not
+// live between tiles. The build checks this per Hopper translation unit with ptxas' report
+// (tests/CMakeLists.txt: *_wgmma_pipeline; no GPU needed).
 //
 // Note [Hopper half tiles]: a consumer warpgroup whose 64 rows see only one half of a 128-key tile
 // (the diagonal tile under causal masking: the first 64 rows see only its first 64 keys; a
@@ -342,12 +408,17 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   auto bar_q_empty = [&](int qb) { return s_bar + 16u + 8u * static_cast<std::uint32_t>(qb); };
   auto bar_full_k = [&](int s) { return s_bar + 32u + 8u * static_cast<std::uint32_t>(s); };
   auto bar_full_v = [&](int s) { return s_bar + 32u + 8u * stages + 8u * static_cast<std::uint32_t>(s); };
-  auto bar_empty = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
-  volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 24 * stages);
+  // K and V of a stage are released separately: K once S = Q K^T completed, V once P V did
+  // (Note [Hopper overlap]).
+  auto bar_empty_k = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
+  auto bar_empty_v = [&](int s) { return s_bar + 32u + 24u * stages + 8u * static_cast<std::uint32_t>(s); };
+  // Two item slots, one per Q buffer (Note [Hopper scheduler]).
+  volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
   // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
   // the producer warp to consumer c (3 + c: written) and back (5 + c: read). One pair per consumer,
-  // so neither consumer waits for the other at an item boundary (Note [Hopper scheduler]).
-  constexpr int k_bar_slot_full = 3, k_bar_slot_read = 5, k_slot_threads = 32 + 128;
+  // so neither consumer waits for the other at an item boundary (Note [Hopper scheduler]). 7 + c:
+  // consumer c's turn to issue wgmma (Note [Hopper overlap]).
+  constexpr int k_bar_slot_full = 3, k_bar_slot_read = 5, k_slot_threads = 32 + 128, k_bar_turn = 7;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warpgroup = tid / 128;
@@ -359,7 +430,8 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     for (int s = 0; s < stages; ++s) {
       mbar_init(bar_full_k(s), 1);
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty(s), 8);
+      mbar_init(bar_empty_k(s), 8);
+      mbar_init(bar_empty_v(s), 8);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
@@ -381,13 +453,17 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
         named_sync(k_bar_slot_read, k_slot_threads);
         named_sync(k_bar_slot_read + 1, k_slot_threads);
       }
-      if (tid == 0) *item_slot = w < items ? w : -1;
+      if (tid == 0) {
+        // Item j's slot and Q buffer were item j - 2's: both are reused once the consumers finished
+        // that item (its epilogue arrives on q_empty after they read its slot).
+        if (j >= 2) mbar_wait(bar_q_empty(qb), static_cast<std::uint32_t>(((j >> 1) - 1) & 1));
+        item_slot[qb] = w < items ? w : -1;
+      }
       named_arrive(k_bar_slot_full, k_slot_threads);
       named_arrive(k_bar_slot_full + 1, k_slot_threads);
       if (w >= items) break;
       if (tid == 0) {
         w_next = atomicAdd(p.maybe_work_counter, 1);
-        if (j >= 2) mbar_wait(bar_q_empty(qb), static_cast<std::uint32_t>(((j >> 1) - 1) & 1));
         const work_item it = item_of(p, w);
         const int hk = it.h / p.group_size;
         int t_begin, t_end;
@@ -398,11 +474,13 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
           tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, it.m0, it.h, it.b);
         for (int t = t_begin; t < t_end; ++t, ++kv) {
           const int s = kv % stages;
-          if (kv >= stages) mbar_wait(bar_empty(s), static_cast<std::uint32_t>((kv / stages - 1) & 1));
+          const auto reuse_parity = static_cast<std::uint32_t>((kv / stages - 1) & 1);
+          if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
           mbar_expect_tx(bar_full_k(s), kv_bytes);
 #pragma unroll
           for (int c = 0; c < blocks; ++c)
             tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, it.b);
+          if (kv >= stages) mbar_wait(bar_empty_v(s), reuse_parity);
           mbar_expect_tx(bar_full_v(s), kv_bytes);
 #pragma unroll
           for (int c = 0; c < blocks; ++c)
@@ -415,17 +493,36 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int cw = warpgroup - 1;  // consumer index
+  // Consumer index, broadcast so ptxas knows it is warp-uniform: branches on values derived from it
+  // (the key width of a step) are then not divergent paths (Note [Hopper overlap]).
+  const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
   const float scale_log2 = p.scale * k_log2e;
   const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
+  // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
+  // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on the other's.
+  auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
+  auto pass_turn = [&] { named_arrive(k_bar_turn + (cw ^ 1), 256); };
+  if (cw == 1) named_arrive(k_bar_turn, 256);  // consumer 0 takes the first turn
+  // Lane 0 of each warp arrives for the warp (mbar_arrive_if: K is released while P V runs).
+  auto release = [&](std::uint32_t bar) {
+    __syncwarp();
+    mbar_arrive_if(bar, lane == 0);
+  };
+  using k64 = std::integral_constant<int, 64>;
+  using k128 = std::integral_constant<int, 128>;
+
   int kv = 0;
   for (int j = 0;; ++j) {
     const int qb = j & 1;
     const std::uint32_t s_q = s_q0 + qb * q_bytes;
     named_sync(k_bar_slot_full + cw, k_slot_threads);
-    const int w = *item_slot;
-    if (w < 0) break;
+    const int w = __shfl_sync(0xffffffffu, item_slot[qb], 0);  // uniform, as cw
+    if (w < 0) {
+      // Consumer 1's last turn left one arrival on consumer 0's barrier; complete it.
+      if (cw == 0) named_sync(k_bar_turn, 256);
+      break;
+    }
     named_arrive(k_bar_slot_read + cw, k_slot_threads);
     mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
     const work_item it = item_of(p, w);
@@ -467,6 +564,69 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
     const std::uint32_t a_base = s_q + half * 64 * 128;
 
+    // Software pipeline over the item's tiles (Note [Hopper overlap]): the P V of the previous tile
+    // (P in `pa`, over pv_nk keys from pv_v) is issued right after this tile's Q K^T and runs while
+    // this tile's softmax does. A tile takes NK = 64 keys when this warpgroup's rows see only one
+    // half of it (Note [Hopper half tiles]) or none of it (then every score is masked), else 128.
+    float sc[64];
+    std::uint32_t pa[8][4];
+    int pv_nk = 128, pv_stage = 0;
+    std::uint32_t pv_v = 0, pv_parity = 0;
+    auto fence_operands = [&] {  // the rescaled O and the packed P are in registers before wgmma.fence
+      reg_fence(o);
+#pragma unroll
+      for (int kk = 0; kk < 8; ++kk) reg_fence_u32(pa[kk]);
+      wg_fence();
+    };
+    auto issue_pending_pv = [&] {
+      if (pv_nk == 128)
+        issue_pv<T, Width, 128>(o, pa, pv_v);
+      else
+        issue_pv<T, Width, 64>(o, pa, pv_v);
+      wg_commit();
+    };
+    // One tile: its S = Q K^T, then (`with_pv`) the pending P V, each a wgmma group, in one turn;
+    // softmax of S while P V runs; then O rescaled and this tile's P packed as the next pending
+    // P V. Every wgmma is issued and waited for inside one instantiation, with no branch between
+    // that changes which registers an accumulator lives in: otherwise ptxas serialises the
+    // pipeline.
+    auto step = [&](auto nk_c, auto with_pv_c, int t, int s, std::uint32_t parity, int h0, bool unmasked) {
+      constexpr int NK = decltype(nk_c)::value;
+      constexpr bool with_pv = decltype(with_pv_c)::value;
+      take_turn();
+      mbar_wait(bar_full_k(s), parity);
+      if constexpr (with_pv) mbar_wait(bar_full_v(pv_stage), pv_parity);
+      fence_operands();
+      issue_qk<T, Width, NK>(sc, a_base, s_k + s * kv_bytes + h0 * 128);
+      wg_commit();
+      if constexpr (with_pv) issue_pending_pv();
+      pass_turn();
+      if constexpr (with_pv)
+        wg_wait1();  // this tile's S; the previous P V may still run
+      else
+        wg_wait0();
+      reg_fence(sc);
+      release(bar_empty_k(s));
+      float alpha[2];
+      softmax_tile<NK>(sc, row_m, row_l, alpha, t * BN + h0, unmasked, lo_r, hi_r, lane, scale_log2);
+      if constexpr (with_pv) {
+        wg_wait0();
+        reg_fence(o);
+        release(bar_empty_v(pv_stage));
+      }
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int jd = 0; jd < Width / 8; ++jd) {
+          o[4 * jd + 2 * r] *= alpha[r];
+          o[4 * jd + 2 * r + 1] *= alpha[r];
+        }
+      pack_p<T, NK>(pa, sc);
+      pv_nk = NK;
+      pv_stage = s;
+      pv_parity = parity;
+      pv_v = s_v + s * kv_bytes + h0 * 128;
+    };
     for (int t = t_begin; t < t_end; ++t, ++kv) {
       const int s = kv % stages;
       const std::uint32_t parity = static_cast<std::uint32_t>((kv / stages) & 1);
@@ -474,21 +634,31 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
       // Which 64-key halves of the tile any row of this warpgroup sees (Note [Hopper half tiles]).
       const bool lo_half = wg_live && wg_key_lo < n0 + 64 && wg_key_hi > n0;
       const bool hi_half = wg_live && wg_key_lo < n0 + BN && wg_key_hi > n0 + 64;
-      const std::uint32_t k_stage = s_k + s * kv_bytes, v_stage = s_v + s * kv_bytes;
-      mbar_wait(bar_full_k(s), parity);
-      if (lo_half && hi_half) {
-        consume_keys<T, Width, 128>(o, row_m, row_l, a_base, k_stage, v_stage, bar_full_v(s), parity, n0,
-                                    n0 >= full_lo && n0 + BN <= full_hi, lo_r, hi_r, lane, scale_log2);
-      } else if (lo_half || hi_half) {
-        const int h0 = lo_half ? 0 : 64;  // first key of the half, within the tile
-        consume_keys<T, Width, 64>(o, row_m, row_l, a_base, k_stage + h0 * 128, v_stage + h0 * 128, bar_full_v(s),
-                                   parity, n0 + h0, n0 + h0 >= full_lo && n0 + h0 + 64 <= full_hi, lo_r, hi_r, lane,
-                                   scale_log2);
+      const int h0 = hi_half && !lo_half ? 64 : 0;  // first key used, within the tile
+      const bool full = lo_half && hi_half;
+      const bool unmasked = n0 + h0 >= full_lo && n0 + h0 + (full ? 128 : 64) <= full_hi;
+      if (t == t_begin) {
+        if (full)
+          step(k128{}, std::false_type{}, t, s, parity, h0, unmasked);
+        else
+          step(k64{}, std::false_type{}, t, s, parity, h0, unmasked);
+      } else if (full) {
+        step(k128{}, std::true_type{}, t, s, parity, h0, unmasked);
       } else {
-        mbar_wait(bar_full_v(s), parity);  // arrive only after the tile landed (phases stay in step)
+        step(k64{}, std::true_type{}, t, s, parity, h0, unmasked);
       }
-      __syncwarp();
-      if (lane == 0) mbar_arrive(bar_empty(s));
+    }
+    // The last tile's P V. Every item with tiles takes one more turn, the same for both consumers
+    // (they run the same items over the same tile range).
+    if (t_end > t_begin) {
+      take_turn();
+      mbar_wait(bar_full_v(pv_stage), pv_parity);
+      fence_operands();
+      issue_pending_pv();
+      pass_turn();
+      wg_wait0();
+      reg_fence(o);
+      release(bar_empty_v(pv_stage));
     }
 
     // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q buffer (only this
@@ -592,10 +762,11 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
-  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_sm90_kernel<E, Width>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const auto kernel = flash_sm90_kernel<E, Width>;
+  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p), p.persistent_ctas));
-  flash_sm90_kernel<E, Width><<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);
+  kernel<<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
