@@ -29,33 +29,33 @@ foreach(_row IN LISTS _attend_rows)
   endif()
   set(_dt ${CMAKE_MATCH_2})
   set(_w ${CMAKE_MATCH_3})
-  if(CMAKE_MATCH_1)
+  if(CMAKE_MATCH_1)  # a Hopper row
     if(NOT _attend_sm90a)
       continue()
     endif()
-    set(_src ${_attend_cuda_gen}/flash_sm90_${_dt}_${_w}.cu)
-    file(CONFIGURE OUTPUT ${_src} CONTENT
-"// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.
-#include \"cuda/flash_sm90.cuh\"
-namespace attend::cuda {
-template bool launch_flash_sm90<elem::${_dt}, ${_w}>(const flash_params&, void*);
-}  // namespace attend::cuda
-")
-    list(APPEND _attend_flash_sources ${_src})
-    list(APPEND ATTEND_SM90_SOURCES ${_src})  # tests/CMakeLists.txt checks their wgmma pipelines
-    string(APPEND _attend_dispatch "ATTEND_FLASH_SM90_ROW(${_dt}, ${_w})\n")
-    continue()
+    set(_kind sm90)
+    set(_launch "bool launch_flash_sm90")
+    set(_row_macro ATTEND_FLASH_SM90_ROW)
+    set(_name flash_sm90_${_dt}_${_w})
+  else()
+    set(_kind tc)
+    set(_launch "void launch_flash_tc")
+    set(_row_macro ATTEND_FLASH_ROW)
+    set(_name flash_${_dt}_${_w})
   endif()
-  set(_src ${_attend_cuda_gen}/flash_${_dt}_${_w}.cu)
+  set(_src ${_attend_cuda_gen}/${_name}.cu)
   file(CONFIGURE OUTPUT ${_src} CONTENT
 "// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.
-#include \"cuda/flash_tc.cuh\"
+#include \"cuda/flash_${_kind}.cuh\"
 namespace attend::cuda {
-template void launch_flash_tc<elem::${_dt}, ${_w}>(const flash_params&, void*);
+template ${_launch}<elem::${_dt}, ${_w}>(const flash_params&, void*);
 }  // namespace attend::cuda
 ")
   list(APPEND _attend_flash_sources ${_src})
-  string(APPEND _attend_dispatch "ATTEND_FLASH_ROW(${_dt}, ${_w})\n")
+  if(_kind STREQUAL "sm90")
+    list(APPEND ATTEND_SM90_SOURCES ${_src})  # tests/CMakeLists.txt checks their wgmma pipelines
+  endif()
+  string(APPEND _attend_dispatch "${_row_macro}(${_dt}, ${_w})\n")
 endforeach()
 file(CONFIGURE OUTPUT ${_attend_cuda_gen}/cuda/flash_dispatch.inc CONTENT "${_attend_dispatch}")
 

@@ -123,6 +123,24 @@ TEST(Grid, CoversTheAwkwardSizes) {
 // Note [Workspace cache]: without a caller workspace, calls on one (thread, stream) reuse one
 // buffer; calls on another stream get their own, because GPU kernels still use it after run().
 TEST(Workspace, CachedPerThreadAndStream) {
+  // Host memory that counts the buffers alive, so the cache's bound is observed.
+  class counting_memory final : public memory_resource {
+   public:
+    void* allocate(std::size_t bytes) override {
+      ++live;
+      return host_memory().allocate(bytes);
+    }
+    void deallocate(void* p) noexcept override {
+      --live;
+      host_memory().deallocate(p);
+    }
+    void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) override {
+      host_memory().copy(dst, src, bytes, dir);
+    }
+    void synchronize() override {}
+    int live = 0;
+  };
+  static counting_memory memory;  // outlives the thread's workspace cache, which frees into it
   class records_workspace final : public backend {
    public:
     records_workspace() {
@@ -133,6 +151,7 @@ TEST(Workspace, CachedPerThreadAndStream) {
     std::string_view name() const override { return "records_workspace"; }
     const backend_traits& traits() const override { return traits_; }
     std::size_t workspace_bytes(const problem&, int) const override { return 256; }
+    memory_resource* memory_for(device) const override { return &memory; }
     void run(const problem& p, const run_context& ctx) const override {
       last = ctx.workspace.data();
       registry::global().find("reference")->run(p, ctx);
@@ -162,9 +181,15 @@ TEST(Workspace, CachedPerThreadAndStream) {
   EXPECT_NE(b1, a1);
   EXPECT_EQ(run_with(&stream_a), a1);
   EXPECT_EQ(run_with(&stream_b), b1);
-  // Many streams: the cache stays bounded and each call still gets a workspace.
+  EXPECT_EQ(memory.live, 2);
+  // Many streams: each call still gets a workspace, and the cache keeps at most 8 buffers
+  // (least recently used evicted, Note [Workspace cache]).
   int streams[20];
-  for (int& s : streams) EXPECT_NE(run_with(&s), nullptr);
+  for (int& s : streams) {
+    EXPECT_NE(run_with(&s), nullptr);
+    EXPECT_LE(memory.live, 8);
+  }
+  EXPECT_EQ(memory.live, 8);
   EXPECT_NE(run_with(&stream_a), nullptr);
   std::byte* from_another_thread = nullptr;
   std::thread([&] { from_another_thread = const_cast<std::byte*>(run_with(&stream_a)); }).join();

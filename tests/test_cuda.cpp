@@ -16,6 +16,9 @@
 #include "attend/attend.h"
 #include "attend/check.h"
 #include "attend/registry.h"
+#if defined(ATTEND_TEST_HAVE_CUDA)
+#include "cuda/backends.h"
+#endif
 
 namespace {
 
@@ -79,6 +82,19 @@ void check_cases(const std::string& name, std::vector<case_spec> cases, bool mus
   }
   std::cout << "[   INFO   ] " << name << ": " << ran << " cases ran, " << skipped << " not supported (seed "
             << fresh_seed() << ")" << std::endl;
+  // A backend that may reject cases must still run some where it works at all: otherwise a grid of
+  // rejections would pass as a test.
+  if (!must_support && ran == 0) {
+    std::vector<std::uint16_t> q(64), k(64), v(64), o(64);
+    attention_params a;
+    a.q = tensor_view::contiguous(q.data(), dtype::bf16, {1, 1, 1, 64}, k_gpu);
+    a.k = tensor_view::contiguous(k.data(), dtype::bf16, {1, 1, 1, 64}, k_gpu);
+    a.v = tensor_view::contiguous(v.data(), dtype::bf16, {1, 1, 1, 64}, k_gpu);
+    a.out = tensor_view::contiguous(o.data(), dtype::bf16, {1, 1, 1, 64}, k_gpu);
+    diagnostics d;
+    EXPECT_FALSE(b->supports(make_problem(a), &d)) << name << " ran none of " << cases.size()
+                                                    << " cases although it supports a plain bf16 call";
+  }
 }
 
 std::vector<case_spec> big_cases(std::uint64_t seed) {
@@ -163,9 +179,32 @@ TEST(cuda, flash_cuda_big_shapes) {
   check_cases("flash_cuda", big_cases(fresh_seed()), true);
 }
 
+// The Hopper cases must reach the Hopper kernel where it can run: a dispatch change that sends
+// them to the mma.sync kernel would otherwise pass every comparison unnoticed.
+void expect_hopper_kernel(const std::vector<case_spec>& cases) {
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  if (!cuda::flash_cuda_hopper_available(k_gpu.index)) {
+    std::cout << "[   INFO   ] not checked which kernel runs: no Hopper kernel for this device/build" << std::endl;
+    return;
+  }
+  for (case_spec spec : cases) {
+    spec.device = k_gpu;
+    const at::case_data data(spec);
+    attention_params probe = data.params();
+    for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse})
+      if (!t->empty()) t->device = k_gpu;
+    EXPECT_STREQ(cuda::flash_cuda_kernel(make_problem(probe)), "sm90") << spec.name << " [" << spec.describe() << "]";
+  }
+#else
+  static_cast<void>(cases);
+#endif
+}
+
 TEST(cuda, flash_cuda_hopper_shapes) {
   ATTEND_REQUIRE_GPU();
-  check_cases("flash_cuda", hopper_cases(fresh_seed()), true);
+  const auto cases = hopper_cases(fresh_seed());
+  expect_hopper_kernel(cases);
+  check_cases("flash_cuda", cases, true);
 }
 
 // Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
@@ -188,6 +227,7 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.seed = seed + v.size();
     v.push_back(c);
   }
+  expect_hopper_kernel(v);
   check_cases("flash_cuda", v, true);
 }
 

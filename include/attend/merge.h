@@ -35,14 +35,20 @@ double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, 
     for (std::int64_t d = 0; d < dv; ++d) emit(d, fill);
     return is_nan ? std::numeric_limits<double>::quiet_NaN() : neg_inf;
   }
+  // Weights exp(l_s - top) once per part (kept for the first k_kept parts; more are recomputed).
+  constexpr std::int64_t k_kept = 64;
+  double kept[k_kept];
+  auto weight = [&](std::int64_t s) { return s < k_kept ? kept[s] : std::exp(lse(s) - top); };
   double total = 0;
-  for (std::int64_t s = 0; s < parts; ++s) total += std::exp(lse(s) - top);
+  for (std::int64_t s = 0; s < parts; ++s) {
+    const double w = std::exp(lse(s) - top);
+    if (s < k_kept) kept[s] = w;
+    total += w;
+  }
   for (std::int64_t d = 0; d < dv; ++d) {
     double acc = 0;
-    for (std::int64_t s = 0; s < parts; ++s) {
-      const double weight = std::exp(lse(s) - top);
-      if (weight != 0) acc += weight * value(s, d);
-    }
+    for (std::int64_t s = 0; s < parts; ++s)
+      if (const double w = weight(s); w != 0) acc += w * value(s, d);
     emit(d, acc / total);
   }
   return top + std::log(total);

@@ -20,6 +20,10 @@
 //   keys outside the causal/window band, or with a false keep-mask, get s = -inf.
 //   out_i = sum_j softmax(s)_j v_j;  lse_i = log(sum_j exp(s_j)).
 // A row with no visible key (fully masked) has out_i = 0 and lse_i = -inf on every backend.
+// A key of weight exactly 0 (outside the band, masked, or exp underflow) contributes nothing, even
+// when its v holds NaN/Inf (KV-cache padding): so on the cpu backends (Note [Flash masked
+// non-finite V]). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the
+// NaN, so a non-finite v at a key a row does not see reaches that row there.
 //
 // Band (Note [Causal alignment]): with offset d = 0 (top_left, PyTorch is_causal) or
 // d = Skv - Sq (bottom_right, FlashAttention / KV cache decode), key j is visible from query i
@@ -32,6 +36,7 @@
 #include <string>
 #include <string_view>
 
+#include "attend/key_band.h"
 #include "attend/tensor.h"
 
 namespace attend {
@@ -156,14 +161,9 @@ struct key_range {
 };
 constexpr key_range visible_keys(const attention_params& p, std::int64_t i, std::int64_t len_q,
                                  std::int64_t len_kv) {
-  const std::int64_t diag = i + (p.alignment == alignment::bottom_right ? len_kv - len_q : 0);
-  // Causal caps the right bound at the diagonal; a window_right >= 0 cannot extend it.
-  const std::int64_t right = p.causal ? 0 : p.window_right;
-  key_range r{0, len_kv};
-  if (p.window_left >= 0 && diag - p.window_left > r.lo) r.lo = diag - p.window_left;
-  if (right >= 0 && diag + right + 1 < r.hi) r.hi = diag + right + 1;
-  if (r.hi < r.lo) r.hi = r.lo;
-  return r;
+  const key_band b = key_band_of(i, len_q, len_kv, p.causal, p.alignment == alignment::bottom_right, p.window_left,
+                                 p.window_right);
+  return key_range{b.lo, b.hi};
 }
 
 }  // namespace attend

@@ -12,6 +12,14 @@ namespace attend::cuda {
 std::shared_ptr<const backend> make_flash_cuda_backend();
 std::shared_ptr<const backend> make_cudnn_backend();
 
+// Which of flash_cuda's kernels its plan picks for `p` (a call it supports): "sm90" (the Hopper
+// wgmma/TMA kernel, Note [Hopper path]), "tc" (mma.sync), "tc-split" (mma.sync, split-KV) or
+// "generic" (scalar fp32). Tests use it to know a case reached the kernel it was written for.
+const char* flash_cuda_kernel(const problem& p);
+// Whether flash_cuda can run its Hopper kernels on device `index`: the build's architectures
+// include sm_90a, the device has compute capability 9.0 and ATTEND_FLASH_CUDA_SM90 is not 0.
+bool flash_cuda_hopper_available(int device_index);
+
 // Device memory of CUDA device `index` (cudaMalloc / cudaMemcpy / cudaDeviceSynchronize).
 memory_resource& device_memory(int index);
 

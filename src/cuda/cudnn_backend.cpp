@@ -16,6 +16,7 @@
 //     the same undefined output.
 #include <dlfcn.h>
 
+#include <bit>
 #include <cstdint>
 #include <exception>
 
@@ -79,7 +80,7 @@ class cudnn_backend final : public backend {
     traits_.min_head_dim = 8;
     traits_.max_head_dim = 256;  // cuDNN 9 on Hopper/Ampere; narrower limits come from cuDNN itself
     traits_.head_dim_multiple = 8;
-    traits_.priority = 110;  // above flash_cuda (100): measured 3-4x faster on H100 where both run (bench/RESULTS.md)
+    traits_.priority = 110;  // above flash_cuda (100): faster on H100 where both run (bench/RESULTS.md: 1.05-1.2x)
   }
   ~cudnn_backend() override {
     for (auto& [index, h] : handles_) static_cast<void>(fe::detail::destroy_handle(h));
@@ -197,7 +198,8 @@ class cudnn_backend final : public backend {
     std::ostringstream k;
     k << p.device.index << ' ' << static_cast<int>(p.dtype) << ' ' << p.batch << ' ' << p.num_heads_q << ' '
       << p.num_heads_kv << ' ' << p.seqlen_q << ' ' << p.seqlen_kv << ' ' << p.head_dim_qk << ' ' << p.head_dim_v << ' '
-      << p.scale << ' ' << p.params.causal << static_cast<int>(p.params.alignment) << ' ' << p.params.window_left << ' '
+      << std::bit_cast<std::uint32_t>(static_cast<float>(p.scale)) /* the graph's attn_scale, exactly */ << ' '
+      << p.params.causal << static_cast<int>(p.params.alignment) << ' ' << p.params.window_left << ' '
       << p.params.window_right << ' ' << (p.maybe_lse != nullptr);
     for (const strides_bshd& s : {p.q, p.k, p.v, p.out}) k << ' ' << s.batch << ',' << s.seq << ',' << s.head;
     k << ' ' << p.lse_batch_stride << ',' << p.lse_head_stride;

@@ -107,18 +107,18 @@ constexpr int flash_smem_bytes_for(int width, int block_m, int block_n) { return
 constexpr int flash_smem_bytes(int width) { return flash_smem_bytes_for(width, flash_block_m(width), flash_block_n(width)); }
 constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
 
-// The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): 128 query rows per CTA, two
+// The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): 128 query rows per work item, two
 // consumer warpgroups of 64 rows (wgmma's M), and 128-key tiles.
 inline constexpr int k_sm90_block_m = 128;  // why: 2 consumer warpgroups x wgmma's 64 rows; a third
                                             // would leave the 232-register budget per consumer
                                             // thread short at D = 128 (O 64 + S 64 + P 32 floats)
 inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortises each Q read over 128
-                                            // keys; 2 stages of K and V (128 KB at D = 128) plus Q
-                                            // fit the 227 KB a block may use
+                                            // keys; 2 stages of K and V (128 KB at D = 128) plus two
+                                            // Q buffers fit the 227 KB a block may use
 
 // Work items of the Hopper path's persistent schedule (Note [Hopper scheduler]): 128-row blocks x
 // query heads x batch.
-inline std::int64_t sm90_item_count(const flash_params& p) {
+constexpr std::int64_t sm90_item_count(const flash_params& p) {  // constexpr: device code calls it too
   return static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) * p.num_heads_q * p.batch;
 }
 
@@ -131,8 +131,9 @@ void launch_flash_tc(const flash_params& p, void* stream);
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream);
 // The Hopper kernel (sm_90a; flash_sm90.cuh) for one (elem, width) `sm90` row of flash_kernels.txt.
-// Needs p.maybe_work_counter and p.persistent_ctas. Returns false, launching nothing, when the
-// driver refuses the TMA descriptors of these tensors (the caller then runs launch_flash_tc).
+// Needs p.maybe_work_counter and p.persistent_ctas >= 1 (the backend always sets them). Returns
+// false, launching nothing, when the driver refuses the TMA descriptors of these tensors (the
+// caller then runs launch_flash_tc).
 template <elem E, int Width>
 bool launch_flash_sm90(const flash_params& p, void* stream);
 // fp32 (and any dtype) by a scalar fp32 path: one warp per query row.

@@ -14,6 +14,7 @@
 #include <string_view>
 
 #include "attend/backend.h"
+#include "core/int_math.h"
 #include "cuda/backends.h"
 #include "cuda/cuda_check.h"
 #include "cuda/flash.h"
@@ -108,7 +109,6 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   return static_cast<int>(std::max<std::int64_t>(splits, 1));
 }
 
-std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
 
 // Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [split-KV partial
 // outputs] [split-KV partial LSEs].
@@ -146,12 +146,16 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - ATTEND_FLASH_CUDA_SM90 not set to 0 (a switch to compare the two kernels on one device).
 // When the driver refuses a tensor map anyway, launch_flash_sm90 returns false and the call runs
 // the mma.sync kernel.
-const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
+bool sm90_disabled() {
   static const bool disabled = [] {
     const char* v = std::getenv("ATTEND_FLASH_CUDA_SM90");
     return v != nullptr && std::string_view(v) == "0";
   }();
-  if (disabled || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
+  return disabled;
+}
+
+const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
+  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
       pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
@@ -219,6 +223,12 @@ class flash_cuda_backend final : public backend {
     } else {
       launch_flash_generic(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
     }
+  }
+
+  // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
+  static const char* kernel_name(const problem& pr) {
+    const call_plan plan = plan_call(pr);
+    return plan.hopper != nullptr ? "sm90" : plan.kernel == nullptr ? "generic" : plan.params.num_splits > 1 ? "tc-split" : "tc";
   }
 
  protected:
@@ -308,5 +318,14 @@ class flash_cuda_backend final : public backend {
 }  // namespace
 
 std::shared_ptr<const backend> make_flash_cuda_backend() { return std::make_shared<flash_cuda_backend>(); }
+
+const char* flash_cuda_kernel(const problem& p) { return flash_cuda_backend::kernel_name(p); }
+
+bool flash_cuda_hopper_available(int device_index) {
+  if (sm90_disabled() || compute_capability(device_index) != 90) return false;
+  for (const sm90_entry& e : k_sm90_table)
+    if (e.launch != nullptr) return true;
+  return false;
+}
 
 }  // namespace attend::cuda

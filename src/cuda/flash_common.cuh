@@ -6,9 +6,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cstdint>
 #include <type_traits>
 
+#include "attend/key_band.h"
+#include "cuda/cuda_check.h"
 #include "cuda/flash.h"
 
 namespace attend::cuda {
@@ -69,17 +72,29 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
 }
 
 // Visible keys [lo, hi) of query row i (local position); hi <= lo: none.
-struct band {
-  std::int64_t lo, hi;
-};
+// Lets `Kernel` use `bytes` of dynamic shared memory on the current device: one
+// cudaFuncSetAttribute per (kernel, device), not a driver call per launch (the attribute holds for
+// the device's context).
+template <auto Kernel>
+void allow_dynamic_smem(int bytes) {
+  static std::atomic<std::uint64_t> done{0};  // bit d: set on device d (devices >= 64: every time)
+  int dev = 0;
+  ATTEND_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::uint64_t bit = dev < 64 ? std::uint64_t{1} << dev : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit) != 0) return;
+  ATTEND_CUDA_CHECK(
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(Kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.fetch_or(bit, std::memory_order_release);
+}
+
+// Shared-memory address of a generic pointer into shared memory (for PTX operands).
+__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
+  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
+}
+
+using band = key_band;
 __device__ __forceinline__ band visible(const flash_params& p, std::int64_t i, int len_q, int len_kv) {
-  const std::int64_t diag = i + (p.bottom_right ? static_cast<std::int64_t>(len_kv) - len_q : 0);
-  const std::int64_t right = p.causal ? 0 : p.window_right;
-  band r{0, len_kv};
-  if (p.window_left >= 0 && diag - p.window_left > r.lo) r.lo = diag - p.window_left;
-  if (right >= 0 && diag + right + 1 < r.hi) r.hi = diag + right + 1;
-  if (r.hi < r.lo) r.hi = r.lo;
-  return r;
+  return key_band_of(i, len_q, len_kv, p.causal, p.bottom_right, p.window_left, p.window_right);
 }
 
 // Mask value of (b, h, i, j): additive term, or -inf for a false keep-mask entry.

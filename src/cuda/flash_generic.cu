@@ -84,9 +84,9 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_generic_kernel(co
         l == 0.0f ? k_neg_inf : m + logf(l);
 }
 
-// Note [Split KV]: split s of row (b, h, i) wrote its normalised output o_s and lse_s. The merge:
-// L = log Σ exp(lse_s), out = Σ exp(lse_s - L) o_s. All splits empty: out 0, lse -inf; any NaN
-// partial makes the row NaN.
+// The split-KV merge (Note [Split KV] in flash_backend.cpp): split s of row (b, h, i) wrote its
+// normalised output o_s and lse_s, merged as in Note [LSE merge] (attend/merge.h: the same rule,
+// written again here because .cu files are C++17 and merge.h is C++20).
 template <typename T>
 __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(const flash_params p) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;

@@ -7,12 +7,12 @@
 // Note [Hopper path]: a persistent CTA of 3 warpgroups runs work items of k_sm90_block_m = 128
 // query rows of one (batch, query head), one after another (Note [Hopper scheduler]).
 //   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of each
-//     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a 2-stage
-//     ring, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage's K once
+//     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a ring of
+//     k_stages(Width) stages, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage's K once
 //     both consumers have arrived on its `empty_k` barrier, its V on `empty_v`. Its registers are
 //     given to the consumers (setmaxnreg).
-//   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 with both
-//     operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
+//   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 (n64 on half
+//     tiles, Note [Hopper half tiles]) with both operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
 //     ex2.approx), then O += P V by wgmma m64n{D}k16 with P from registers as the A operand and V
 //     read N-major (transposed by the instruction); software-pipelined so that softmax overlaps
 //     the tensor cores (Note [Hopper overlap]).
@@ -28,7 +28,7 @@
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
 // no softcap, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
 // alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
-// (flash_tc.cuh); the decision is written once, in flash_backend.cpp (hopper_eligible).
+// (flash_tc.cuh); the decision is written once, in flash_backend.cpp (sm90_kernel_for).
 #pragma once
 
 #include <cuda.h>
@@ -47,28 +47,22 @@ namespace sm90 {
 
 inline constexpr int k_threads = 384;  // producer warpgroup + 2 consumer warpgroups
 // Stages of the K/V ring.
-template <int Width>
-inline constexpr int k_stages = Width == 64 ? 4 : 2;  // why: at D = 128, 2 x (K + V) tiles are 128 KB;
-                                                      // with two Q buffers (64 KB, Note [Hopper
-                                                      // scheduler]) 194 KB of the 227 KB a block may
-                                                      // use, and a third stage would not fit. At
-                                                      // D = 64, 4 stages (128 KB) hide more load
-                                                      // latency at item boundaries.
+constexpr int k_stages(int width) {
+  return width == 64 ? 4 : 2;  // why: at D = 128, 2 x (K + V) tiles are 128 KB; with two Q buffers
+                               // (64 KB, Note [Hopper scheduler]) 194 KB of the 227 KB a block may
+                               // use, and a third stage would not fit. At D = 64, 4 stages (128 KB)
+                               // hide more load latency at item boundaries.
+}
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 constexpr int smem_bytes(int width) {
-  const int stages = width == 64 ? k_stages<64> : k_stages<128>;
-  return 2 * tile_bytes(k_sm90_block_m, width) + 2 * stages * tile_bytes(k_sm90_block_n, width) +
+  return 2 * tile_bytes(k_sm90_block_m, width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
          1024 /* barriers, item slots */ + 1024 /* alignment slack */;
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ATTEND_SM90_DEVICE 1
 #endif
-
-__device__ __forceinline__ std::uint32_t smem_u32(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
 
 #ifdef ATTEND_SM90_DEVICE
 __device__ __forceinline__ void mbar_init(std::uint32_t bar, std::uint32_t count) {
@@ -140,65 +134,55 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
 #define ATTEND_WG_OUT64 "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
 #define ATTEND_WG_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define ATTEND_WG_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
-// S[64 x N] (+)= A[64 x 16] B[N x 16]^T, both K-major in shared memory.
-#define ATTEND_WG_SS(N, TY, R, ACC, IA, IB, IP)                                                              \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
+// S[64 x N] = A[64 x 16] B[N x 16]^T + (SCALE_D ? S : 0), both K-major in shared memory. The
+// first k16 step (SCALE_D "0") writes the accumulators without reading them, and says so (ACC of
+// "=f"), so they are not live before it (Note [Hopper overlap]); later steps accumulate ("+f").
+#define ATTEND_WG_SS(N, TY, R, ACC, IA, IB, SCALE_D)                                                         \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " SCALE_D ", 0;\n"                                          \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
                : ACC                                                                                       \
-               : "l"(desc_a), "l"(desc_b), "r"(accumulate))
-// S[64 x N] = A[64 x 16] B[N x 16]^T: the first k16 step writes the accumulators without reading
-// them, and says so ("=f"), so they are not live before it (Note [Hopper overlap]).
-#define ATTEND_WG_SS0(N, TY, R, OUT, IA, IB)                                                                 \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 0, 0;\n"                                                    \
-               "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n" \
-               : OUT                                                                                       \
                : "l"(desc_a), "l"(desc_b))
 // O[64 x N] += P[64 x 16] (registers) V[16 x N] (shared memory, N-major).
-#define ATTEND_WG_RS(N, TY, R, ACC, A0, IB, IP)                                                              \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\n"                                              \
+#define ATTEND_WG_RS(N, TY, R, ACC, A0, IB)                                                                  \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                    \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." TY "." TY " " R ", " A0 ", %" IB ", p, 1, 1, 1;\n}\n" \
                : ACC                                                                                       \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1))
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
 
-// `d` may be longer than the N / 2 accumulators (its first N / 2 are used).
-template <typename T, int N, int M>
-__device__ __forceinline__ void wgmma_ss(float (&d)[M], std::uint64_t desc_a, std::uint64_t desc_b, int accumulate) {
+// S of one k16 step (First: the first, which does not accumulate). `d` may be longer than the
+// N / 2 accumulators (its first N / 2 are used).
+template <typename T, int N, bool First, int M>
+__device__ __forceinline__ void wgmma_ss(float (&d)[M], std::uint64_t desc_a, std::uint64_t desc_b) {
   static_assert((N == 64 || N == 128) && M >= N / 2);
-  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_SS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "34");
-  else if constexpr (N == 64)
-    ATTEND_WG_SS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "34");
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_SS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
-  else
-    ATTEND_WG_SS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "66");
-}
-template <typename T, int N, int M>
-__device__ __forceinline__ void wgmma_ss_first(float (&d)[M], std::uint64_t desc_a, std::uint64_t desc_b) {
-  static_assert((N == 64 || N == 128) && M >= N / 2);
-  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_SS0(64, "bf16", ATTEND_WG_R32, ATTEND_WG_OUT32, "32", "33");
-  else if constexpr (N == 64)
-    ATTEND_WG_SS0(64, "f16", ATTEND_WG_R32, ATTEND_WG_OUT32, "32", "33");
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_SS0(128, "bf16", ATTEND_WG_R64, ATTEND_WG_OUT64, "64", "65");
-  else
-    ATTEND_WG_SS0(128, "f16", ATTEND_WG_R64, ATTEND_WG_OUT64, "64", "65");
+#define ATTEND_WG_SS_OF(TY)                                                                        \
+  if constexpr (N == 64 && First)                                                                  \
+    ATTEND_WG_SS(64, TY, ATTEND_WG_R32, ATTEND_WG_OUT32, "32", "33", "0");                        \
+  else if constexpr (N == 64)                                                                      \
+    ATTEND_WG_SS(64, TY, ATTEND_WG_R32, ATTEND_WG_ACC32, "32", "33", "1");                        \
+  else if constexpr (First)                                                                        \
+    ATTEND_WG_SS(128, TY, ATTEND_WG_R64, ATTEND_WG_OUT64, "64", "65", "0");                       \
+  else                                                                                             \
+    ATTEND_WG_SS(128, TY, ATTEND_WG_R64, ATTEND_WG_ACC64, "64", "65", "1");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    ATTEND_WG_SS_OF("bf16")
+  } else {
+    ATTEND_WG_SS_OF("f16")
+  }
+#undef ATTEND_WG_SS_OF
 }
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
   static_assert(N == 64 || N == 128);
   if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_RS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36", "37");
+    ATTEND_WG_RS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36");
   else if constexpr (N == 64)
-    ATTEND_WG_RS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36", "37");
+    ATTEND_WG_RS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36");
   else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_RS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68", "69");
+    ATTEND_WG_RS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68");
   else
-    ATTEND_WG_RS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68", "69");
+    ATTEND_WG_RS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68");
 }
 #undef ATTEND_WG_SS
-#undef ATTEND_WG_SS0
 #undef ATTEND_WG_OUT32
 #undef ATTEND_WG_OUT64
 #undef ATTEND_WG_RS
@@ -209,10 +193,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 
 #endif  // ATTEND_SM90_DEVICE
 
-}  // namespace sm90
-
-namespace sm90 {
-
 // Work item w of the persistent schedule (Note [Hopper scheduler]): (batch, head) major, and within
 // one (batch, head) the row blocks from the last to the first.
 struct work_item {
@@ -222,9 +202,6 @@ __device__ __forceinline__ work_item item_of(const flash_params& p, int w) {
   const int row_blocks = (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m;
   const int bh = w / row_blocks;
   return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - w % row_blocks) * k_sm90_block_m};
-}
-__device__ __forceinline__ int item_count(const flash_params& p) {
-  return (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m * p.num_heads_q * p.batch;
 }
 
 // Key tiles [t_begin, t_end) that any of the rows [m0, m0 + 128) sees (bands are monotone in the row).
@@ -254,9 +231,9 @@ __device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, 
     const std::uint32_t a = a_base + (kk / 4) * tile_bytes(BM, 64) + (kk % 4) * 32;
     const std::uint32_t bk = k_base + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
     if (kk == 0)
-      wgmma_ss_first<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
+      wgmma_ss<T, NK, true>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
     else
-      wgmma_ss<T, NK>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024), 1);
+      wgmma_ss<T, NK, false>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
   }
 }
 
@@ -345,10 +322,11 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // There are two slots, one per Q buffer: the producer writes item j's slot only after both
 // consumers finished item j - 2 (its q_empty barrier), which also orders their read of that slot
 // before the write through an mbarrier; with one slot, racecheck reported the read/write pair
-// whenever the hand-back by named barrier was the only ordering it could see. Q is double-buffered: while the consumers finish item j (and store its output through
-// their rows of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so
-// the load latency and the epilogue that a CTA per item would pay at its start and end overlap
-// with compute. The K/V ring and its phases run on across items, and the two consumers meet only
+// whenever the hand-back by named barrier was the only ordering it could see.
+// Q is double-buffered: while the consumers finish item j (and store its output through their rows
+// of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so the load
+// latency and the epilogue that a CTA per item would pay at its start and end overlap with
+// compute. The K/V ring and its phases run on across items, and the two consumers meet only
 // at its stages: one may finish an item and start the next while the other is still on its last
 // tile.
 //
@@ -373,7 +351,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // values: `step` per (key width, first tile or not); waits are never skipped on a path), when a
 // branch on a thread-varying value sits between issue and wait (so lane 0's arrivals are
 // predicated: mbar_arrive_if), or when registers run short: the first k16 step of S = Q K^T writes
-// its accumulators without reading them ("=f", wgmma_ss_first), so the 64 score registers are not
+// its accumulators without reading them ("=f", wgmma_ss<..., First>), so the 64 score registers are not
 // live between tiles. The build checks this per Hopper translation unit with ptxas' report
 // (tests/CMakeLists.txt: *_wgmma_pipeline; no GPU needed).
 //
@@ -393,17 +371,17 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
   constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
   constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
-  constexpr int stages = k_stages<Width>;
+  constexpr int stages = k_stages(Width);
   static_assert(BM == 128 && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
 
   extern __shared__ unsigned char smem_raw[];
   // 128-byte swizzled tiles need 1024-byte aligned bases.
-  const std::uint32_t base = (smem_u32(smem_raw) + 1023u) & ~1023u;
-  unsigned char* const base_ptr = smem_raw + (base - smem_u32(smem_raw));
+  const std::uint32_t base = (smem_addr(smem_raw) + 1023u) & ~1023u;
+  unsigned char* const base_ptr = smem_raw + (base - smem_addr(smem_raw));
   const std::uint32_t s_q0 = base;                             // 2 Q buffers
   const std::uint32_t s_k = s_q0 + 2 * q_bytes;         // stages of K
   const std::uint32_t s_v = s_k + stages * kv_bytes;    // stages of V
-  const std::uint32_t s_bar = s_v + stages * kv_bytes;  // barriers, then the item slot
+  const std::uint32_t s_bar = s_v + stages * kv_bytes;  // barriers, then the two item slots
   auto bar_q_full = [&](int qb) { return s_bar + 8u * static_cast<std::uint32_t>(qb); };
   auto bar_q_empty = [&](int qb) { return s_bar + 16u + 8u * static_cast<std::uint32_t>(qb); };
   auto bar_full_k = [&](int s) { return s_bar + 32u + 8u * static_cast<std::uint32_t>(s); };
@@ -436,7 +414,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
-  const int items = item_count(p);
+  const int items = static_cast<int>(sm90_item_count(p));  // < 2^30: sm90_kernel_for
 
   if (warpgroup == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -590,7 +568,8 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     // P V. Every wgmma is issued and waited for inside one instantiation, with no branch between
     // that changes which registers an accumulator lives in: otherwise ptxas serialises the
     // pipeline.
-    auto step = [&](auto nk_c, auto with_pv_c, int t, int s, std::uint32_t parity, int h0, bool unmasked) {
+    // n0: the tile's first key; h0: the first key used, within the tile.
+    auto step = [&](auto nk_c, auto with_pv_c, int n0, int s, std::uint32_t parity, int h0, bool unmasked) {
       constexpr int NK = decltype(nk_c)::value;
       constexpr bool with_pv = decltype(with_pv_c)::value;
       take_turn();
@@ -608,7 +587,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
       reg_fence(sc);
       release(bar_empty_k(s));
       float alpha[2];
-      softmax_tile<NK>(sc, row_m, row_l, alpha, t * BN + h0, unmasked, lo_r, hi_r, lane, scale_log2);
+      softmax_tile<NK>(sc, row_m, row_l, alpha, n0 + h0, unmasked, lo_r, hi_r, lane, scale_log2);
       if constexpr (with_pv) {
         wg_wait0();
         reg_fence(o);
@@ -639,13 +618,13 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
       const bool unmasked = n0 + h0 >= full_lo && n0 + h0 + (full ? 128 : 64) <= full_hi;
       if (t == t_begin) {
         if (full)
-          step(k128{}, std::false_type{}, t, s, parity, h0, unmasked);
+          step(k128{}, std::false_type{}, n0, s, parity, h0, unmasked);
         else
-          step(k64{}, std::false_type{}, t, s, parity, h0, unmasked);
+          step(k64{}, std::false_type{}, n0, s, parity, h0, unmasked);
       } else if (full) {
-        step(k128{}, std::true_type{}, t, s, parity, h0, unmasked);
+        step(k128{}, std::true_type{}, n0, s, parity, h0, unmasked);
       } else {
-        step(k64{}, std::true_type{}, t, s, parity, h0, unmasked);
+        step(k64{}, std::true_type{}, n0, s, parity, h0, unmasked);
       }
     }
     // The last tile's P V. Every item with tiles takes one more turn, the same for both consumers
@@ -762,8 +741,8 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
-  const auto kernel = flash_sm90_kernel<E, Width>;
-  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  constexpr auto kernel = flash_sm90_kernel<E, Width>;
+  allow_dynamic_smem<kernel>(smem);
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p), p.persistent_ctas));
   kernel<<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);

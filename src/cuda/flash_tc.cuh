@@ -26,9 +26,6 @@
 namespace attend::cuda {
 namespace tc {
 
-__device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
-  return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-}
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
@@ -408,8 +405,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream) {
   constexpr int smem = flash_smem_bytes_for(Width, BlockM, BlockN);
-  ATTEND_CUDA_CHECK(cudaFuncSetAttribute(flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded>>(smem);
   const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
                   static_cast<unsigned>(p.batch * p.num_splits));
   flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded><<<grid, Warps * 32, smem, static_cast<cudaStream_t>(stream)>>>(p);

@@ -16,6 +16,7 @@
 #include "attend/backend.h"
 #include "attend/errors.h"
 #include "attend/merge.h"
+#include "core/int_math.h"
 #include "cpu/backends.h"
 #include "cpu/elements.h"
 #include "cpu/flash/plan.h"
@@ -28,16 +29,14 @@ using flash::tile_config;
 
 // Note [Flash split KV]: when there are too few work items for the threads (decode: one query
 // row per head), each item's keys are split into `splits` chunks that run as separate pieces and
-// write normalised partial rows plus their LSE; a merge then combines them
-// (out = Σ exp(lse_s - lse) out_s, lse = log Σ exp(lse_s)). This is flash-decoding on the CPU.
+// write normalised partial rows plus their LSE; merge_row (Note [LSE merge], attend/merge.h) then
+// combines them. This is flash-decoding on the CPU.
 // Why 2 pieces per thread: dynamic scheduling can then even out uneven pieces.
 constexpr std::int64_t k_pieces_per_thread = 2;
 // Why 512 keys: below this a split's fixed cost (packing Q, the partial rows, the merge) is no
 // longer small next to its share of the K/V stream.
 constexpr std::int64_t k_min_split_keys = 512;
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return (a + b - 1) / b; }
-std::size_t round64(std::size_t x) { return (x + 63) / 64 * 64; }
 
 struct work_plan {
   tile_config tiles;
@@ -62,11 +61,11 @@ work_plan plan_work(const problem& p, int threads, flash::isa target) {
   if (w.items > 0 && w.items < k_pieces_per_thread * threads)
     w.splits = std::max<std::int64_t>(
         1, std::min(ceil_div(k_pieces_per_thread * threads, w.items), p.seqlen_kv / k_min_split_keys));
-  w.scratch_offset = round64(static_cast<std::size_t>(p.batch + 1) * sizeof(std::int64_t));
+  w.scratch_offset = round_up(static_cast<std::size_t>(p.batch + 1) * sizeof(std::int64_t), 64);
   w.partial_offset = w.scratch_offset + static_cast<std::size_t>(threads) * w.tiles.bytes_per_thread;
   const std::size_t partial_floats =
       w.splits > 1 ? static_cast<std::size_t>(w.items * w.splits * piece_floats(p, w.tiles)) : 0;
-  w.total_bytes = w.partial_offset + round64(partial_floats * sizeof(float));
+  w.total_bytes = w.partial_offset + round_up(partial_floats * sizeof(float), 64);
   return w;
 }
 

@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/int_math.h"
+
 namespace attend::cpu::flash {
 
 const char* to_string(isa target) noexcept {
@@ -85,7 +87,6 @@ constexpr std::int64_t k_block_kv = 64;
 // (one-float vectors) runs whole 4-row P·V blocks; the vector paths handle any row remainder.
 constexpr std::int64_t k_pv_rows = 4;
 
-std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 std::size_t bytes64(std::int64_t n) { return static_cast<std::size_t>(round_up(n, 64)); }
 
 }  // namespace
