@@ -122,9 +122,12 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
 
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
 // head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
-// wgmma/TMA kernel (elsewhere the mma.sync kernel): sequence lengths that are not multiples of its
-// 128-row/128-key tiles, causal with both alignments (including rows that see no key), GQA, a
-// window, the bhsd layout, LSE on every case, and calls with more work items than the GPU has SMs.
+// wgmma/TMA kernel (elsewhere the mma.sync kernel; expect_hopper_kernel checks which): sequence
+// lengths that are not multiples of its 128-row/128-key tiles, causal with both alignments
+// (including rows that see no key), GQA, a window, the bhsd layout, LSE on every case, and calls
+// with more work items than the GPU has SMs. Skv stays <= 480 so that no case qualifies for
+// split-KV (Note [Split KV]: fewer than 16 key tiles of the mma.sync kernel), which runs the
+// mma.sync kernel instead.
 std::vector<case_spec> hopper_cases(std::uint64_t seed) {
   std::vector<case_spec> v;
   for (dtype t : {dtype::bf16, dtype::f16})
@@ -138,19 +141,19 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
         c.seed = seed * 7919u + v.size();
         v.push_back(std::move(c));
       };
-      add("s501", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 2; });
-      add("s1000-causal-tl", [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 1000; c.heads_q = 2; c.causal = true; });
-      add("causal-br-short-q", [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 777; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("s477", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 477; c.heads_q = 2; });
+      add("s470-causal-tl", [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 2; c.causal = true; });
+      add("causal-br-short-q", [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 477; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
       add("causal-br-long-q", [](case_spec& c) { c.seqlen_q = 700; c.seqlen_kv = 300; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
       add("causal-tl-long-q", [](case_spec& c) { c.seqlen_q = 777; c.seqlen_kv = 300; c.heads_q = 2; c.causal = true; });
-      add("gqa4", [](case_spec& c) { c.batch = 2; c.seqlen_q = 640; c.seqlen_kv = 1100; c.heads_q = 8; c.heads_kv = 2; });
-      add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 900; c.heads_q = 2; c.window_left = 200; c.window_right = 30; });
+      add("gqa4", [](case_spec& c) { c.batch = 2; c.seqlen_q = 640; c.seqlen_kv = 450; c.heads_q = 8; c.heads_kv = 2; });
+      add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; });
       add("bhsd-causal", [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
       add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = 2; });
       // More work items than SMs: each persistent CTA runs several items, so both Q buffers and the
       // K/V ring's phases are reused across items (Note [Hopper scheduler]).
-      add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 1000; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
-      add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 1500; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
+      add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
+      add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 470; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
     }
   return v;
 }
