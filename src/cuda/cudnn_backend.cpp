@@ -16,6 +16,7 @@
 //     the same undefined output.
 #include <dlfcn.h>
 
+#include <array>
 #include <bit>
 #include <cstdint>
 #include <exception>
@@ -26,7 +27,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -194,22 +194,23 @@ class cudnn_backend final : public backend {
     return h;
   }
 
-  static std::string key_of(const problem& p) {
-    std::ostringstream k;
-    k << p.device.index << ' ' << static_cast<int>(p.dtype) << ' ' << p.batch << ' ' << p.num_heads_q << ' '
-      << p.num_heads_kv << ' ' << p.seqlen_q << ' ' << p.seqlen_kv << ' ' << p.head_dim_qk << ' ' << p.head_dim_v << ' '
-      << std::bit_cast<std::uint32_t>(static_cast<float>(p.scale)) /* the graph's attn_scale, exactly */ << ' '
-      << p.params.causal << static_cast<int>(p.params.alignment) << ' ' << p.params.window_left << ' '
-      << p.params.window_right << ' ' << (p.maybe_lse != nullptr);
-    for (const strides_bshd& s : {p.q, p.k, p.v, p.out}) k << ' ' << s.batch << ',' << s.seq << ',' << s.head;
-    k << ' ' << p.lse_batch_stride << ',' << p.lse_head_stride;
-    return k.str();
+  // Everything build() reads from a call, as numbers: the graph cache's key (compared field by
+  // field; built on each of the 3-4 lookups a call makes, so no string formatting).
+  using graph_key = std::array<std::int64_t, 33>;
+  static graph_key key_of(const problem& p) {
+    const attention_params& a = p.params;
+    return {p.device.index, static_cast<std::int64_t>(p.dtype), p.batch, p.num_heads_q, p.num_heads_kv, p.seqlen_q,
+            p.seqlen_kv, p.head_dim_qk, p.head_dim_v,
+            std::bit_cast<std::uint32_t>(static_cast<float>(p.scale)) /* the graph's attn_scale, exactly */, a.causal,
+            static_cast<std::int64_t>(a.alignment), a.window_left, a.window_right, p.maybe_lse != nullptr,
+            p.q.batch, p.q.seq, p.q.head, p.q.dim, p.k.batch, p.k.seq, p.k.head, p.k.dim, p.v.batch, p.v.seq, p.v.head,
+            p.v.dim, p.out.batch, p.out.seq, p.out.head, p.out.dim, p.lse_batch_stride, p.lse_head_stride};
   }
 
   // Caller holds lock_ and the device guard. Builds the call's graph once; a refusal by cuDNN is
   // cached too, with its message (Note [cuDNN limits]); any other failure is thrown, not cached.
   const cached_graph& graph_for(const problem& p) const {
-    const std::string key = key_of(p);
+    const graph_key key = key_of(p);
     if (auto it = graph_cache_.find(key); it != graph_cache_.end()) return it->second;
     cached_graph c;
     try {
@@ -271,7 +272,7 @@ class cudnn_backend final : public backend {
   backend_traits traits_;
   mutable std::mutex lock_;
   mutable std::map<int, cudnnHandle_t> handles_;
-  mutable std::map<std::string, cached_graph> graph_cache_;
+  mutable std::map<graph_key, cached_graph> graph_cache_;
 };
 
 }  // namespace
