@@ -55,6 +55,8 @@ struct flash_params {
   // number of CTAs (the device's SM count).
   int* maybe_work_counter = nullptr;
   int persistent_ctas = 0;
+  // (batch, head) pairs per group of the item order (Note [Hopper scheduler]); 1: (batch, head) major.
+  int sm90_group_heads = 1;
 };
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -120,6 +122,20 @@ inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortise
 // query heads x batch.
 constexpr std::int64_t sm90_item_count(const flash_params& p) {  // constexpr: device code calls it too
   return static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) * p.num_heads_q * p.batch;
+}
+
+// (batch, head) pairs per group of the Hopper item order (Note [Hopper scheduler]). Under a causal
+// or window band items differ in length; they are then taken longest first across a group of
+// pairs whose K and V together take at most 8 MB, so the short items fill the end of the kernel
+// while the K/V the CTAs share at one time still fits L2 (50 MB on the H100) twice over. Items of
+// equal length keep the (batch, head) major order (groups of one).
+constexpr int sm90_group_heads(const flash_params& p) {
+  const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
+  const std::int64_t kv_bytes = std::int64_t{2} * p.seqlen_kv * (p.head_dim_qk + p.head_dim_v);  // 16-bit K and V
+  const std::int64_t pairs = std::int64_t{p.batch} * p.num_heads_q;
+  if (!banded || kv_bytes <= 0) return 1;
+  const std::int64_t g = (std::int64_t{8} << 20) / kv_bytes;
+  return static_cast<int>(g < 1 ? 1 : g > pairs ? pairs : g);
 }
 
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.

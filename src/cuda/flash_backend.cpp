@@ -211,6 +211,7 @@ class flash_cuda_backend final : public backend {
     if (plan.hopper != nullptr) {
       p.maybe_work_counter = reinterpret_cast<int*>(ws);
       p.persistent_ctas = sm_count(pr.device.index);
+      p.sm90_group_heads = sm90_group_heads(p);
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
     if (p.num_splits > 1) {

@@ -193,15 +193,19 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 
 #endif  // ATTEND_SM90_DEVICE
 
-// Work item w of the persistent schedule (Note [Hopper scheduler]): (batch, head) major, and within
-// one (batch, head) the row blocks from the last to the first.
+// Work item w of the persistent schedule (Note [Hopper scheduler]): groups of
+// p.sm90_group_heads (batch, head) pairs one after another; within a group the row blocks from the
+// last to the first, each over the group's pairs.
 struct work_item {
   int b, h, m0;
 };
 __device__ __forceinline__ work_item item_of(const flash_params& p, int w) {
   const int row_blocks = (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m;
-  const int bh = w / row_blocks;
-  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - w % row_blocks) * k_sm90_block_m};
+  const int pairs = p.batch * p.num_heads_q, group = p.sm90_group_heads;
+  const int g = w / (group * row_blocks), in_group = w - g * group * row_blocks;
+  const int size = min(group, pairs - g * group);  // the last group may be smaller
+  const int r = in_group / size, bh = g * group + (in_group - r * size);
+  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - r) * k_sm90_block_m};
 }
 
 // Key tiles [t_begin, t_end) that any of the rows [m0, m0 + 128) sees (bands are monotone in the row).
@@ -314,9 +318,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // fits: 384 threads, ~194 KB of shared memory at D = 128); each CTA's producer warp takes the next
 // work item (128 query rows of one (batch, head)) from a counter in the workspace (zeroed on the
 // caller's stream before the launch), so CTAs that drew short items take more of them. Items are
-// numbered (batch, head) major so the CTAs running at one time share the K/V of a few heads in
-// L2, and within a head the last row block first: under causal masking it sees the most keys, so
-// the longest items start first and the short ones fill the end.
+// numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless a causal
+// or window band makes items differ in length), so the CTAs running at one time share the K/V of
+// a few heads in L2; within a group the last row block of every pair comes first, then the one
+// before it, and so on: under causal masking the last block sees the most keys, so the longest
+// items start first and the short ones fill the end of the kernel, where CTAs that drew a long
+// item would otherwise still run while the others have nothing left.
 // The item number travels through a shared-memory slot, handed to each consumer by a named barrier
 // (producer bar.arrive, consumer bar.sync) and back by another (the reverse), one pair per consumer.
 // There are two slots, one per Q buffer: the producer writes item j's slot only after both
