@@ -26,7 +26,7 @@
 //     the band test; the output is staged through the consumer's own rows of the Q buffer and
 //     stored in 16-byte vectors.
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
-// no softcap, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
+// no softcap, scale > 0, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
 // alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
 // (flash_tc.cuh); the decision is written once, in flash_backend.cpp (sm90_kernel_for).
 #pragma once
@@ -255,16 +255,15 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // unnormalised P (fp32, log2 units, ex2.approx); row_m and row_l move to the new row maxima and
 // `alpha` is the factor O must be rescaled by before P V of this tile. Keys [n0, n0 + NK) need no
 // mask when `unmasked`. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key
-// n0 + 8j + 2(lane%4) + (e&1). A row with no visible key so far keeps m = -inf and uses 0 as its
-// reference, so exp2 never sees (-inf) - (-inf).
+// n0 + 8j + 2(lane%4) + (e&1). The scale is applied inside the exponent's FFMA, not by a pass of
+// its own: with scale_log2 > 0 (sm90_kernel_for) the maximum of the raw scores times the scale is
+// the maximum of the scaled ones, exactly. A row with no visible key so far keeps m = -inf and
+// uses 0 as its reference, so exp2 never sees (-inf) - (-inf).
 template <int NK>
 __device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_m)[2], float (&row_l)[2], float (&alpha)[2],
                                              int n0, bool unmasked, const int (&lo_r)[2], const int (&hi_r)[2], int lane,
                                              float scale_log2) {
-  if (unmasked) {
-#pragma unroll
-    for (int e = 0; e < NK / 2; ++e) sc[e] *= scale_log2;
-  } else {
+  if (!unmasked) {
     const int col_base = n0 + (lane & 3) * 2;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -274,17 +273,18 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_m)[2],
 #pragma unroll
         for (int c = 0; c < 2; ++c) {
           float& x = sc[4 * j + 2 * r + c];
-          x = 8 * j + c >= lo && 8 * j + c < hi ? x * scale_log2 : k_neg_inf;
+          x = 8 * j + c >= lo && 8 * j + c < hi ? x : k_neg_inf;
         }
     }
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float mx = row_m[r];
+    float raw = k_neg_inf;
 #pragma unroll
-    for (int j = 0; j < NK / 8; ++j) mx = fmaxf(mx, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    for (int j = 0; j < NK / 8; ++j) raw = fmaxf(raw, fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]));
+    raw = fmaxf(raw, __shfl_xor_sync(0xffffffffu, raw, 1));
+    raw = fmaxf(raw, __shfl_xor_sync(0xffffffffu, raw, 2));
+    const float mx = fmaxf(row_m[r], raw * scale_log2);  // -inf stays -inf (scale_log2 > 0)
     const float m_use = mx == k_neg_inf ? 0.0f : mx;
     alpha[r] = exp2_approx(row_m[r] - m_use);
     row_m[r] = mx;
@@ -294,7 +294,7 @@ __device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_m)[2],
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         float& x = sc[4 * j + 2 * r + c];
-        x = exp2_approx(x - m_use);
+        x = exp2_approx(fmaf(x, scale_log2, -m_use));
         sum += x;
       }
     row_l[r] = row_l[r] * alpha[r] + sum;
