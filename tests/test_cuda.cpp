@@ -186,6 +186,18 @@ TEST(cuda, flash_cuda_big_shapes) {
   check_cases("flash_cuda", big_cases(fresh_seed()), true);
 }
 
+#if defined(ATTEND_TEST_HAVE_CUDA)
+// The kernel flash_cuda plans for the case on the GPU (cuda::flash_cuda_kernel).
+const char* planned_kernel(case_spec spec) {
+  spec.device = k_gpu;
+  const at::case_data data(spec);
+  attention_params probe = data.params();
+  for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse})
+    if (!t->empty()) t->device = k_gpu;
+  return cuda::flash_cuda_kernel(make_problem(probe));
+}
+#endif
+
 // The Hopper cases must reach the Hopper kernel where it can run: a dispatch change that sends
 // them to the mma.sync kernel would otherwise pass every comparison unnoticed.
 void expect_hopper_kernel(const std::vector<case_spec>& cases) {
@@ -194,14 +206,8 @@ void expect_hopper_kernel(const std::vector<case_spec>& cases) {
     std::cout << "[   INFO   ] not checked which kernel runs: no Hopper kernel for this device/build" << std::endl;
     return;
   }
-  for (case_spec spec : cases) {
-    spec.device = k_gpu;
-    const at::case_data data(spec);
-    attention_params probe = data.params();
-    for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse})
-      if (!t->empty()) t->device = k_gpu;
-    EXPECT_STREQ(cuda::flash_cuda_kernel(make_problem(probe)), "sm90") << spec.name << " [" << spec.describe() << "]";
-  }
+  for (const case_spec& spec : cases)
+    EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name << " [" << spec.describe() << "]";
 #else
   static_cast<void>(cases);
 #endif
@@ -241,6 +247,33 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     v.push_back(c);
   }
   expect_hopper_kernel(v);
+  check_cases("flash_cuda", v, true);
+}
+
+// The Hopper kernel scales scores inside the exponent after the row maximum, which needs
+// scale > 0 (sm90_kernel_for); zero and negative scales must still be right, on the mma.sync
+// kernel.
+TEST(cuda, flash_cuda_nonpositive_scale) {
+  ATTEND_REQUIRE_GPU();
+  std::vector<case_spec> v;
+  const std::uint64_t seed = fresh_seed();
+  for (double scale : {-0.3, 0.0})
+    for (bool causal : {false, true}) {
+      case_spec c;
+      c.name = "scale" + std::to_string(scale) + (causal ? "-causal" : "");
+      c.dtype = dtype::bf16;
+      c.head_dim_qk = c.head_dim_v = 64;
+      c.seqlen_q = 300;
+      c.seqlen_kv = 257;
+      c.heads_q = 2;
+      c.causal = causal;
+      c.maybe_scale = scale;
+      c.seed = seed + v.size();
+      v.push_back(c);
+    }
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  for (const case_spec& spec : v) EXPECT_STRNE(planned_kernel(spec), "sm90") << spec.name;
+#endif
   check_cases("flash_cuda", v, true);
 }
 
