@@ -351,6 +351,9 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //     run the same items over the same tiles; consumer 1 gives the first turn and consumer 0
 //     completes the last one at exit. (bf16 on the H100, attend_gpu_bench, same run: with the turns
 //     1.1-1.2x faster at head dim 64, up to 1.05x at 128.)
+//   Not done: carrying the pipeline across items (an item's last P V issued with the next item's
+//   first Q K^T). Tried twice, the second time with an unchanged steady-state step in SASS, and
+//   slower both times at head dim 128 (bench/RESULTS.md).
 // The pipeline exists only if ptxas keeps every wgmma asynchronous. It serialises all of a
 // kernel's wgmma (reporting it only as an info line, C7510-C7515) when an accumulator may be read
 // or written by other instructions while a wgmma is in flight (so each step's wgmma are issued and
