@@ -251,13 +251,14 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
 }
 
 // The Hopper kernel scales scores inside the exponent after the row maximum, which needs
-// scale > 0 (sm90_kernel_for); zero and negative scales must still be right, on the mma.sync
-// kernel.
-TEST(cuda, flash_cuda_nonpositive_scale) {
+// scale * log2(e) positive and normal in float (sm90_kernel_for): zero, negative and tiny scales
+// (1e-50 is 0 as a float) must still be right, on the mma.sync kernel, while the same shape with
+// an ordinary scale takes the Hopper kernel (so the check that the others do not can fail).
+TEST(cuda, flash_cuda_scale_edges) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
   const std::uint64_t seed = fresh_seed();
-  for (double scale : {-0.3, 0.0})
+  for (double scale : {0.3, -0.3, 0.0, 1e-50})
     for (bool causal : {false, true}) {
       case_spec c;
       c.name = "scale" + std::to_string(scale) + (causal ? "-causal" : "");
@@ -272,7 +273,13 @@ TEST(cuda, flash_cuda_nonpositive_scale) {
       v.push_back(c);
     }
 #if defined(ATTEND_TEST_HAVE_CUDA)
-  for (const case_spec& spec : v) EXPECT_STRNE(planned_kernel(spec), "sm90") << spec.name;
+  if (cuda::flash_cuda_hopper_available(k_gpu.index))
+    for (const case_spec& spec : v) {
+      if (*spec.maybe_scale > 0.1)
+        EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+      else
+        EXPECT_STRNE(planned_kernel(spec), "sm90") << spec.name;
+    }
 #endif
   check_cases("flash_cuda", v, true);
 }

@@ -13,6 +13,9 @@ namespace attend::cuda {
 enum class elem : std::uint8_t { f32, f16, bf16 };
 enum class mask_kind : std::uint8_t { none, keep_u8, add_f32, add_f16, add_bf16 };
 
+// log2(e): the kernels keep scores in log2 units (scale * log2(e) * q.k) and use exp2.
+inline constexpr float k_log2e = 1.4426950408889634f;
+
 struct flash_params {
   const void* q = nullptr;
   const void* k = nullptr;
@@ -124,16 +127,18 @@ constexpr std::int64_t sm90_item_count(const flash_params& p) {  // constexpr: d
   return static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) * p.num_heads_q * p.batch;
 }
 
-// (batch, head) pairs per group of the Hopper item order (Note [Hopper scheduler]). Under a causal
-// or window band items differ in length; they are then taken longest first across a group of
-// pairs whose K and V together take at most 8 MB, so the short items fill the end of the kernel
-// while the K/V the CTAs share at one time still fits L2 (50 MB on the H100) twice over. Items of
-// equal length keep the (batch, head) major order (groups of one).
+// (batch, head) pairs per group of the Hopper item order (Note [Hopper scheduler]). When the band's
+// right edge moves with the row (causal, or a right window bound), later row blocks see at least
+// as many keys as earlier ones, up to the clipping at the sequence's end; items are then taken
+// last row block first across a group of pairs whose K and V together take at most 8 MB, so the
+// short items fill the end of the kernel while the K/V the CTAs share at one time still fits L2
+// (50 MB on the H100) twice over. Otherwise (no band, or only a left bound, under which later
+// rows see fewer keys) the (batch, head) major order stays (groups of one).
 constexpr int sm90_group_heads(const flash_params& p) {
-  const bool banded = p.causal || p.window_left >= 0 || p.window_right >= 0;
+  const bool right_edge_moves = p.causal || p.window_right >= 0;
   const std::int64_t kv_bytes = std::int64_t{2} * p.seqlen_kv * (p.head_dim_qk + p.head_dim_v);  // 16-bit K and V
   const std::int64_t pairs = std::int64_t{p.batch} * p.num_heads_q;
-  if (!banded || kv_bytes <= 0) return 1;
+  if (!right_edge_moves || kv_bytes <= 0 || pairs < 1) return 1;
   const std::int64_t g = (std::int64_t{8} << 20) / kv_bytes;
   return static_cast<int>(g < 1 ? 1 : g > pairs ? pairs : g);
 }

@@ -139,7 +139,9 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
 //   - dense q/k/v (varlen's packed rows would need per-sequence tensor maps);
 //   - no mask tensor and no softcap (only the causal/window band is applied there);
-//   - scale > 0 (its softmax scales inside the exponent, after the row maximum of the raw scores);
+//   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
+//     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
+//     -inf of masked keys into NaN);
 //   - no split-KV (decode-shaped calls keep the split path and its fp32 partials);
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement;
 //     the epilogue's 16-byte stores);
@@ -157,7 +159,7 @@ bool sm90_disabled() {
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
-      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(pr.scale > 0.0) || p.num_splits > 1 ||
+      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(p.scale * k_log2e >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
   if (sm90_item_count(p) >= (std::int64_t{1} << 30)) return nullptr;

@@ -26,7 +26,7 @@
 //     the band test; the output is staged through the consumer's own rows of the Q buffer and
 //     stored in 16-byte vectors.
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
-// no softcap, scale > 0, no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
+// no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
 // alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
 // (flash_tc.cuh); the decision is written once, in flash_backend.cpp (sm90_kernel_for).
 #pragma once
@@ -256,9 +256,10 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // `alpha` is the factor O must be rescaled by before P V of this tile. Keys [n0, n0 + NK) need no
 // mask when `unmasked`. Element e of n8 block j: row i_lo + 8 * ((e >> 1) & 1), key
 // n0 + 8j + 2(lane%4) + (e&1). The scale is applied inside the exponent's FFMA, not by a pass of
-// its own: with scale_log2 > 0 (sm90_kernel_for) the maximum of the raw scores times the scale is
-// the maximum of the scaled ones, exactly. A row with no visible key so far keeps m = -inf and
-// uses 0 as its reference, so exp2 never sees (-inf) - (-inf).
+// its own: with scale_log2 positive and normal (sm90_kernel_for) the maximum of the raw scores
+// times the scale is the maximum of the scaled ones, exactly, and -inf stays -inf. A row with no
+// visible key so far keeps m = -inf and uses 0 as its reference, so exp2 never sees
+// (-inf) - (-inf).
 template <int NK>
 __device__ __forceinline__ void softmax_tile(float (&sc)[64], float (&row_m)[2], float (&row_l)[2], float (&alpha)[2],
                                              int n0, bool unmasked, const int (&lo_r)[2], const int (&hi_r)[2], int lane,
@@ -318,8 +319,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // fits: 384 threads, ~194 KB of shared memory at D = 128); each CTA's producer warp takes the next
 // work item (128 query rows of one (batch, head)) from a counter in the workspace (zeroed on the
 // caller's stream before the launch), so CTAs that drew short items take more of them. Items are
-// numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless a causal
-// or window band makes items differ in length), so the CTAs running at one time share the K/V of
+// numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless the band's
+// right edge moves with the row, causal or a right window bound), so the CTAs running at one time share the K/V of
 // a few heads in L2; within a group the last row block of every pair comes first, then the one
 // before it, and so on: under causal masking the last block sees the most keys, so the longest
 // items start first and the short ones fill the end of the kernel, where CTAs that drew a long
