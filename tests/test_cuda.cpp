@@ -155,7 +155,7 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       // K/V ring's phases are reused across items (Note [Hopper scheduler]).
       add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
       // Rows 0..399 see no key: the first three row blocks of each head are items without key
-      // tiles, between items with tiles on the same CTA (the pending P V is flushed before them).
+      // tiles, between items with tiles on the same CTA.
       add("many-items-causal-br-long-q", [](case_spec& c) { c.batch = 2; c.seqlen_q = 700; c.seqlen_kv = 300; c.heads_q = 40; c.heads_kv = 8; c.causal = true; c.alignment = alignment::bottom_right; });
       add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 470; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
     }
