@@ -41,15 +41,10 @@ INSTANTIATE_TEST_SUITE_P(Builtin, EveryCpuBackend, ::testing::ValuesIn(cpu_backe
                          [](const auto& param_info) { return param_info.param; });
 
 // The harness itself must be able to fail: a backend that is subtly wrong is caught.
-class off_by_a_bit final : public backend {
+class off_by_a_bit final : public test::cpu_backend {
  public:
-  explicit off_by_a_bit(double delta) : delta_(delta) {
-    traits_.devices = {device_kind::cpu};
-    traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
-    traits_.features = feature_set::all();
-  }
-  std::string_view name() const override { return "off_by_a_bit"; }
-  const backend_traits& traits() const override { return traits_; }
+  explicit off_by_a_bit(double delta)
+      : cpu_backend("off_by_a_bit", {dtype::f32, dtype::f16, dtype::bf16}), delta_(delta) {}
   std::size_t workspace_bytes(const problem& p, int t) const override {
     return registry::global().find("reference")->workspace_bytes(p, t);
   }
@@ -61,7 +56,6 @@ class off_by_a_bit final : public backend {
 
  private:
   double delta_;
-  backend_traits traits_;
 };
 
 TEST(Harness, CatchesOneWrongElement) {
@@ -77,19 +71,10 @@ TEST(Harness, CatchesOneWrongElement) {
 }
 
 TEST(Harness, CatchesUnwrittenRows) {
-  class writes_nothing final : public backend {
+  class writes_nothing final : public test::cpu_backend {
    public:
-    writes_nothing() {
-      traits_.devices = {device_kind::cpu};
-      traits_.dtypes = {dtype::f32};
-      traits_.features = feature_set::all();
-    }
-    std::string_view name() const override { return "writes_nothing"; }
-    const backend_traits& traits() const override { return traits_; }
+    writes_nothing() : cpu_backend("writes_nothing") {}
     void run(const problem&, const run_context&) const override {}
-
-   private:
-    backend_traits traits_;
   };
   testing::case_spec spec;
   spec.seed = test::test_seed();
@@ -141,15 +126,9 @@ TEST(Workspace, CachedPerThreadAndStream) {
     int live = 0;
   };
   static counting_memory memory;  // outlives the thread's workspace cache, which frees into it
-  class records_workspace final : public backend {
+  class records_workspace final : public test::cpu_backend {
    public:
-    records_workspace() {
-      traits_.devices = {device_kind::cpu};
-      traits_.dtypes = {dtype::f32};
-      traits_.features = feature_set::all();
-    }
-    std::string_view name() const override { return "records_workspace"; }
-    const backend_traits& traits() const override { return traits_; }
+    records_workspace() : cpu_backend("records_workspace") {}
     std::size_t workspace_bytes(const problem&, int) const override { return 256; }
     memory_resource* memory_for(device) const override { return &memory; }
     void run(const problem& p, const run_context& ctx) const override {
@@ -157,9 +136,6 @@ TEST(Workspace, CachedPerThreadAndStream) {
       registry::global().find("reference")->run(p, ctx);
     }
     mutable const std::byte* last = nullptr;
-
-   private:
-    backend_traits traits_;
   };
   testing::case_spec spec;
   spec.seqlen_q = spec.seqlen_kv = 5;
@@ -198,15 +174,9 @@ TEST(Workspace, CachedPerThreadAndStream) {
 
 // backend::traits_accept answers for the trait checks alone (check_limits runs either way).
 TEST(Backend, TraitsAcceptMatchesTheTraitChecks) {
-  class probe final : public backend {
+  class probe final : public test::cpu_backend {
    public:
-    probe() {
-      traits_.devices = {device_kind::cpu};
-      traits_.dtypes = {dtype::f32};
-      traits_.features = feature::causal | feature::lse;
-    }
-    std::string_view name() const override { return "probe"; }
-    const backend_traits& traits() const override { return traits_; }
+    probe() : cpu_backend("probe") { traits_.features = feature::causal | feature::lse; }
     void run(const problem&, const run_context&) const override {}
     mutable int accepted = -1;
 
@@ -215,9 +185,6 @@ TEST(Backend, TraitsAcceptMatchesTheTraitChecks) {
       accepted = traits_accept(p) ? 1 : 0;
       return diag.ok();
     }
-
-   private:
-    backend_traits traits_;
   };
   const probe b;
   test::dense_call call(1, 5, 5, 2, 2, 8, 8);

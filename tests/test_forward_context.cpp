@@ -58,23 +58,13 @@ TEST(ForwardContext, IsolatedBetweenThreads) {
 }
 
 // A backend sees the caller's innermost context through run_context.
-class records_context final : public backend {
+class records_context final : public test::cpu_backend {
  public:
-  records_context() {
-    traits_.devices = {device_kind::cpu};
-    traits_.dtypes = {dtype::f32};
-    traits_.features = feature_set::all();
-    traits_.priority = 1000;
-  }
-  std::string_view name() const override { return "records_context"; }
-  const backend_traits& traits() const override { return traits_; }
+  records_context() : cpu_backend("records_context") { traits_.priority = 1000; }
   void run(const problem&, const run_context& ctx) const override {
     seen_layer = ctx.maybe_forward ? ctx.maybe_forward->layer() : std::nullopt;
   }
   mutable std::optional<std::int64_t> seen_layer;
-
- private:
-  backend_traits traits_;
 };
 
 TEST(ForwardContext, ReachesBackends) {

@@ -10,19 +10,15 @@ namespace attend {
 namespace {
 
 // A user backend with a narrow declared capability, added at run time.
-class narrow final : public backend {
+class narrow final : public test::cpu_backend {
  public:
   narrow(std::string name, int priority, std::vector<dtype> dtypes, feature_set features, std::int64_t max_d)
-      : name_(std::move(name)) {
-    traits_.devices = {device_kind::cpu};
-    traits_.dtypes = std::move(dtypes);
+      : cpu_backend(std::move(name), std::move(dtypes)) {
     traits_.features = features;
     traits_.priority = priority;
     traits_.max_head_dim = max_d;
     traits_.head_dim_multiple = 8;
   }
-  std::string_view name() const override { return name_; }
-  const backend_traits& traits() const override { return traits_; }
   void run(const problem& p, const run_context& ctx) const override {
     ++runs;
     registry::global().find("unfused_cpu")->run(p, ctx);
@@ -37,10 +33,6 @@ class narrow final : public backend {
     if (p.seqlen_kv > 4096) d.reject("seqlen_kv must be <= 4096; got " + std::to_string(p.seqlen_kv));
     return d.ok();
   }
-
- private:
-  std::string name_;
-  backend_traits traits_;
 };
 
 // A private registry with a known list (the global one depends on the build's options).

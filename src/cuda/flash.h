@@ -121,6 +121,10 @@ inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortise
                                             // keys; 2 stages of K and V (128 KB at D = 128) plus two
                                             // Q buffers fit the 227 KB a block may use
 
+// The factor the kernels apply to q.k: scale in log2 units, in float (the Hopper path's dispatch
+// tests exactly this value, flash_backend.cpp).
+constexpr float scale_log2(const flash_params& p) { return p.scale * k_log2e; }  // constexpr: device code calls it too
+
 // Work items of the Hopper path's persistent schedule (Note [Hopper scheduler]): 128-row blocks x
 // query heads x batch.
 constexpr std::int64_t sm90_item_count(const flash_params& p) {  // constexpr: device code calls it too

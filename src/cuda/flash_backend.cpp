@@ -159,8 +159,8 @@ bool sm90_disabled() {
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
-      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(p.scale * k_log2e >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
-      !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
+      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) ||
+      p.num_splits > 1 || !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
   if (sm90_item_count(p) >= (std::int64_t{1} << 30)) return nullptr;
   for (const sm90_entry& e : k_sm90_table)

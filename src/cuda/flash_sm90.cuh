@@ -486,7 +486,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   // (the key width of a step) are then not divergent paths (Note [Hopper overlap]).
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
-  const float scale_log2 = p.scale * k_log2e;
+  const float scale_log2 = attend::cuda::scale_log2(p);
   const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
   // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on the other's.

@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
   const bool extras = p.softcap > 0.0f || p.mask != mask_kind::none;
-  const float scale_log2 = p.scale * k_log2e;
+  const float scale_log2 = attend::cuda::scale_log2(p);
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
   // Keys any row of this warp sees (bands are monotone in the row): a tile outside them is skipped
