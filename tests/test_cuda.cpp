@@ -124,7 +124,7 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
 // head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
 // wgmma/TMA kernel (elsewhere the mma.sync kernel; expect_hopper_kernel checks which): sequence
-// lengths that are not multiples of its 128-row/128-key tiles, causal with both alignments
+// lengths that are not multiples of its 192-/128-row and 128-key tiles, causal with both alignments
 // (including rows that see no key), GQA, a window, the bhsd layout, LSE on every case, and calls
 // with more work items than the GPU has SMs. Skv stays <= 480 so that no case qualifies for
 // split-KV (Note [Split KV]: fewer than 16 key tiles of the mma.sync kernel), which runs the

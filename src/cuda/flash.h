@@ -112,11 +112,16 @@ constexpr int flash_smem_bytes_for(int width, int block_m, int block_n) { return
 constexpr int flash_smem_bytes(int width) { return flash_smem_bytes_for(width, flash_block_m(width), flash_block_n(width)); }
 constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
 
-// The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): 128 query rows per work item, two
-// consumer warpgroups of 64 rows (wgmma's M), and 128-key tiles.
-inline constexpr int k_sm90_block_m = 128;  // why: 2 consumer warpgroups x wgmma's 64 rows; a third
-                                            // would leave the 232-register budget per consumer
-                                            // thread short at D = 128 (O 64 + S 64 + P 32 floats)
+// The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): one consumer warpgroup per 64 query
+// rows (wgmma's M) of a work item, and 128-key tiles.
+constexpr int sm90_consumers(int width) {
+  return width == 64 ? 3 : 2;  // why: at D = 64 the softmax of a tile costs as much as at 128 while
+                               // its wgmma take half as long, so a third consumer's softmax is
+                               // needed to keep the tensor cores fed (FlashAttention-3 uses 192 rows
+                               // there too); at D = 128 a third would leave a consumer thread fewer
+                               // than the ~200 registers O (64) + S (64) + P (32) need
+}
+constexpr int sm90_block_m(int width) { return 64 * sm90_consumers(width); }
 inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortises each Q read over 128
                                             // keys; 2 stages of K and V (128 KB at D = 128) plus two
                                             // Q buffers fit the 227 KB a block may use
@@ -125,10 +130,11 @@ inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortise
 // tests exactly this value, flash_backend.cpp).
 constexpr float scale_log2(const flash_params& p) { return p.scale * k_log2e; }  // constexpr: device code calls it too
 
-// Work items of the Hopper path's persistent schedule (Note [Hopper scheduler]): 128-row blocks x
-// query heads x batch.
-constexpr std::int64_t sm90_item_count(const flash_params& p) {  // constexpr: device code calls it too
-  return static_cast<std::int64_t>((p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m) * p.num_heads_q * p.batch;
+// Work items of the Hopper path's persistent schedule (Note [Hopper scheduler]): row blocks of
+// sm90_block_m(width) x query heads x batch.
+constexpr std::int64_t sm90_item_count(const flash_params& p, int width) {  // constexpr: device code calls it too
+  const int bm = sm90_block_m(width);
+  return static_cast<std::int64_t>((p.seqlen_q + bm - 1) / bm) * p.num_heads_q * p.batch;
 }
 
 // (batch, head) pairs per group of the Hopper item order (Note [Hopper scheduler]). When the band's

@@ -162,7 +162,7 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
       pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) ||
       p.num_splits > 1 || !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
-  if (sm90_item_count(p) >= (std::int64_t{1} << 30)) return nullptr;
+  if (sm90_item_count(p, static_cast<int>(pr.head_dim_qk)) >= (std::int64_t{1} << 30)) return nullptr;
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
       return compute_capability(pr.device.index) == 90 ? &e : nullptr;

@@ -4,18 +4,22 @@
 // compile an empty stub that traps), and flash_backend.cpp selects it only on compute capability
 // 9.0 devices in a build whose architectures include 90a.
 //
-// Note [Hopper path]: a persistent CTA of 3 warpgroups runs work items of k_sm90_block_m = 128
-// query rows of one (batch, query head), one after another (Note [Hopper scheduler]).
+// Note [Hopper path]: a persistent CTA of 1 + C warpgroups (C = sm90_consumers(Width): 3 at head
+// dim 64, 2 at 128) runs work items of sm90_block_m(Width) = 64 C query rows of one (batch, query
+// head), one after another (Note [Hopper scheduler]).
 //   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of each
 //     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a ring of
-//     k_stages(Width) stages, each completing on an mbarrier (q_full, full_k, full_v); it reuses a stage's K once
-//     both consumers have arrived on its `empty_k` barrier, its V on `empty_v`. Its registers are
-//     given to the consumers (setmaxnreg).
-//   - Warpgroups 1 and 2 are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 (n64 on half
-//     tiles, Note [Hopper half tiles]) with both operands in shared memory (K-major), band mask + online softmax in registers (log2 units,
-//     ex2.approx), then O += P V by wgmma m64n{D}k16 with P from registers as the A operand and V
-//     read N-major (transposed by the instruction); software-pipelined so that softmax overlaps
-//     the tensor cores (Note [Hopper overlap]).
+//     k_stages(Width) stages, each completing on an mbarrier (q_full, full_k, full_v); it reuses a
+//     stage's K once every consumer has arrived on its `empty_k` barrier, its V on `empty_v`. Its
+//     registers are given to the consumers (setmaxnreg: 40 + 2 x 232 or 32 + 3 x 160 per 128
+//     threads' share of the SM's 64K).
+//   - Warpgroups 1..C are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 (n64 on half
+//     tiles, Note [Hopper half tiles]) with both operands in shared memory (K-major), band mask +
+//     online softmax in registers (log2 units, ex2.approx), then O += P V by wgmma m64n{D}k16 with
+//     P from registers as the A operand and V read N-major (transposed by the instruction);
+//     software-pipelined so that softmax overlaps the tensor cores (Note [Hopper overlap]). At
+//     head dim 64 a tile's wgmma take half as long as at 128 but its softmax does not, so a third
+//     consumer's softmax is what keeps the tensor cores busy there.
 //   - Shared-memory tiles use TMA's 128-byte swizzle: a tile is stored as column blocks of 64
 //     elements (128 bytes) x rows, 16-byte chunk c of row r at c ^ (r & 7), 8-row groups 1024 bytes
 //     apart. The wgmma descriptors describe exactly that layout (layout type SWIZZLE_128B; K-major:
@@ -26,8 +30,8 @@
 //     the band test; the output is staged through the consumer's own rows of the Q buffer and
 //     stored in 16-byte vectors.
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
-// no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte aligned bases/strides; causal (either
-// alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
+// no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte
+// aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
 // (flash_tc.cuh); the decision is written once, in flash_backend.cpp (sm90_kernel_for).
 #pragma once
 
@@ -45,7 +49,8 @@
 namespace attend::cuda {
 namespace sm90 {
 
-inline constexpr int k_threads = 384;  // producer warpgroup + 2 consumer warpgroups
+// Threads of a CTA: the producer warpgroup and the consumers.
+constexpr int threads(int width) { return 128 * (1 + sm90_consumers(width)); }
 // Stages of the K/V ring.
 constexpr int k_stages(int width) {
   return width == 64 ? 4 : 2;  // why: at D = 128, 2 x (K + V) tiles are 128 KB; with two Q buffers
@@ -56,7 +61,7 @@ constexpr int k_stages(int width) {
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 constexpr int smem_bytes(int width) {
-  return 2 * tile_bytes(k_sm90_block_m, width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
+  return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
          1024 /* barriers, item slots */ + 1024 /* alignment slack */;
 }
 
@@ -199,19 +204,27 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 struct work_item {
   int b, h, m0;
 };
-__device__ __forceinline__ work_item item_of(const flash_params& p, int w) {
-  const int row_blocks = (p.seqlen_q + k_sm90_block_m - 1) / k_sm90_block_m;
+__device__ __forceinline__ work_item item_of(const flash_params& p, int w, int bm) {
+  const int row_blocks = (p.seqlen_q + bm - 1) / bm;
   const int pairs = p.batch * p.num_heads_q, group = p.sm90_group_heads;
   const int g = w / (group * row_blocks), in_group = w - g * group * row_blocks;
   const int size = min(group, pairs - g * group);  // the last group may be smaller
   const int r = in_group / size, bh = g * group + (in_group - r * size);
-  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - r) * k_sm90_block_m};
+  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - r) * bm};
 }
 
-// Key tiles [t_begin, t_end) that any of the rows [m0, m0 + 128) sees (bands are monotone in the row).
-__device__ __forceinline__ void tile_range(const flash_params& p, int m0, int& t_begin, int& t_end) {
-  const int m_last = min(m0 + k_sm90_block_m, p.seqlen_q) - 1;
-  const band first = visible(p, m0, p.seqlen_q, p.seqlen_kv), last = visible(p, m_last, p.seqlen_q, p.seqlen_kv);
+// Key tiles [t_begin, t_end) that any of the rows [m0, m0 + bm) sees (bands are monotone in the row).
+// The band's 64-bit window bounds are passed through an empty asm, so the compiler reads them from
+// the parameters each call instead of keeping them in registers across the caller's loop (the
+// producer warp runs on 32 registers at head dim 64, Note [Hopper path]).
+__device__ __forceinline__ void tile_range(const flash_params& p, int m0, int bm, int& t_begin, int& t_end) {
+  const int m_last = min(m0 + bm, p.seqlen_q) - 1;
+  std::int64_t window_left = p.window_left, window_right = p.window_right;
+  asm volatile("" : "+l"(window_left), "+l"(window_right));
+  auto visible_row = [&](int i) {
+    return key_band_of(i, p.seqlen_q, p.seqlen_kv, p.causal, p.bottom_right, window_left, window_right);
+  };
+  const band first = visible_row(m0), last = visible_row(m_last);
   t_begin = t_end = 0;
   if (last.hi > first.lo) {
     t_begin = static_cast<int>(first.lo / k_sm90_block_n);
@@ -229,7 +242,7 @@ __device__ __forceinline__ void tile_range(const flash_params& p, int m0, int& t
 // `k_base`: the first of the NK keys in the stage.
 template <typename T, int Width, int NK>
 __device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, std::uint32_t k_base) {
-  constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
+  constexpr int BM = sm90_block_m(Width), BN = k_sm90_block_n;
 #pragma unroll
   for (int kk = 0; kk < Width / 16; ++kk) {
     const std::uint32_t a = a_base + (kk / 4) * tile_bytes(BM, 64) + (kk % 4) * 32;
@@ -316,12 +329,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 }  // namespace sm90
 
 // Note [Hopper scheduler]: the kernel is persistent. The grid has one CTA per SM (at most one
-// fits: 384 threads, ~194 KB of shared memory at D = 128); each CTA's producer warp takes the next
-// work item (128 query rows of one (batch, head)) from a counter in the workspace (zeroed on the
-// caller's stream before the launch), so CTAs that drew short items take more of them. Items are
-// numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless the band's
-// right edge moves with the row, causal or a right window bound), so the CTAs running at one time share the K/V of
-// a few heads in L2; within a group the last row block of every pair comes first, then the one
+// fits: ~194 KB of shared memory at D = 128, ~180 KB at 64); each CTA's producer warp takes the
+// next work item (64 C query rows of one (batch, head)) from a counter in the workspace (zeroed on
+// the caller's stream before the launch), so CTAs that drew short items take more of them. Items
+// are numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless the
+// band's right edge moves with the row, causal or a right window bound), so the CTAs running at
+// one time share the K/V of a few heads in L2; within a group the last row block of every pair comes first, then the one
 // before it, and so on: under causal masking the last block sees the most keys, so the longest
 // items start first and the short ones fill the end of the kernel, where CTAs that drew a long
 // item would otherwise still run while the others have nothing left.
@@ -334,9 +347,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // Q is double-buffered: while the consumers finish item j (and store its output through their rows
 // of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so the load
 // latency and the epilogue that a CTA per item would pay at its start and end overlap with
-// compute. The K/V ring and its phases run on across items, and the two consumers meet only
-// at its stages: one may finish an item and start the next while the other is still on its last
-// tile.
+// compute. The K/V ring and its phases run on across items, and the consumers meet only at its
+// stages: one may finish an item and start the next while another is still on its last tile.
 //
 // Note [Hopper overlap]: the tensor cores and the softmax (exp2, max, sum: the SM's special-function
 // and FMA pipes) must run at the same time, as in FlashAttention-3:
@@ -345,12 +357,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //     P V of tile t-1 is still on the tensor cores; then `wait_group 0`, O is rescaled and tile t's
 //     P is packed for the next step. K of a stage is released as soon as its S completed, V once
 //     its P V did (separate empty barriers), so the producer refills K a step earlier;
-//   - between the consumers, ping-pong turns: consumer c issues its wgmma only after taking its
-//     turn (named barrier 7 + c) and passes it on right after issuing, so one consumer's
-//     instructions reach the tensor cores while the other runs its softmax. Every tile of an item
-//     is one turn, plus one for the item's last P V, the same count for both consumers since they
-//     run the same items over the same tiles; consumer 1 gives the first turn and consumer 0
-//     completes the last one at exit. (bf16 on the H100, attend_gpu_bench, same run: with the turns
+//   - between the consumers, turns in a ring (ping-pong with two): consumer c issues its wgmma
+//     only after taking its turn (named barrier k_bar_turn + c) and passes it to consumer c + 1
+//     (mod C) right after issuing, so one consumer's instructions reach the tensor cores while the
+//     others run their softmax. Every tile of an item is one turn, plus one for the item's last
+//     P V, the same count for every consumer since they run the same items over the same tiles;
+//     the last consumer gives the first turn and consumer 0 completes the last one at exit. (bf16 on the H100, attend_gpu_bench, same run: with the turns
 //     1.1-1.2x faster at head dim 64, up to 1.05x at 128.)
 //   Not done: carrying the pipeline across items (an item's last P V issued with the next item's
 //   first Q K^T). Tried twice, the second time with an unchanged steady-state step in SASS, and
@@ -368,22 +380,23 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //
 // Note [Hopper half tiles]: a consumer warpgroup whose 64 rows see only one half of a 128-key tile
 // (the diagonal tile under causal masking: the first 64 rows see only its first 64 keys; a
-// window's left edge) runs wgmma at n = 64 on that half. The two consumers share the SM's tensor
-// cores, so the halved work shortens the tile; at S = 1024 the 8 diagonal tiles are 8 of a head's
-// 36 causal tiles. Which consumer takes the first 64 rows alternates from item to item, so neither
-// consumer always has the longer diagonal and runs behind the other by more each item.
+// window's left edge) runs wgmma at n = 64 on that half. The consumers share the SM's tensor
+// cores, so the halved work shortens the tile; at S = 1024 (head dim 128) the 8 diagonal tiles
+// are 8 of a head's 36 causal tiles. Which consumer takes which 64 rows rotates from item to item,
+// so no consumer always has the longest diagonal and runs behind the others by more each item.
 template <elem E, int Width>
-__global__ void __launch_bounds__(sm90::k_threads, 1)
+__global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
 #ifdef ATTEND_SM90_DEVICE
   using namespace sm90;
   using T = typename elem_traits<E>::type;
-  constexpr int BM = k_sm90_block_m, BN = k_sm90_block_n;
+  constexpr int C = sm90_consumers(Width);  // consumer warpgroups
+  constexpr int BM = sm90_block_m(Width), BN = k_sm90_block_n;
   constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
   constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
   constexpr int stages = k_stages(Width);
-  static_assert(BM == 128 && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
+  static_assert(BM == 64 * C && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
 
   extern __shared__ unsigned char smem_raw[];
   // 128-byte swizzled tiles need 1024-byte aligned bases.
@@ -404,31 +417,36 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   // Two item slots, one per Q buffer (Note [Hopper scheduler]).
   volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
   // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
-  // the producer warp to consumer c (3 + c: written) and back (5 + c: read). One pair per consumer,
-  // so neither consumer waits for the other at an item boundary (Note [Hopper scheduler]). 7 + c:
-  // consumer c's turn to issue wgmma (Note [Hopper overlap]).
-  constexpr int k_bar_slot_full = 3, k_bar_slot_read = 5, k_slot_threads = 32 + 128, k_bar_turn = 7;
+  // the producer warp to consumer c (1 + C + c: written) and back (1 + 2C + c: read). One pair per
+  // consumer, so no consumer waits for another at an item boundary (Note [Hopper scheduler]).
+  // 1 + 3C + c: consumer c's turn to issue wgmma (Note [Hopper overlap]). At most 13 of the 16.
+  constexpr int k_bar_slot_full = 1 + C, k_bar_slot_read = 1 + 2 * C, k_slot_threads = 32 + 128,
+                k_bar_turn = 1 + 3 * C;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warpgroup = tid / 128;
   if (tid == 0) {
     for (int qb = 0; qb < 2; ++qb) {
       mbar_init(bar_q_full(qb), 1);
-      mbar_init(bar_q_empty(qb), 8);  // lane 0 of each consumer warp
+      mbar_init(bar_q_empty(qb), 4 * C);  // lane 0 of each consumer warp
     }
     for (int s = 0; s < stages; ++s) {
       mbar_init(bar_full_k(s), 1);
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty_k(s), 8);
-      mbar_init(bar_empty_v(s), 8);
+      mbar_init(bar_empty_k(s), 4 * C);
+      mbar_init(bar_empty_v(s), 4 * C);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
-  const int items = static_cast<int>(sm90_item_count(p));  // < 2^30: sm90_kernel_for
+  const int items = static_cast<int>(sm90_item_count(p, Width));  // < 2^30: sm90_kernel_for
 
   if (warpgroup == 0) {
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    // Registers: 65536 per SM = 128 x (producer + C x consumer).
+    if constexpr (C == 3)
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 32;\n" ::: "memory");
+    else
+      asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid >= 32) return;
     // Warp 0: lane 0 takes items and issues the loads; the whole warp hands each item over (named
     // barriers count warps).
@@ -438,9 +456,9 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     for (int j = 0;; ++j) {
       const int qb = j & 1;
       const int w = __shfl_sync(0xffffffffu, w_next, 0);
-      if (j > 0) {  // both consumers have read the slot
-        named_sync(k_bar_slot_read, k_slot_threads);
-        named_sync(k_bar_slot_read + 1, k_slot_threads);
+      if (j > 0) {  // every consumer has read the slot
+#pragma unroll
+        for (int c = 0; c < C; ++c) named_sync(k_bar_slot_read + c, k_slot_threads);
       }
       if (tid == 0) {
         // Item j's slot and Q buffer were item j - 2's: both are reused once the consumers finished
@@ -448,15 +466,15 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
         if (j >= 2) mbar_wait(bar_q_empty(qb), static_cast<std::uint32_t>(((j >> 1) - 1) & 1));
         item_slot[qb] = w < items ? w : -1;
       }
-      named_arrive(k_bar_slot_full, k_slot_threads);
-      named_arrive(k_bar_slot_full + 1, k_slot_threads);
+#pragma unroll
+      for (int c = 0; c < C; ++c) named_arrive(k_bar_slot_full + c, k_slot_threads);
       if (w >= items) break;
       if (tid == 0) {
         w_next = atomicAdd(p.maybe_work_counter, 1);
-        const work_item it = item_of(p, w);
+        const work_item it = item_of(p, w, BM);
         const int hk = it.h / p.group_size;
         int t_begin, t_end;
-        tile_range(p, it.m0, t_begin, t_end);
+        tile_range(p, it.m0, BM, t_begin, t_end);
         mbar_expect_tx(bar_q_full(qb), q_bytes);
 #pragma unroll
         for (int c = 0; c < blocks; ++c)
@@ -481,7 +499,10 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     return;
   }
 
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+  if constexpr (C == 3)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 160;\n" ::: "memory");
+  else
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
   // Consumer index, broadcast so ptxas knows it is warp-uniform: branches on values derived from it
   // (the key width of a step) are then not divergent paths (Note [Hopper overlap]).
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
@@ -489,10 +510,10 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
   const float scale_log2 = attend::cuda::scale_log2(p);
   const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
-  // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on the other's.
+  // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on to the next one's.
   auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
-  auto pass_turn = [&] { named_arrive(k_bar_turn + (cw ^ 1), 256); };
-  if (cw == 1) named_arrive(k_bar_turn, 256);  // consumer 0 takes the first turn
+  auto pass_turn = [&] { named_arrive(k_bar_turn + (cw + 1) % C, 256); };
+  if (cw == C - 1) named_arrive(k_bar_turn, 256);  // consumer 0 takes the first turn
   // Lane 0 of each warp arrives for the warp (mbar_arrive_if: K is released while P V runs).
   auto release = [&](std::uint32_t bar) {
     __syncwarp();
@@ -508,20 +529,20 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
     named_sync(k_bar_slot_full + cw, k_slot_threads);
     const int w = __shfl_sync(0xffffffffu, item_slot[qb], 0);  // uniform, as cw
     if (w < 0) {
-      // Consumer 1's last turn left one arrival on consumer 0's barrier; complete it.
+      // The last consumer's last turn left one arrival on consumer 0's barrier; complete it.
       if (cw == 0) named_sync(k_bar_turn, 256);
       break;
     }
     named_arrive(k_bar_slot_read + cw, k_slot_threads);
     mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
-    const work_item it = item_of(p, w);
+    const work_item it = item_of(p, w, BM);
     int t_begin, t_end;
-    tile_range(p, it.m0, t_begin, t_end);
-    // Rows [64 half, 64 half + 64) of the item; the halves alternate between the consumers from item
-    // to item, so the one with more keys on a causal diagonal is not always the same (Note [Hopper
+    tile_range(p, it.m0, BM, t_begin, t_end);
+    // Rows [64 part, 64 part + 64) of the item; the parts rotate among the consumers from item to
+    // item, so the one with the most keys on a causal diagonal is not always the same (Note [Hopper
     // half tiles]).
-    const int half = cw ^ (j & 1);
-    const int row0 = it.m0 + 64 * half;            // first row of this warpgroup
+    const int part = (cw + j) % C;
+    const int row0 = it.m0 + 64 * part;            // first row of this warpgroup
     const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
 
     // Keys any row of this warpgroup sees, and the keys every row sees (tiles inside need no mask).
@@ -551,7 +572,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
 #pragma unroll
     for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
     float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
-    const std::uint32_t a_base = s_q + half * 64 * 128;
+    const std::uint32_t a_base = s_q + part * 64 * 128;
 
     // Software pipeline over the item's tiles (Note [Hopper overlap]): the P V of the previous tile
     // (P in `pa`, over pv_nk keys from pv_v) is issued right after this tile's Q K^T and runs while
@@ -638,7 +659,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
         step(k64{}, std::true_type{}, n0, s, parity, h0, unmasked);
       }
     }
-    // The last tile's P V. Every item with tiles takes one more turn, the same for both consumers
+    // The last tile's P V. Every item with tiles takes one more turn, the same for every consumer
     // (they run the same items over the same tile range).
     if (t_end > t_begin) {
       take_turn();
@@ -663,7 +684,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
       if (p.maybe_lse && (lane & 3) == 0 && i < len_q)
         p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + i * p.lse_seq_stride] =
             l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
-      const int rr = 64 * half + 16 * warp + lane / 4 + 8 * r;  // row within the tile
+      const int rr = 64 * part + 16 * warp + lane / 4 + 8 * r;  // row within the tile
 #pragma unroll
       for (int jd = 0; jd < Width / 8; ++jd) {
         const int blk = jd / 8, chunk = jd % 8;
@@ -681,7 +702,7 @@ __global__ void __launch_bounds__(sm90::k_threads, 1)
       const int c = k * 128 + wtid;
       const int rl = c / chunks, ch = c % chunks;  // row within the warpgroup, chunk within the row
       if (row0 + rl >= len_q) continue;
-      const int rr = 64 * half + rl, blk = ch / 8, chunk = ch % 8;
+      const int rr = 64 * part + rl, blk = ch / 8, chunk = ch % 8;
       const unsigned char* src = base_ptr + (s_q - base) + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4);
       *reinterpret_cast<uint4*>(out + rl * p.out_stride[1] + ch * 8) = *reinterpret_cast<const uint4*>(src);
     }
@@ -746,7 +767,7 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
   static_assert(E == elem::f16 || E == elem::bf16);
   CUtensorMap tm_q, tm_k, tm_v;
   if (p.maybe_work_counter == nullptr || p.persistent_ctas < 1 ||
-      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, k_sm90_block_m) ||
+      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, sm90_block_m(Width)) ||
       !sm90::encode_map(&tm_k, E, p.k, p.k_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
       !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n))
     return false;
@@ -755,8 +776,8 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
   constexpr auto kernel = flash_sm90_kernel<E, Width>;
   allow_dynamic_smem<kernel>(smem);
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
-  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p), p.persistent_ctas));
-  kernel<<<grid, sm90::k_threads, smem, s>>>(p, tm_q, tm_k, tm_v);
+  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
+  kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v);
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
