@@ -154,8 +154,9 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       // More work items than SMs: each persistent CTA runs several items, so both Q buffers and the
       // K/V ring's phases are reused across items (Note [Hopper scheduler]).
       add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
-      // Rows 0..399 see no key: the first three row blocks of each head are items without key
-      // tiles, between items with tiles on the same CTA.
+      // Rows 0..399 see no key: the first row blocks of each head (three of 128 rows at head dim
+      // 128, two of 192 at 64) are items without key tiles, between items with tiles on the same
+      // CTA.
       add("many-items-causal-br-long-q", [](case_spec& c) { c.batch = 2; c.seqlen_q = 700; c.seqlen_kv = 300; c.heads_q = 40; c.heads_kv = 8; c.causal = true; c.alignment = alignment::bottom_right; });
       add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 470; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
     }
@@ -223,15 +224,17 @@ TEST(cuda, flash_cuda_hopper_shapes) {
 // Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
 // with more work items (2-3 row blocks x 70 heads x 2 batches) than an H100 has SMs, so the
 // persistent Hopper kernel reuses its Q buffers and K/V ring across items (Note [Hopper scheduler]).
-// The third case's first row block of each head sees no key (bottom-right, Sq > Skv): items
-// without key tiles between items with tiles.
+// The last two cases' first row block of each head sees no key (bottom-right, Sq > Skv: rows
+// 0..129 and 0..199): items without key tiles between items with tiles, at both head dims (two
+// and three consumers).
 TEST(cuda, flash_cuda_hopper_persistent_small) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
   const std::uint64_t seed = fresh_seed();
   for (auto [t, d, sq] : {std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{200}},
                           std::tuple{dtype::f16, std::int64_t{128}, std::int64_t{200}},
-                          std::tuple{dtype::bf16, std::int64_t{128}, std::int64_t{330}}}) {
+                          std::tuple{dtype::bf16, std::int64_t{128}, std::int64_t{330}},
+                          std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{400}}}) {
     case_spec c;
     c.name = "sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d) + "-sq" + std::to_string(sq);
     c.dtype = t;

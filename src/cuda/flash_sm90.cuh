@@ -340,8 +340,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // item would otherwise still run while the others have nothing left.
 // The item number travels through a shared-memory slot, handed to each consumer by a named barrier
 // (producer bar.arrive, consumer bar.sync) and back by another (the reverse), one pair per consumer.
-// There are two slots, one per Q buffer: the producer writes item j's slot only after both
-// consumers finished item j - 2 (its q_empty barrier), which also orders their read of that slot
+// There are two slots, one per Q buffer: the producer writes item j's slot only after every
+// consumer finished item j - 2 (its q_empty barrier), which also orders their read of that slot
 // before the write through an mbarrier; with one slot, racecheck reported the read/write pair
 // whenever the hand-back by named barrier was the only ordering it could see.
 // Q is double-buffered: while the consumers finish item j (and store its output through their rows
