@@ -224,9 +224,10 @@ TEST(cuda, flash_cuda_hopper_shapes) {
 // Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
 // with more work items (2-3 row blocks x 70 heads x 2 batches) than an H100 has SMs, so the
 // persistent Hopper kernel reuses its Q buffers and K/V ring across items (Note [Hopper scheduler]).
-// The last two cases' first row block of each head sees no key (bottom-right, Sq > Skv: rows
-// 0..129 and 0..199): items without key tiles between items with tiles, at both head dims (two
-// and three consumers).
+// The last three cases' first row block of each head sees no key (bottom-right, Sq > Skv: rows
+// 0..129, 0..199, 0..200): items without key tiles between items with tiles, at both head dims
+// (two and three consumers); the last one has a window, so consumers skip tiles on both sides of
+// their rows' bands (Note [Hopper skipped tiles]).
 TEST(cuda, flash_cuda_hopper_persistent_small) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
@@ -234,7 +235,8 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
   for (auto [t, d, sq] : {std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{200}},
                           std::tuple{dtype::f16, std::int64_t{128}, std::int64_t{200}},
                           std::tuple{dtype::bf16, std::int64_t{128}, std::int64_t{330}},
-                          std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{400}}}) {
+                          std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{400}},
+                          std::tuple{dtype::f16, std::int64_t{64}, std::int64_t{401}}}) {
     case_spec c;
     c.name = "sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d) + "-sq" + std::to_string(sq);
     c.dtype = t;
@@ -246,6 +248,10 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.heads_kv = 14;
     c.causal = true;
     c.alignment = alignment::bottom_right;
+    if (sq == 401) {
+      c.window_left = 60;  // consumers skip leading tiles too (Note [Hopper skipped tiles])
+      c.name += "-window";
+    }
     c.seed = seed + v.size();
     v.push_back(c);
   }

@@ -384,6 +384,17 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // cores, so the halved work shortens the tile; at S = 1024 (head dim 128) the 8 diagonal tiles
 // are 8 of a head's 36 causal tiles. Which consumer takes which 64 rows rotates from item to item,
 // so no consumer always has the longest diagonal and runs behind the others by more each item.
+//
+// Note [Hopper skipped tiles]: the producer loads every key tile that any row of an item sees; a
+// consumer whose 64 rows see none of a tile (above the causal diagonal, left of a window, or rows
+// past the end of the sequence in the last item) issues no wgmma for it. It still takes and passes
+// its turn, so every consumer takes the same number of turns per item (Note [Hopper overlap]), and
+// it releases the stage only after waiting for both of its loads, so no stage is refilled while a
+// load into it is in flight (possible when no consumer sees the tile: rows with empty bands under
+// bottom-right alignment make the item's tile range start early). If it has a P V pending, it
+// issues it in that turn. At head dim 64 (three consumers, 192-row items) this removes the
+// largest share of causal waste: the first consumer of an item on the diagonal sees at most half
+// of the item's last tile, and at S = 1024 the last item has 64 rows, so two consumers have none.
 template <elem E, int Width>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
@@ -577,7 +588,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     // Software pipeline over the item's tiles (Note [Hopper overlap]): the P V of the previous tile
     // (P in `pa`, over pv_nk keys from pv_v) is issued right after this tile's Q K^T and runs while
     // this tile's softmax does. A tile takes NK = 64 keys when this warpgroup's rows see only one
-    // half of it (Note [Hopper half tiles]) or none of it (then every score is masked), else 128.
+    // half of it (Note [Hopper half tiles]), else 128; one they see none of is skipped.
     float sc[64];
     std::uint32_t pa[8][4];
     int pv_nk = 128, pv_stage = 0;
@@ -638,6 +649,29 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       pv_parity = parity;
       pv_v = s_v + s * kv_bytes + h0 * 128;
     };
+    // A tile none of this warpgroup's rows sees (past the diagonal of its rows, before a window's
+    // left edge, or rows past the sequence) is skipped: no wgmma, no softmax; its turn is still
+    // taken and its stage released once loaded (Note [Hopper skipped tiles]).
+    auto skip = [&](auto with_pv_c, int s, std::uint32_t parity) {
+      constexpr bool with_pv = decltype(with_pv_c)::value;
+      take_turn();
+      if constexpr (with_pv) {
+        mbar_wait(bar_full_v(pv_stage), pv_parity);
+        fence_operands();
+        issue_pending_pv();
+      }
+      pass_turn();
+      mbar_wait(bar_full_k(s), parity);
+      mbar_wait(bar_full_v(s), parity);
+      release(bar_empty_k(s));
+      release(bar_empty_v(s));
+      if constexpr (with_pv) {
+        wg_wait0();
+        reg_fence(o);
+        release(bar_empty_v(pv_stage));
+      }
+    };
+    bool pending = false;  // a P V waits to be issued (this warpgroup ran a tile since its last one)
     for (int t = t_begin; t < t_end; ++t, ++kv) {
       const int s = kv % stages;
       const std::uint32_t parity = static_cast<std::uint32_t>((kv / stages) & 1);
@@ -648,11 +682,18 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const int h0 = hi_half && !lo_half ? 64 : 0;  // first key used, within the tile
       const bool full = lo_half && hi_half;
       const bool unmasked = n0 + h0 >= full_lo && n0 + h0 + (full ? 128 : 64) <= full_hi;
-      if (t == t_begin) {
+      if (!lo_half && !hi_half) {
+        if (pending)
+          skip(std::true_type{}, s, parity);
+        else
+          skip(std::false_type{}, s, parity);
+        pending = false;
+      } else if (!pending) {
         if (full)
           step(k128{}, std::false_type{}, n0, s, parity, h0, unmasked);
         else
           step(k64{}, std::false_type{}, n0, s, parity, h0, unmasked);
+        pending = true;
       } else if (full) {
         step(k128{}, std::true_type{}, n0, s, parity, h0, unmasked);
       } else {
@@ -660,16 +701,20 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       }
     }
     // The last tile's P V. Every item with tiles takes one more turn, the same for every consumer
-    // (they run the same items over the same tile range).
+    // (they run the same items over the same tile range), with or without a P V to issue.
     if (t_end > t_begin) {
       take_turn();
-      mbar_wait(bar_full_v(pv_stage), pv_parity);
-      fence_operands();
-      issue_pending_pv();
-      pass_turn();
-      wg_wait0();
-      reg_fence(o);
-      release(bar_empty_v(pv_stage));
+      if (pending) {
+        mbar_wait(bar_full_v(pv_stage), pv_parity);
+        fence_operands();
+        issue_pending_pv();
+        pass_turn();
+        wg_wait0();
+        reg_fence(o);
+        release(bar_empty_v(pv_stage));
+      } else {
+        pass_turn();
+      }
     }
 
     // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q buffer (only this
