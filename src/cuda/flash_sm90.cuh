@@ -27,8 +27,11 @@
 //     V N-major: stride byte offset 1024 between 8-key groups, leading byte offset = one column
 //     block between the two 64-wide halves at D = 128).
 //   - Rows or keys past the sequence come in as zeros (TMA out-of-bounds fill) and are masked by
-//     the band test; the output is staged through the consumer's own rows of the Q buffer and
-//     stored in 16-byte vectors.
+//     the band test; the output is staged through the consumer's own rows of the Q buffer, in the
+//     layout the TMA load of Q wrote there, and stored by one TMA store per 64 columns, which
+//     clips rows past the sequence. (Stores by every thread cost the short items of S = 1024
+//     about 200 more instructions per warp, and the TMA store was 3-5% faster there on the H100:
+//     bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
 // no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
@@ -103,6 +106,19 @@ __device__ __forceinline__ void tma_load(std::uint32_t dst, const CUtensorMap* m
       "l"(reinterpret_cast<std::uint64_t>(map)), "r"(bar), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
 }
+// One box of shared memory (swizzled as the map says) to a 4-D tensor; rows past the tensor's
+// extent are not written. Completes in the thread's bulk async-group.
+__device__ __forceinline__ void tma_store(const CUtensorMap* map, std::uint32_t src, int c0, int c1, int c2, int c3) {
+  asm volatile("cp.async.bulk.tensor.4d.global.shared::cta.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n" ::"l"(
+                   reinterpret_cast<std::uint64_t>(map)),
+               "r"(src), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// The thread's committed bulk stores have read their shared memory (the buffer may be reused).
+__device__ __forceinline__ void bulk_wait_read0() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// The thread's committed bulk stores are complete.
+__device__ __forceinline__ void bulk_wait0() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ void named_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
@@ -338,12 +354,16 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // before it, and so on: under causal masking the last block sees the most keys, so the longest
 // items start first and the short ones fill the end of the kernel, where CTAs that drew a long
 // item would otherwise still run while the others have nothing left.
-// The item number travels through a shared-memory slot, handed to each consumer by a named barrier
-// (producer bar.arrive, consumer bar.sync) and back by another (the reverse), one pair per consumer.
-// There are two slots, one per Q buffer: the producer writes item j's slot only after every
-// consumer finished item j - 2 (its q_empty barrier), which also orders their read of that slot
-// before the write through an mbarrier; with one slot, racecheck reported the read/write pair
-// whenever the hand-back by named barrier was the only ordering it could see.
+// The producer decodes the item (batch, head, first row, key tile range) once and hands it over in
+// a shared-memory slot, to each consumer by a named barrier (producer bar.arrive, consumer
+// bar.sync) and back by another (the reverse), one pair per consumer; the consumers do not repeat
+// the divisions. There are two slots, one per Q buffer: the producer writes item j's slot only
+// after every consumer warp read item j - 2's (lane 0 of each arrives on slot_empty after its
+// warp's reads), an ordering through an mbarrier that racecheck can see; with one slot, or with the
+// read ordered only through a named barrier and another thread's arrival, racecheck reported the
+// read/write pair. The Q buffer is reused once each consumer's TMA store of item j - 2's output
+// has read it (q_empty, arrived by the thread that issued the store after
+// cp.async.bulk.wait_group.read).
 // Q is double-buffered: while the consumers finish item j (and store its output through their rows
 // of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so the load
 // latency and the epilogue that a CTA per item would pay at its start and end overlap with
@@ -398,7 +418,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 template <elem E, int Width>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
-                      const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v) {
+                      const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
+                      const __grid_constant__ CUtensorMap tm_o) {
 #ifdef ATTEND_SM90_DEVICE
   using namespace sm90;
   using T = typename elem_traits<E>::type;
@@ -425,8 +446,12 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   // (Note [Hopper overlap]).
   auto bar_empty_k = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
   auto bar_empty_v = [&](int s) { return s_bar + 32u + 24u * stages + 8u * static_cast<std::uint32_t>(s); };
-  // Two item slots, one per Q buffer (Note [Hopper scheduler]).
+  // Two item slots, one per Q buffer (Note [Hopper scheduler]). Slot qb holds the item decoded by the producer: batch (-1: no more items), head, first row,
+  // first and end key tile (Note [Hopper scheduler]).
   volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
+  constexpr int k_slot_ints = 8;
+  // Slot qb has been read by every consumer warp (lane 0 of each arrives after its read).
+  auto bar_slot_empty = [&](int qb) { return s_bar + 32u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb); };
   // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
   // the producer warp to consumer c (1 + C + c: written) and back (1 + 2C + c: read). One pair per
   // consumer, so no consumer waits for another at an item boundary (Note [Hopper scheduler]).
@@ -439,7 +464,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   if (tid == 0) {
     for (int qb = 0; qb < 2; ++qb) {
       mbar_init(bar_q_full(qb), 1);
-      mbar_init(bar_q_empty(qb), 4 * C);  // lane 0 of each consumer warp
+      mbar_init(bar_q_empty(qb), C);  // each consumer's storing thread, once its TMA store read the rows
+      mbar_init(bar_slot_empty(qb), 4 * C);  // lane 0 of each consumer warp
     }
     for (int s = 0; s < stages; ++s) {
       mbar_init(bar_full_k(s), 1);
@@ -471,21 +497,33 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
 #pragma unroll
         for (int c = 0; c < C; ++c) named_sync(k_bar_slot_read + c, k_slot_threads);
       }
+      work_item it{-1, 0, 0};
+      int t_begin = 0, t_end = 0;
       if (tid == 0) {
-        // Item j's slot and Q buffer were item j - 2's: both are reused once the consumers finished
-        // that item (its epilogue arrives on q_empty after they read its slot).
-        if (j >= 2) mbar_wait(bar_q_empty(qb), static_cast<std::uint32_t>(((j >> 1) - 1) & 1));
-        item_slot[qb] = w < items ? w : -1;
+        if (w < items) {
+          it = item_of(p, w, BM);
+          tile_range(p, it.m0, BM, t_begin, t_end);
+        }
+        // Item j's slot and Q buffer were item j - 2's: the slot is reused once every consumer warp
+        // read it, the buffer once the consumers' TMA stores of that item's output read it.
+        if (j >= 2) {
+          const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
+          mbar_wait(bar_slot_empty(qb), parity);
+          mbar_wait(bar_q_empty(qb), parity);
+        }
+        volatile int* const slot = item_slot + qb * k_slot_ints;
+        slot[0] = it.b;
+        slot[1] = it.h;
+        slot[2] = it.m0;
+        slot[3] = t_begin;
+        slot[4] = t_end;
       }
 #pragma unroll
       for (int c = 0; c < C; ++c) named_arrive(k_bar_slot_full + c, k_slot_threads);
       if (w >= items) break;
       if (tid == 0) {
         w_next = atomicAdd(p.maybe_work_counter, 1);
-        const work_item it = item_of(p, w, BM);
         const int hk = it.h / p.group_size;
-        int t_begin, t_end;
-        tile_range(p, it.m0, BM, t_begin, t_end);
         mbar_expect_tx(bar_q_full(qb), q_bytes);
 #pragma unroll
         for (int c = 0; c < blocks; ++c)
@@ -538,17 +576,20 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     const int qb = j & 1;
     const std::uint32_t s_q = s_q0 + qb * q_bytes;
     named_sync(k_bar_slot_full + cw, k_slot_threads);
-    const int w = __shfl_sync(0xffffffffu, item_slot[qb], 0);  // uniform, as cw
-    if (w < 0) {
+    // The item, broadcast from lane 0 so ptxas knows it is warp-uniform (as cw).
+    const volatile int* const slot = item_slot + qb * k_slot_ints;
+    const work_item it{__shfl_sync(0xffffffffu, slot[0], 0), __shfl_sync(0xffffffffu, slot[1], 0),
+                       __shfl_sync(0xffffffffu, slot[2], 0)};
+    const int t_begin = __shfl_sync(0xffffffffu, slot[3], 0), t_end = __shfl_sync(0xffffffffu, slot[4], 0);
+    release(bar_slot_empty(qb));  // after the warp's reads of the slot
+    if (it.b < 0) {
+      if (wtid == 0) bulk_wait0();  // this consumer's output stores are complete
       // The last consumer's last turn left one arrival on consumer 0's barrier; complete it.
       if (cw == 0) named_sync(k_bar_turn, 256);
       break;
     }
     named_arrive(k_bar_slot_read + cw, k_slot_threads);
     mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
-    const work_item it = item_of(p, w, BM);
-    int t_begin, t_end;
-    tile_range(p, it.m0, BM, t_begin, t_end);
     // Rows [64 part, 64 part + 64) of the item; the parts rotate among the consumers from item to
     // item, so the one with the most keys on a causal diagonal is not always the same (Note [Hopper
     // half tiles]).
@@ -718,7 +759,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     }
 
     // Epilogue: normalise; LSE; stage the rows in this warpgroup's rows of the Q buffer (only this
-    // warpgroup ever read them, and its last wgmma has completed); 16-byte coalesced stores.
+    // warpgroup ever read them, and its last wgmma has completed) in the layout its TMA load wrote
+    // (128-byte swizzle), which a TMA store of the same layout reads back.
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       float l = row_l[r];
@@ -738,30 +780,26 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         *reinterpret_cast<std::uint32_t*>(dst) = pack2<T>(o[4 * jd + 2 * r] * inv, o[4 * jd + 2 * r + 1] * inv);
       }
     }
-    named_sync(1 + cw, 128);
-    T* out = static_cast<T*>(p.out) + it.b * p.out_stride[0] + static_cast<std::int64_t>(row0) * p.out_stride[1] +
-             it.h * p.out_stride[2];
-    constexpr int chunks = Width / 8;  // 16-byte chunks per row
-#pragma unroll
-    for (int k = 0; k < 64 * chunks / 128; ++k) {
-      const int c = k * 128 + wtid;
-      const int rl = c / chunks, ch = c % chunks;  // row within the warpgroup, chunk within the row
-      if (row0 + rl >= len_q) continue;
-      const int rr = 64 * part + rl, blk = ch / 8, chunk = ch % 8;
-      const unsigned char* src = base_ptr + (s_q - base) + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4);
-      *reinterpret_cast<uint4*>(out + rl * p.out_stride[1] + ch * 8) = *reinterpret_cast<const uint4*>(src);
-    }
-    // The producer may now load another item's Q here: order these generic-proxy accesses before
-    // its TMA (async-proxy) writes.
+    // Make the rows visible to the TMA unit (async proxy), then one thread stores the warpgroup's
+    // 64 rows with TMA (rows past the sequence are clipped by the tensor map) and, once the store
+    // has read them, gives the Q buffer back to the producer.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    __syncwarp();
-    if (lane == 0) mbar_arrive(bar_q_empty(qb));
+    named_sync(1 + cw, 128);
+    if (wtid == 0) {
+#pragma unroll
+      for (int c = 0; c < blocks; ++c)
+        tma_store(&tm_o, s_q + c * tile_bytes(BM, 64) + part * 64 * 128, c * 64, row0, it.h, it.b);
+      bulk_commit();
+      bulk_wait_read0();
+      mbar_arrive(bar_q_empty(qb));
+    }
   }
 #else
   (void)p;
   (void)tm_q;
   (void)tm_k;
   (void)tm_v;
+  (void)tm_o;
   __trap();  // not built for sm_90a: flash_backend.cpp never launches this (Note [Hopper path])
 #endif
 }
@@ -810,11 +848,12 @@ inline bool encode_map(CUtensorMap* map, elem e, const void* data, const std::in
 template <elem E, int Width>
 bool launch_flash_sm90(const flash_params& p, void* stream) {
   static_assert(E == elem::f16 || E == elem::bf16);
-  CUtensorMap tm_q, tm_k, tm_v;
+  CUtensorMap tm_q, tm_k, tm_v, tm_o;
   if (p.maybe_work_counter == nullptr || p.persistent_ctas < 1 ||
       !sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, sm90_block_m(Width)) ||
       !sm90::encode_map(&tm_k, E, p.k, p.k_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
-      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n))
+      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_o, E, p.out, p.out_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, 64))
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
@@ -822,7 +861,7 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
   allow_dynamic_smem<kernel>(smem);
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
-  kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v);
+  kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
