@@ -34,8 +34,9 @@
 //     bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
 // no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte
-// aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled. Everything else runs the mma.sync kernel
-// (flash_tc.cuh); the decision is written once, in flash_backend.cpp (sm90_kernel_for).
+// aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
+// Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
+// flash_backend.cpp (sm90_kernel_for).
 #pragma once
 
 #include <cuda.h>
@@ -381,9 +382,11 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //     only after taking its turn (named barrier k_bar_turn + c) and passes it to consumer c + 1
 //     (mod C) right after issuing, so one consumer's instructions reach the tensor cores while the
 //     others run their softmax. Every tile of an item is one turn, plus one for the item's last
-//     P V, the same count for every consumer since they run the same items over the same tiles;
-//     the last consumer gives the first turn and consumer 0 completes the last one at exit. (bf16 on the H100, attend_gpu_bench, same run: with the turns
-//     1.1-1.2x faster at head dim 64, up to 1.05x at 128.)
+//     P V, the same count for every consumer since they run the same items over the same tiles
+//     (a tile a consumer skips is still its turn, Note [Hopper skipped tiles]); the last consumer
+//     gives the first turn and consumer 0 completes the last one at exit. (bf16 on the H100,
+//     attend_gpu_bench, same run: with the turns 1.1-1.2x faster at head dim 64, up to 1.05x at
+//     128.)
 //   Not done: carrying the pipeline across items (an item's last P V issued with the next item's
 //   first Q K^T). Tried twice, the second time with an unchanged steady-state step in SASS, and
 //   slower both times at head dim 128 (bench/RESULTS.md).
@@ -446,12 +449,14 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   // (Note [Hopper overlap]).
   auto bar_empty_k = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
   auto bar_empty_v = [&](int s) { return s_bar + 32u + 24u * stages + 8u * static_cast<std::uint32_t>(s); };
-  // Two item slots, one per Q buffer (Note [Hopper scheduler]). Slot qb holds the item decoded by the producer: batch (-1: no more items), head, first row,
-  // first and end key tile (Note [Hopper scheduler]).
+  // Two item slots, one per Q buffer (Note [Hopper scheduler]). Slot qb holds the item the producer
+  // decoded: batch (-1: no more items), head, first row, first and end key tile.
   volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
   constexpr int k_slot_ints = 8;
   // Slot qb has been read by every consumer warp (lane 0 of each arrives after its read).
-  auto bar_slot_empty = [&](int qb) { return s_bar + 32u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb); };
+  auto bar_slot_empty = [&](int qb) {
+    return s_bar + 32u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb);
+  };
   // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
   // the producer warp to consumer c (1 + C + c: written) and back (1 + 2C + c: read). One pair per
   // consumer, so no consumer waits for another at an item boundary (Note [Hopper scheduler]).
