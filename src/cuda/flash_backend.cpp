@@ -143,8 +143,8 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
 //   - no split-KV (decode-shaped calls keep the split path and its fp32 partials);
-//   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement;
-//     the epilogue's 16-byte stores);
+//   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement:
+//     q, k and v are loaded and out is stored through tensor maps);
 //   - fewer than 2^30 work items (its scheduler counts them in an int; Note [Hopper scheduler]);
 //   - ATTEND_FLASH_CUDA_SM90 not set to 0 (a switch to compare the two kernels on one device).
 // When the driver refuses a tensor map anyway, launch_flash_sm90 returns false and the call runs
