@@ -151,6 +151,9 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; });
       add("bhsd-causal", [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
       add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = 2; });
+      // Scores spread over tens of log2 units: a row's running maximum jumps many times, so O and l
+      // are rescaled by factors far from 1, and P spans its whole range.
+      add("peaky-scale", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 2; c.maybe_scale = 6.0; c.causal = true; });
       // More work items than SMs: each persistent CTA runs several items, so both Q buffers and the
       // K/V ring's phases are reused across items (Note [Hopper scheduler]).
       add("many-items-causal-gqa", [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
