@@ -121,6 +121,16 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
   return v;
 }
 
+// A case of `t` at head dim d (qk and v), named and seeded; the caller sets the shape.
+case_spec typed_case(std::string name, dtype t, std::int64_t d, std::uint64_t seed) {
+  case_spec c;
+  c.name = std::move(name);
+  c.dtype = t;
+  c.head_dim_qk = c.head_dim_v = d;
+  c.seed = seed;
+  return c;
+}
+
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
 // head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
 // wgmma/TMA kernel (elsewhere the mma.sync kernel; expect_hopper_kernel checks which): sequence
@@ -133,13 +143,9 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
   std::vector<case_spec> v;
   for (dtype t : {dtype::bf16, dtype::f16})
     for (std::int64_t d : {64, 128}) {
-      auto add = [&](std::string name, auto&& edit) {
-        case_spec c;
-        c.name = "sm90-d" + std::to_string(d) + "-" + std::move(name);
-        c.dtype = t;
-        c.head_dim_qk = c.head_dim_v = d;
+      auto add = [&](const std::string& name, auto&& edit) {
+        case_spec c = typed_case("sm90-d" + std::to_string(d) + "-" + name, t, d, seed * 7919u + v.size());
         edit(c);
-        c.seed = seed * 7919u + v.size();
         v.push_back(std::move(c));
       };
       add("s477", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 477; c.heads_q = 2; });
@@ -235,15 +241,16 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
   const std::uint64_t seed = fresh_seed();
-  for (auto [t, d, sq] : {std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{200}},
-                          std::tuple{dtype::f16, std::int64_t{128}, std::int64_t{200}},
-                          std::tuple{dtype::bf16, std::int64_t{128}, std::int64_t{330}},
-                          std::tuple{dtype::bf16, std::int64_t{64}, std::int64_t{400}},
-                          std::tuple{dtype::f16, std::int64_t{64}, std::int64_t{401}}}) {
-    case_spec c;
-    c.name = "sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d) + "-sq" + std::to_string(sq);
-    c.dtype = t;
-    c.head_dim_qk = c.head_dim_v = d;
+  // (dtype, head dim, Sq, window_left); the window makes consumers skip leading tiles too (Note
+  // [Hopper skipped tiles]).
+  for (auto [t, d, sq, window] : {std::tuple<dtype, std::int64_t, std::int64_t, std::int64_t>{dtype::bf16, 64, 200, -1},
+                                  {dtype::f16, 128, 200, -1},
+                                  {dtype::bf16, 128, 330, -1},
+                                  {dtype::bf16, 64, 400, -1},
+                                  {dtype::f16, 64, 401, 60}}) {
+    case_spec c = typed_case("sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d) + "-sq" +
+                                 std::to_string(sq) + (window >= 0 ? "-window" : ""),
+                             t, d, seed + v.size());
     c.batch = 2;
     c.seqlen_q = sq;
     c.seqlen_kv = 200;
@@ -251,11 +258,7 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.heads_kv = 14;
     c.causal = true;
     c.alignment = alignment::bottom_right;
-    if (sq == 401) {
-      c.window_left = 60;  // consumers skip leading tiles too (Note [Hopper skipped tiles])
-      c.name += "-window";
-    }
-    c.seed = seed + v.size();
+    c.window_left = window;
     v.push_back(c);
   }
   expect_hopper_kernel(v);
@@ -272,16 +275,13 @@ TEST(cuda, flash_cuda_scale_edges) {
   const std::uint64_t seed = fresh_seed();
   for (double scale : {0.3, -0.3, 0.0, 1e-50})
     for (bool causal : {false, true}) {
-      case_spec c;
-      c.name = "scale" + std::to_string(scale) + (causal ? "-causal" : "");
-      c.dtype = dtype::bf16;
-      c.head_dim_qk = c.head_dim_v = 64;
+      case_spec c =
+          typed_case("scale" + std::to_string(scale) + (causal ? "-causal" : ""), dtype::bf16, 64, seed + v.size());
       c.seqlen_q = 300;
       c.seqlen_kv = 257;
       c.heads_q = 2;
       c.causal = causal;
       c.maybe_scale = scale;
-      c.seed = seed + v.size();
       v.push_back(c);
     }
 #if defined(ATTEND_TEST_HAVE_CUDA)

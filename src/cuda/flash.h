@@ -44,7 +44,8 @@ struct flash_params {
   // Tile loads may use 16-byte cp.async when the tensor's dim stride is 1 and its base and other
   // strides are 16-byte aligned; otherwise they gather element by element (still tensor cores).
   bool q_vec = false, k_vec = false, v_vec = false;
-  // The output (bf16/f16, not split partials) is stored in 16-byte vectors under the same rule.
+  // The output (bf16/f16, not split partials) is stored in 16-byte vectors under the same rule
+  // (and by TMA on the Hopper path, which needs it too).
   bool out_vec = false;
 
   // Split-KV (Note [Split KV]): num_splits > 1 writes fp32 partials to the workspace and a second

@@ -109,7 +109,6 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   return static_cast<int>(std::max<std::int64_t>(splits, 1));
 }
 
-
 // Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [split-KV partial
 // outputs] [split-KV partial LSEs].
 struct workspace_plan {

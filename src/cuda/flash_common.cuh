@@ -70,7 +70,6 @@ __device__ __forceinline__ std::uint32_t pack2(float lo, float hi) {
   }
 }
 
-// Visible keys [lo, hi) of query row i (local position); hi <= lo: none.
 // Lets `Kernel` use `bytes` of dynamic shared memory on the current device: one
 // cudaFuncSetAttribute per (kernel, device), not a driver call per launch (the attribute holds for
 // the device's context).
@@ -91,6 +90,7 @@ __device__ __forceinline__ std::uint32_t smem_addr(const void* p) {
   return static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// Visible keys [lo, hi) of query row i (local position); hi <= lo: none.
 using band = key_band;
 __device__ __forceinline__ band visible(const flash_params& p, std::int64_t i, int len_q, int len_kv) {
   return key_band_of(i, len_q, len_kv, p.causal, p.bottom_right, p.window_left, p.window_right);

@@ -37,7 +37,6 @@ constexpr std::int64_t k_pieces_per_thread = 2;
 // longer small next to its share of the K/V stream.
 constexpr std::int64_t k_min_split_keys = 512;
 
-
 struct work_plan {
   tile_config tiles;
   std::int64_t items = 0;   // (q tile, kv head) pairs
