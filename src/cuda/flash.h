@@ -61,6 +61,9 @@ struct flash_params {
   int persistent_ctas = 0;
   // (batch, head) pairs per group of the item order (Note [Hopper scheduler]); 1: (batch, head) major.
   int sm90_group_heads = 1;
+  // First row of the row-block grid (sm90_row_origin): 0, or in (-block_m, 0] when the partial row
+  // block goes to the top of the sequence.
+  int sm90_row_origin = 0;
 };
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -138,20 +141,34 @@ constexpr std::int64_t sm90_item_count(const flash_params& p, int width) {  // c
   return static_cast<std::int64_t>((p.seqlen_q + bm - 1) / bm) * p.num_heads_q * p.batch;
 }
 
+// Whether the band's right edge moves with the row (causal, or a right window bound): later rows
+// then see at least as many keys as earlier ones, up to the clipping at the sequence's end.
+constexpr bool sm90_right_edge_moves(const flash_params& p) { return p.causal || p.window_right >= 0; }
+
 // (batch, head) pairs per group of the Hopper item order (Note [Hopper scheduler]). When the band's
-// right edge moves with the row (causal, or a right window bound), later row blocks see at least
-// as many keys as earlier ones, up to the clipping at the sequence's end; items are then taken
-// last row block first across a group of pairs whose K and V together take at most 8 MB, so the
-// short items fill the end of the kernel while the K/V the CTAs share at one time still fits L2
-// (50 MB on the H100) twice over. Otherwise (no band, or only a left bound, under which later
-// rows see fewer keys) the (batch, head) major order stays (groups of one).
+// right edge moves with the row, items are taken last row block first across a group of pairs
+// whose K and V together take at most 8 MB, so the short items fill the end of the kernel while
+// the K/V the CTAs share at one time still fits L2 (50 MB on the H100) twice over. Otherwise (no
+// band, or only a left bound, under which later rows see fewer keys) the (batch, head) major order
+// stays (groups of one).
 constexpr int sm90_group_heads(const flash_params& p) {
-  const bool right_edge_moves = p.causal || p.window_right >= 0;
   const std::int64_t kv_bytes = std::int64_t{2} * p.seqlen_kv * (p.head_dim_qk + p.head_dim_v);  // 16-bit K and V
   const std::int64_t pairs = std::int64_t{p.batch} * p.num_heads_q;
-  if (!right_edge_moves || kv_bytes <= 0 || pairs < 1) return 1;
+  if (!sm90_right_edge_moves(p) || kv_bytes <= 0 || pairs < 1) return 1;
   const std::int64_t g = (std::int64_t{8} << 20) / kv_bytes;
   return static_cast<int>(g < 1 ? 1 : g > pairs ? pairs : g);
+}
+
+// First row of the Hopper path's row-block grid (Note [Hopper scheduler]). The row blocks of
+// sm90_block_m(width) rows cover ceil(Sq / 64) 64-row parts (one per consumer warpgroup); when Sq
+// is not a multiple of the block, one block is partial, its missing parts idle consumers. When the
+// band's right edge moves with the row, the grid starts up to block_m - 64 rows before row 0, so
+// the partial block is the first one, whose rows see the fewest keys (one tile on a causal
+// diagonal instead of all of them); otherwise it starts at 0 and the partial block is the last.
+constexpr int sm90_row_origin(const flash_params& p, int width) {
+  const int bm = sm90_block_m(width);
+  const int parts = (p.seqlen_q + 63) / 64, blocks = (p.seqlen_q + bm - 1) / bm;
+  return sm90_right_edge_moves(p) ? 64 * parts - bm * blocks : 0;
 }
 
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.

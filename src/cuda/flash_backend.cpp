@@ -214,6 +214,7 @@ class flash_cuda_backend final : public backend {
       p.maybe_work_counter = reinterpret_cast<int*>(ws);
       p.persistent_ctas = sm_count(pr.device.index);
       p.sm90_group_heads = sm90_group_heads(p);
+      p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
     if (p.num_splits > 1) {

@@ -26,10 +26,11 @@
 //     stride byte offset 1024, k16 steps advance the start address by 32 bytes inside a block;
 //     V N-major: stride byte offset 1024 between 8-key groups, leading byte offset = one column
 //     block between the two 64-wide halves at D = 128).
-//   - Rows or keys past the sequence come in as zeros (TMA out-of-bounds fill) and are masked by
-//     the band test; the output is staged through the consumer's own rows of the Q buffer, in the
-//     layout the TMA load of Q wrote there, and stored by one TMA store per 64 columns, which
-//     clips rows past the sequence. (Stores by every thread cost the short items of S = 1024
+//   - Rows or keys outside the sequence (past its end; rows before 0 in a row-block grid that
+//     starts early, Note [Hopper scheduler]) come in as zeros (TMA out-of-bounds fill) and are
+//     masked by the band test; the output is staged through the consumer's own rows of the Q
+//     buffer, in the layout the TMA load of Q wrote there, and stored by one TMA store per 64
+//     columns, which clips rows past the sequence. (Stores by every thread cost the short items of S = 1024
 //     about 200 more instructions per warp, and the TMA store was 3-5% faster there on the H100:
 //     bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
@@ -217,7 +218,8 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 
 // Work item w of the persistent schedule (Note [Hopper scheduler]): groups of
 // p.sm90_group_heads (batch, head) pairs one after another; within a group the row blocks from the
-// last to the first, each over the group's pairs.
+// last to the first, each over the group's pairs. Row blocks start at p.sm90_row_origin (flash.h:
+// negative when the first block is the partial one), so m0 may be negative.
 struct work_item {
   int b, h, m0;
 };
@@ -227,10 +229,11 @@ __device__ __forceinline__ work_item item_of(const flash_params& p, int w, int b
   const int g = w / (group * row_blocks), in_group = w - g * group * row_blocks;
   const int size = min(group, pairs - g * group);  // the last group may be smaller
   const int r = in_group / size, bh = g * group + (in_group - r * size);
-  return {bh / p.num_heads_q, bh % p.num_heads_q, (row_blocks - 1 - r) * bm};
+  return {bh / p.num_heads_q, bh % p.num_heads_q, p.sm90_row_origin + (row_blocks - 1 - r) * bm};
 }
 
-// Key tiles [t_begin, t_end) that any of the rows [m0, m0 + bm) sees (bands are monotone in the row).
+// Key tiles [t_begin, t_end) that any of the rows [max(m0, 0), m0 + bm) sees (bands are monotone in
+// the row).
 // The band's 64-bit window bounds are passed through an empty asm, so the compiler reads them from
 // the parameters each call instead of keeping them in registers across the caller's loop (the
 // producer warp runs on 32 registers at head dim 64, Note [Hopper path]).
@@ -241,7 +244,7 @@ __device__ __forceinline__ void tile_range(const flash_params& p, int m0, int bm
   auto visible_row = [&](int i) {
     return key_band_of(i, p.seqlen_q, p.seqlen_kv, p.causal, p.bottom_right, window_left, window_right);
   };
-  const band first = visible_row(m0), last = visible_row(m_last);
+  const band first = visible_row(max(m0, 0)), last = visible_row(m_last);
   t_begin = t_end = 0;
   if (last.hi > first.lo) {
     t_begin = static_cast<int>(first.lo / k_sm90_block_n);
@@ -354,7 +357,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // one time share the K/V of a few heads in L2; within a group the last row block of every pair comes first, then the one
 // before it, and so on: under causal masking the last block sees the most keys, so the longest
 // items start first and the short ones fill the end of the kernel, where CTAs that drew a long
-// item would otherwise still run while the others have nothing left.
+// item would otherwise still run while the others have nothing left. When Sq is not a multiple of
+// the item's rows, one item is partial and its missing 64-row parts leave consumers idle for each
+// of its tiles; under such bands the grid of row blocks starts before row 0 (flash.h
+// sm90_row_origin), so the partial item is the first, which sees the fewest tiles (at head dim 64,
+// S = 1024, causal: one tile instead of all eight). The consumers of its parts before row 0 skip
+// every tile (Note [Hopper skipped tiles]) and store nothing.
 // The producer decodes the item (batch, head, first row, key tile range) once and hands it over in
 // a shared-memory slot, to each consumer by a named barrier (producer bar.arrive, consumer
 // bar.sync) and back by another (the reverse), one pair per consumer; the consumers do not repeat
@@ -603,7 +611,10 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
 
     // Keys any row of this warpgroup sees, and the keys every row sees (tiles inside need no mask).
-    const bool wg_live = row0 < len_q;
+    // Its 64 rows are all in the sequence, all past its end, all before its start (the first block
+    // of a grid that starts before row 0, flash.h sm90_row_origin), or, in the last block, run past
+    // its end.
+    const bool wg_live = row0 >= 0 && row0 < len_q;
     int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
     if (wg_live) {
       const band f = visible(p, row0, len_q, len_kv), l = visible(p, min(row0 + 63, len_q - 1), len_q, len_kv);
@@ -612,13 +623,13 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       full_lo = static_cast<int>(l.lo);
       full_hi = static_cast<int>(f.hi);
     }
-    // Per-row bands (rows past the sequence see nothing).
+    // Per-row bands (rows outside the sequence see nothing).
     int lo_r[2], hi_r[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int i = i_lo + 8 * r;
       lo_r[r] = hi_r[r] = 0;
-      if (i < len_q) {
+      if (wg_live && i < len_q) {
         const band bd = visible(p, i, len_q, len_kv);
         lo_r[r] = static_cast<int>(bd.lo);
         hi_r[r] = static_cast<int>(bd.hi);
@@ -773,7 +784,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
       const int i = i_lo + 8 * r;
-      if (p.maybe_lse && (lane & 3) == 0 && i < len_q)
+      if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q)
         p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + i * p.lse_seq_stride] =
             l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
       const int rr = 64 * part + 16 * warp + lane / 4 + 8 * r;  // row within the tile
@@ -786,16 +797,19 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       }
     }
     // Make the rows visible to the TMA unit (async proxy), then one thread stores the warpgroup's
-    // 64 rows with TMA (rows past the sequence are clipped by the tensor map) and, once the store
-    // has read them, gives the Q buffer back to the producer.
+    // 64 rows with TMA (rows past the sequence are clipped by the tensor map; a warpgroup without
+    // rows in the sequence stores nothing) and, once the store has read them, gives the Q buffer
+    // back to the producer.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_sync(1 + cw, 128);
     if (wtid == 0) {
+      if (wg_live) {
 #pragma unroll
-      for (int c = 0; c < blocks; ++c)
-        tma_store(&tm_o, s_q + c * tile_bytes(BM, 64) + part * 64 * 128, c * 64, row0, it.h, it.b);
-      bulk_commit();
-      bulk_wait_read0();
+        for (int c = 0; c < blocks; ++c)
+          tma_store(&tm_o, s_q + c * tile_bytes(BM, 64) + part * 64 * 128, c * 64, row0, it.h, it.b);
+        bulk_commit();
+        bulk_wait_read0();
+      }
       mbar_arrive(bar_q_empty(qb));
     }
   }
