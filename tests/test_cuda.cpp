@@ -134,7 +134,9 @@ case_spec typed_case(std::string name, dtype t, std::int64_t d, std::uint64_t se
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
 // head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
 // wgmma/TMA kernel (elsewhere the mma.sync kernel; expect_hopper_kernel checks which): sequence
-// lengths that are not multiples of its 192-/128-row and 128-key tiles, causal with both alignments
+// lengths that are not multiples of its 192-/128-row and 128-key tiles (under causal masking the
+// row-block grid then starts 64 or 128 rows before row 0, flash.h sm90_row_origin: 470, 777 and
+// 257 at head dim 64; 777 and 257 at 128), causal with both alignments
 // (including rows that see no key), GQA, a window, the bhsd layout, LSE on every case, and calls
 // with more work items than the GPU has SMs. Skv stays <= 480 so that no case qualifies for
 // split-KV (Note [Split KV]: fewer than 16 key tiles of the mma.sync kernel), which runs the
@@ -236,7 +238,8 @@ TEST(cuda, flash_cuda_hopper_shapes) {
 // The last three cases' first row block of each head sees no key (bottom-right, Sq > Skv: rows
 // 0..129, 0..199, 0..200): items without key tiles between items with tiles, at both head dims
 // (two and three consumers); the last one has a window, so consumers skip tiles on both sides of
-// their rows' bands (Note [Hopper skipped tiles]).
+// their rows' bands (Note [Hopper skipped tiles]). At head dim 64 the row-block grid starts 128 rows
+// before row 0 (flash.h sm90_row_origin), so two consumers of each head's first item have no rows.
 TEST(cuda, flash_cuda_hopper_persistent_small) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
