@@ -372,10 +372,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // read ordered only through a named barrier and another thread's arrival, racecheck reported the
 // read/write pair. The Q buffer is reused once each consumer's TMA store of item j - 2's output
 // has read it (q_empty, arrived by the thread that issued the store after
-// cp.async.bulk.wait_group.read). That thread waits for the read after its next item's setup, not
-// right after issuing the store: there the wait held its warpgroup's first turn of the next item
-// (about 1% at head dim 128, S = 1024, causal, on the H100: bench/RESULTS.md). The producer needs
-// the buffer only for item j + 2, after it issued item j + 1's loads.
+// cp.async.bulk.wait_group.read).
 // Q is double-buffered: while the consumers finish item j (and store its output through their rows
 // of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so the load
 // latency and the epilogue that a CTA per item would pay at its start and end overlap with
@@ -588,7 +585,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   using k128 = std::integral_constant<int, 128>;
 
   int kv = 0;
-  int stored_qb = -1;  // (thread 0 of the warpgroup) Q buffer of the previous item's output store
   for (int j = 0;; ++j) {
     const int qb = j & 1;
     const std::uint32_t s_q = s_q0 + qb * q_bytes;
@@ -732,13 +728,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         release(bar_empty_v(pv_stage));
       }
     };
-    // The previous item's output store has had this item's setup to read its rows: give its Q
-    // buffer back now rather than wait for the read at the end of that item, which would hold this
-    // warpgroup's first turn (Note [Hopper scheduler]).
-    if (wtid == 0 && stored_qb >= 0) {
-      bulk_wait_read0();
-      mbar_arrive(bar_q_empty(stored_qb));
-    }
     bool pending = false;  // a P V waits to be issued (this warpgroup ran a tile since its last one)
     for (int t = t_begin; t < t_end; ++t, ++kv) {
       const int s = kv % stages;
@@ -809,8 +798,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     }
     // Make the rows visible to the TMA unit (async proxy), then one thread stores the warpgroup's
     // 64 rows with TMA (rows past the sequence are clipped by the tensor map; a warpgroup without
-    // rows in the sequence stores nothing). It gives the Q buffer back to the producer once the
-    // store has read the rows, after the next item's setup.
+    // rows in the sequence stores nothing) and, once the store has read them, gives the Q buffer
+    // back to the producer.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_sync(1 + cw, 128);
     if (wtid == 0) {
@@ -819,8 +808,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         for (int c = 0; c < blocks; ++c)
           tma_store(&tm_o, s_q + c * tile_bytes(BM, 64) + part * 64 * 128, c * 64, row0, it.h, it.b);
         bulk_commit();
+        bulk_wait_read0();
       }
-      stored_qb = qb;
+      mbar_arrive(bar_q_empty(qb));
     }
   }
 #else
