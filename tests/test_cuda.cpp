@@ -17,6 +17,7 @@
 #include "attend/attend.h"
 #include "attend/check.h"
 #include "attend/registry.h"
+#include "cuda/flash.h"  // host-side tile arithmetic (plain C++; no CUDA needed)
 #if defined(ATTEND_TEST_HAVE_CUDA)
 #include "cuda/backends.h"
 #endif
@@ -172,6 +173,42 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 470; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
     }
   return v;
+}
+
+// The Hopper path's row-block grid (flash.h sm90_row_origin, Note [Hopper scheduler]) covers every
+// row with whole 64-row parts; under bands whose right edge moves with the row the partial block is
+// the first (the rows it leaves idle lie before row 0 and the last block ends within 64 rows of the
+// sequence's end), otherwise the grid starts at row 0. Host arithmetic only: runs without a GPU.
+TEST(cuda, sm90_row_grid_covers_the_sequence) {
+  struct band_kind {
+    const char* name;
+    bool causal;
+    std::int64_t left, right;
+    bool moves;
+  };
+  for (const band_kind& k : {band_kind{"none", false, -1, -1, false}, band_kind{"causal", true, -1, -1, true},
+                             band_kind{"right window", false, -1, 5, true}, band_kind{"left window", false, 7, -1, false}})
+    for (int width : {64, 128})
+      for (int s : {1, 17, 63, 64, 65, 127, 128, 129, 191, 192, 193, 257, 470, 501, 777, 1000, 1024, 4096, 4097,
+                    std::numeric_limits<int>::max()}) {
+        cuda::flash_params p;
+        p.seqlen_q = s;
+        p.causal = k.causal;
+        p.window_left = k.left;
+        p.window_right = k.right;
+        const std::int64_t bm = cuda::sm90_block_m(width), blocks = (std::int64_t{s} + bm - 1) / bm;
+        const std::int64_t origin = cuda::sm90_row_origin(p, width), end = origin + blocks * bm;
+        SCOPED_TRACE(std::string(k.name) + " width " + std::to_string(width) + " Sq " + std::to_string(s));
+        EXPECT_EQ(origin % 64, 0);
+        EXPECT_LE(origin, 0);
+        EXPECT_GT(origin, -bm);
+        EXPECT_GE(end, s);
+        if (k.moves) {
+          EXPECT_LT(end - s, 64);  // only the last 64-row part may run past the end
+        } else {
+          EXPECT_EQ(origin, 0);
+        }
+      }
 }
 
 TEST(cuda, explains_itself_without_a_device) {

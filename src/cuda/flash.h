@@ -166,9 +166,9 @@ constexpr int sm90_group_heads(const flash_params& p) {
 // the partial block is the first one, whose rows see the fewest keys (one tile on a causal
 // diagonal instead of all of them); otherwise it starts at 0 and the partial block is the last.
 constexpr int sm90_row_origin(const flash_params& p, int width) {
-  const int bm = sm90_block_m(width);
-  const int parts = (p.seqlen_q + 63) / 64, blocks = (p.seqlen_q + bm - 1) / bm;
-  return sm90_right_edge_moves(p) ? 64 * parts - bm * blocks : 0;
+  const std::int64_t bm = sm90_block_m(width), s = p.seqlen_q;  // 64-bit: no overflow near INT_MAX rows
+  const std::int64_t parts = (s + 63) / 64, blocks = (s + bm - 1) / bm;
+  return sm90_right_edge_moves(p) ? static_cast<int>(64 * parts - bm * blocks) : 0;  // in (-bm, 0]
 }
 
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.
