@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/gpu_ab.sh: A/B timing of flash_cuda between a baseline tree and this one, on the device.
+#
+#   Here:   git archive REV | tar -x -C .baseline     (.baseline is git-ignored)
+#   Device: bench/gpu_ab.sh [.baseline] [rounds] < shapes.txt     (run tool, carry .baseline too)
+#
+# Builds both trees with scripts/gpu-check (this one in build-gpu, the baseline in /tmp/build-base;
+# the baseline borrows this tree's .devdeps, third_party and .whl), then runs the two
+# attend_gpu_bench binaries alternately, `rounds` times (default 3), over the same shape lines
+# ("NAME DTYPE B SQ SKV HQ HKV D CAUSAL BACKEND", bench/gpu_bench.cpp; a default list of flash_cuda
+# shapes when stdin is a terminal or empty), and prints each shape's TFLOP/s per round, old then
+# new, and the ratio of the medians. Alternating in one process list on one machine is the point:
+# the device's clocks drift by a few percent between calls (bench/RESULTS.md).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+base=$(cd "${1:-$root/.baseline}" && pwd) || { echo "gpu_ab: no baseline tree (git archive REV | tar -x -C .baseline)" >&2; exit 2; }
+rounds=${2:-3}
+out=${OUT:-$root/gpu-check-out}
+mkdir -p "$out"
+
+shapes=""
+[ -t 0 ] || shapes=$(cat)
+if [ -z "$shapes" ]; then
+  shapes='d64-s1024 bf16 32 1024 1024 32 32 64 0 flash_cuda
+d64-s1024-causal bf16 32 1024 1024 32 32 64 1 flash_cuda
+d64-s4096-causal bf16 8 4096 4096 32 32 64 1 flash_cuda
+d128-s1024 bf16 32 1024 1024 16 16 128 0 flash_cuda
+d128-s1024-causal bf16 32 1024 1024 16 16 128 1 flash_cuda
+d128-s4096-causal bf16 8 4096 4096 16 16 128 1 flash_cuda
+d128-s16384 bf16 2 16384 16384 16 16 128 0 flash_cuda'
+fi
+
+for dep in .devdeps third_party .whl; do
+  [ -e "$root/$dep" ] && [ ! -e "$base/$dep" ] && ln -s "$root/$dep" "$base/$dep"
+done
+OUT=$out/ab-new "$root/scripts/gpu-check" build >"$out/ab-build-new.log" 2>&1 || { echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
+(cd "$base" && ATTEND_GPU_BUILD_DIR=/tmp/build-base OUT=$out/ab-base scripts/gpu-check build) >"$out/ab-build-base.log" 2>&1 ||
+  { echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
+
+# The binaries load cuDNN from PyTorch's wheel, as scripts/gpu-check sets up.
+cudnn=$(python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null)
+[ -n "$cudnn" ] && export LD_LIBRARY_PATH=$cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+blas=$root/.devdeps/root/usr/lib/x86_64-linux-gnu
+[ -d "$blas" ] && export LD_LIBRARY_PATH=$blas/openblas-pthread:$blas:$LD_LIBRARY_PATH
+
+raw=$out/ab.jsonl
+: >"$raw"
+for round in $(seq "$rounds"); do
+  for which in base new; do
+    bin=$root/build-gpu/bench/attend_gpu_bench
+    [ $which = base ] && bin=/tmp/build-base/bench/attend_gpu_bench
+    echo "$shapes" | "$bin" | sed "s/^/$which /" >>"$raw"
+  done
+done
+
+python3 - "$raw" <<'PY'
+import json, statistics, sys
+runs, order = {}, []
+for line in open(sys.argv[1]):
+    which, _, rest = line.partition(" ")
+    row = json.loads(rest)
+    if row["name"] not in order:
+        order.append(row["name"])
+    runs.setdefault((row["name"], which), []).append(row.get("tflops") or float("nan"))
+print("| shape | base (TFLOP/s per round) | new | median ratio |")
+print("|---|---|---|---|")
+for name in order:
+    b, n = runs.get((name, "base"), []), runs.get((name, "new"), [])
+    ratio = statistics.median(n) / statistics.median(b) if b and n else float("nan")
+    print(f"| {name} | {', '.join(f'{x:.0f}' for x in b)} | {', '.join(f'{x:.0f}' for x in n)} | {ratio:.3f} |")
+PY
