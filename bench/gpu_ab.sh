@@ -2,13 +2,13 @@
 # bench/gpu_ab.sh: A/B timing of flash_cuda between a baseline tree and this one, on the device.
 #
 #   Here:   git archive REV | tar -x -C .baseline     (.baseline is git-ignored)
-#   Device: bench/gpu_ab.sh [.baseline] [rounds] < shapes.txt     (run tool, carry .baseline too)
+#   Device: bench/gpu_ab.sh [.baseline] [rounds] [shapes.txt]     (run tool, carry .baseline too)
 #
 # Builds both trees with scripts/gpu-check (this one in build-gpu, the baseline in /tmp/build-base;
 # the baseline borrows this tree's .devdeps, third_party and .whl), then runs the two
 # attend_gpu_bench binaries alternately, `rounds` times (default 3), over the same shape lines
-# ("NAME DTYPE B SQ SKV HQ HKV D CAUSAL BACKEND", bench/gpu_bench.cpp; a default list of flash_cuda
-# shapes when stdin is a terminal or empty), and prints each shape's TFLOP/s per round, old then
+# ("NAME DTYPE B SQ SKV HQ HKV D CAUSAL BACKEND", bench/gpu_bench.cpp; read from the shapes file,
+# else a default list of flash_cuda shapes), and prints each shape's TFLOP/s per round, old then
 # new, and the ratio of the medians. Alternating in one process list on one machine is the point:
 # the device's clocks drift by a few percent between calls (bench/RESULTS.md).
 set -uo pipefail
@@ -19,7 +19,9 @@ out=${OUT:-$root/gpu-check-out}
 mkdir -p "$out"
 
 shapes=""
-[ -t 0 ] || shapes=$(cat)
+if [ -n "${3:-}" ]; then
+  shapes=$(cat "$3") || { echo "gpu_ab: cannot read the shapes file $3" >&2; exit 2; }
+fi
 if [ -z "$shapes" ]; then
   shapes='d64-s1024 bf16 32 1024 1024 32 32 64 0 flash_cuda
 d64-s1024-causal bf16 32 1024 1024 32 32 64 1 flash_cuda
