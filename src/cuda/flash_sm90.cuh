@@ -30,9 +30,9 @@
 //     starts early, Note [Hopper scheduler]) come in as zeros (TMA out-of-bounds fill) and are
 //     masked by the band test; the output is staged through the consumer's own rows of the Q
 //     buffer, in the layout the TMA load of Q wrote there, and stored by one TMA store per 64
-//     columns, which clips rows past the sequence. (Stores by every thread cost the short items of S = 1024
-//     about 200 more instructions per warp, and the TMA store was 3-5% faster there on the H100:
-//     bench/RESULTS.md.)
+//     columns, which clips rows past the sequence. (Stores by every thread cost the short items
+//     of S = 1024 about 200 more instructions per warp, and the TMA store was 3-5% faster there
+//     on the H100: bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
 // no softcap, scale > 0 (scale * log2(e) a normal float), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
@@ -354,15 +354,15 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // the caller's stream before the launch), so CTAs that drew short items take more of them. Items
 // are numbered in groups of (batch, head) pairs (sm90_group_heads, flash.h: one pair unless the
 // band's right edge moves with the row, causal or a right window bound), so the CTAs running at
-// one time share the K/V of a few heads in L2; within a group the last row block of every pair comes first, then the one
-// before it, and so on: under causal masking the last block sees the most keys, so the longest
-// items start first and the short ones fill the end of the kernel, where CTAs that drew a long
-// item would otherwise still run while the others have nothing left. When Sq is not a multiple of
-// the item's rows, one item is partial and its missing 64-row parts leave consumers idle for each
-// of its tiles; under such bands the grid of row blocks starts before row 0 (flash.h
-// sm90_row_origin), so the partial item is the first, which sees the fewest tiles (at head dim 64,
-// S = 1024, causal: one tile instead of all eight). The consumers of its parts before row 0 skip
-// every tile (Note [Hopper skipped tiles]) and store nothing.
+// one time share the K/V of a few heads in L2; within a group the last row block of every pair
+// comes first, then the one before it, and so on: under causal masking the last block sees the
+// most keys, so the longest items start first and the short ones fill the end of the kernel,
+// where CTAs that drew a long item would otherwise still run while the others have nothing left.
+// When Sq is not a multiple of the item's rows, one item is partial and its missing 64-row parts
+// leave consumers idle for each of its tiles; under such bands the grid of row blocks starts
+// before row 0 (flash.h sm90_row_origin), so the partial item is the first, which sees the fewest
+// tiles (at head dim 64, S = 1024, causal: one tile instead of all eight). The consumers of its
+// parts before row 0 skip every tile (Note [Hopper skipped tiles]) and store nothing.
 // The producer decodes the item (batch, head, first row, key tile range) once and hands it over in
 // a shared-memory slot, to each consumer by a named barrier (producer bar.arrive, consumer
 // bar.sync) and back by another (the reverse), one pair per consumer; the consumers do not repeat
@@ -418,14 +418,16 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //
 // Note [Hopper skipped tiles]: the producer loads every key tile that any row of an item sees; a
 // consumer whose 64 rows see none of a tile (above the causal diagonal, left of a window, or rows
-// past the end of the sequence in the last item) issues no wgmma for it. It still takes and passes
+// outside the sequence: past its end in the last item, before row 0 in the first item of a grid
+// that starts early, Note [Hopper scheduler]) issues no wgmma for it. It still takes and passes
 // its turn, so every consumer takes the same number of turns per item (Note [Hopper overlap]), and
 // it releases the stage only after waiting for both of its loads, so no stage is refilled while a
 // load into it is in flight (possible when no consumer sees the tile: rows with empty bands under
 // bottom-right alignment make the item's tile range start early). If it has a P V pending, it
 // issues it in that turn. At head dim 64 (three consumers, 192-row items) this removes the
 // largest share of causal waste: the first consumer of an item on the diagonal sees at most half
-// of the item's last tile, and at S = 1024 the last item has 64 rows, so two consumers have none.
+// of the item's last tile, and at S = 1024 one item has only 64 rows, so two consumers have none
+// (the first item, which covers a single key tile, Note [Hopper scheduler]).
 template <elem E, int Width>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
