@@ -364,15 +364,17 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // tiles (at head dim 64, S = 1024, causal: one tile instead of all eight). The consumers of its
 // parts before row 0 skip every tile (Note [Hopper skipped tiles]) and store nothing.
 // The producer decodes the item (batch, head, first row, key tile range) once and hands it over in
-// a shared-memory slot, to each consumer by a named barrier (producer bar.arrive, consumer
-// bar.sync) and back by another (the reverse), one pair per consumer; the consumers do not repeat
-// the divisions. There are two slots, one per Q buffer: the producer writes item j's slot only
-// after every consumer warp read item j - 2's (lane 0 of each arrives on slot_empty after its
-// warp's reads), an ordering through an mbarrier that racecheck can see; with one slot, or with the
-// read ordered only through a named barrier and another thread's arrival, racecheck reported the
-// read/write pair. The Q buffer is reused once each consumer's TMA store of item j - 2's output
-// has read it (q_empty, arrived by the thread that issued the store after
-// cp.async.bulk.wait_group.read).
+// a shared-memory slot through two mbarriers: its thread writes the slot and arrives on slot_full;
+// lane 0 of each consumer warp waits there, is the warp's only reader of the slot, arrives on
+// slot_empty and broadcasts the item by shuffle, so the consumers do not repeat the divisions.
+// There are two slots, one per Q buffer: the producer writes item j's slot once slot_empty says that
+// every consumer warp read item j - 2's. Each direction is then one thread's release (the arrive)
+// and another's acquire (the wait) with no third thread between them. The hand-over before this one
+// (named barriers towards the consumers, every lane reading and lane 0 arriving for its warp after
+// __syncwarp) is also ordered in the PTX memory model, but racecheck reported the slot's read/write
+// pair in 5 of 10 runs on an H200; this one ran clean 10 times (bench/RESULTS.md). The Q buffer is
+// reused once each consumer's TMA store of item j - 2's output has read it (q_empty, arrived by the
+// thread that issued the store after cp.async.bulk.wait_group.read).
 // Q is double-buffered: while the consumers finish item j (and store its output through their rows
 // of Q buffer j % 2), the producer already loads item j + 1's Q and first K/V tiles, so the load
 // latency and the epilogue that a CTA per item would pay at its start and end overlap with
@@ -463,16 +465,17 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   // decoded: batch (-1: no more items), head, first row, first and end key tile.
   volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
   constexpr int k_slot_ints = 8;
-  // Slot qb has been read by every consumer warp (lane 0 of each arrives after its read).
-  auto bar_slot_empty = [&](int qb) {
+  // Slot qb holds a new item (the producer's thread arrives after writing it), and it has been read
+  // by every consumer warp (lane 0 of each, the only reader, arrives after its reads).
+  auto bar_slot_full = [&](int qb) {
     return s_bar + 32u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb);
   };
-  // Named barriers (0 is __syncthreads; 1 + c: consumer c's epilogue) that hand the item slot from
-  // the producer warp to consumer c (1 + C + c: written) and back (1 + 2C + c: read). One pair per
-  // consumer, so no consumer waits for another at an item boundary (Note [Hopper scheduler]).
-  // 1 + 3C + c: consumer c's turn to issue wgmma (Note [Hopper overlap]). At most 13 of the 16.
-  constexpr int k_bar_slot_full = 1 + C, k_bar_slot_read = 1 + 2 * C, k_slot_threads = 32 + 128,
-                k_bar_turn = 1 + 3 * C;
+  auto bar_slot_empty = [&](int qb) {
+    return s_bar + 48u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb);
+  };
+  // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
+  // to issue wgmma (Note [Hopper overlap]).
+  constexpr int k_bar_turn = 1 + C;
 
   const int tid = static_cast<int>(threadIdx.x);
   const int warpgroup = tid / 128;
@@ -480,6 +483,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     for (int qb = 0; qb < 2; ++qb) {
       mbar_init(bar_q_full(qb), 1);
       mbar_init(bar_q_empty(qb), C);  // each consumer's storing thread, once its TMA store read the rows
+      mbar_init(bar_slot_full(qb), 1);       // the producer's thread
       mbar_init(bar_slot_empty(qb), 4 * C);  // lane 0 of each consumer warp
     }
     for (int s = 0; s < stages; ++s) {
@@ -500,18 +504,13 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     else
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid >= 32) return;
-    // Warp 0: lane 0 takes items and issues the loads; the whole warp hands each item over (named
-    // barriers count warps).
+    // Warp 0: lane 0 takes the items, hands them over and issues the loads.
     int kv = 0;  // key tiles issued so far (ring position across items)
     // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
     int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
     for (int j = 0;; ++j) {
       const int qb = j & 1;
       const int w = __shfl_sync(0xffffffffu, w_next, 0);
-      if (j > 0) {  // every consumer has read the slot
-#pragma unroll
-        for (int c = 0; c < C; ++c) named_sync(k_bar_slot_read + c, k_slot_threads);
-      }
       work_item it{-1, 0, 0};
       int t_begin = 0, t_end = 0;
       if (tid == 0) {
@@ -532,9 +531,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         slot[2] = it.m0;
         slot[3] = t_begin;
         slot[4] = t_end;
+        mbar_arrive(bar_slot_full(qb));  // release: the writes above before the consumers' reads
       }
-#pragma unroll
-      for (int c = 0; c < C; ++c) named_arrive(k_bar_slot_full + c, k_slot_threads);
       if (w >= items) break;
       if (tid == 0) {
         w_next = atomicAdd(p.maybe_work_counter, 1);
@@ -590,20 +588,26 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   for (int j = 0;; ++j) {
     const int qb = j & 1;
     const std::uint32_t s_q = s_q0 + qb * q_bytes;
-    named_sync(k_bar_slot_full + cw, k_slot_threads);
-    // The item, broadcast from lane 0 so ptxas knows it is warp-uniform (as cw).
-    const volatile int* const slot = item_slot + qb * k_slot_ints;
-    const work_item it{__shfl_sync(0xffffffffu, slot[0], 0), __shfl_sync(0xffffffffu, slot[1], 0),
-                       __shfl_sync(0xffffffffu, slot[2], 0)};
-    const int t_begin = __shfl_sync(0xffffffffu, slot[3], 0), t_end = __shfl_sync(0xffffffffu, slot[4], 0);
-    release(bar_slot_empty(qb));  // after the warp's reads of the slot
+    // The item: lane 0 reads the slot and releases it itself (Note [Hopper scheduler]), then
+    // broadcasts it, so ptxas knows it is warp-uniform (as cw).
+    mbar_wait(bar_slot_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
+    int fields[5] = {0, 0, 0, 0, 0};
+    if (lane == 0) {
+      const volatile int* const slot = item_slot + qb * k_slot_ints;
+#pragma unroll
+      for (int f = 0; f < 5; ++f) fields[f] = slot[f];
+      mbar_arrive(bar_slot_empty(qb));
+    }
+#pragma unroll
+    for (int f = 0; f < 5; ++f) fields[f] = __shfl_sync(0xffffffffu, fields[f], 0);
+    const work_item it{fields[0], fields[1], fields[2]};
+    const int t_begin = fields[3], t_end = fields[4];
     if (it.b < 0) {
       if (wtid == 0) bulk_wait0();  // this consumer's output stores are complete
       // The last consumer's last turn left one arrival on consumer 0's barrier; complete it.
       if (cw == 0) named_sync(k_bar_turn, 256);
       break;
     }
-    named_arrive(k_bar_slot_read + cw, k_slot_threads);
     mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
     // Rows [64 part, 64 part + 64) of the item; the parts rotate among the consumers from item to
     // item, so the one with the most keys on a causal diagonal is not always the same (Note [Hopper
