@@ -415,8 +415,15 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // (the diagonal tile under causal masking: the first 64 rows see only its first 64 keys; a
 // window's left edge) runs wgmma at n = 64 on that half. The consumers share the SM's tensor
 // cores, so the halved work shortens the tile; at S = 1024 (head dim 128) the 8 diagonal tiles
-// are 8 of a head's 36 causal tiles. Which consumer takes which 64 rows rotates from item to item,
-// so no consumer always has the longest diagonal and runs behind the others by more each item.
+// are 8 of a head's 36 causal tiles. Which consumer takes which 64 rows changes from item to item,
+// so no consumer always has the longest diagonal and runs behind the others by more each item: it
+// moves by one with the Q buffer's parity (part = (c + j % 2) mod C), not with every item. A
+// consumer stages its output in its part's rows of the Q buffer, so this way the rows of a buffer
+// are written by the same consumer each time the buffer comes back. With part = (c + j) mod C, at
+// C = 3 consumer c + 1 wrote the rows that consumer c had written two items earlier; that is
+// ordered (c's TMA store read them, then q_empty, the producer and the next Q load), but through
+// threads between the two, and racecheck reported the write pair (124 hazards per instruction in
+// 1 of 3 runs on an H200, bench/RESULTS.md).
 //
 // Note [Hopper skipped tiles]: the producer loads every key tile that any row of an item sees; a
 // consumer whose 64 rows see none of a tile (above the causal diagonal, left of a window, or rows
@@ -609,10 +616,10 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       break;
     }
     mbar_wait(bar_q_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
-    // Rows [64 part, 64 part + 64) of the item; the parts rotate among the consumers from item to
-    // item, so the one with the most keys on a causal diagonal is not always the same (Note [Hopper
-    // half tiles]).
-    const int part = (cw + j) % C;
+    // Rows [64 part, 64 part + 64) of the item; the parts move among the consumers with the Q
+    // buffer's parity, so the one with the most keys on a causal diagonal is not always the same
+    // (Note [Hopper half tiles]).
+    const int part = (cw + qb) % C;
     const int row0 = it.m0 + 64 * part;            // first row of this warpgroup
     const int i_lo = row0 + 16 * warp + lane / 4;  // this thread's rows: i_lo and i_lo + 8
 
