@@ -459,27 +459,27 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   const std::uint32_t s_q0 = base;                             // 2 Q buffers
   const std::uint32_t s_k = s_q0 + 2 * q_bytes;         // stages of K
   const std::uint32_t s_v = s_k + stages * kv_bytes;    // stages of V
-  const std::uint32_t s_bar = s_v + stages * kv_bytes;  // barriers, then the two item slots
-  auto bar_q_full = [&](int qb) { return s_bar + 8u * static_cast<std::uint32_t>(qb); };
-  auto bar_q_empty = [&](int qb) { return s_bar + 16u + 8u * static_cast<std::uint32_t>(qb); };
-  auto bar_full_k = [&](int s) { return s_bar + 32u + 8u * static_cast<std::uint32_t>(s); };
-  auto bar_full_v = [&](int s) { return s_bar + 32u + 8u * stages + 8u * static_cast<std::uint32_t>(s); };
+  const std::uint32_t s_bar = s_v + stages * kv_bytes;  // barriers (8 bytes each), the two item slots
+  // mbarrier i of the group that starts at barrier index `first`.
+  auto bar_at = [&](int first, int i) { return s_bar + 8u * static_cast<std::uint32_t>(first + i); };
+  auto bar_q_full = [&](int qb) { return bar_at(0, qb); };
+  auto bar_q_empty = [&](int qb) { return bar_at(2, qb); };
+  auto bar_full_k = [&](int s) { return bar_at(4, s); };
+  auto bar_full_v = [&](int s) { return bar_at(4 + stages, s); };
   // K and V of a stage are released separately: K once S = Q K^T completed, V once P V did
   // (Note [Hopper overlap]).
-  auto bar_empty_k = [&](int s) { return s_bar + 32u + 16u * stages + 8u * static_cast<std::uint32_t>(s); };
-  auto bar_empty_v = [&](int s) { return s_bar + 32u + 24u * stages + 8u * static_cast<std::uint32_t>(s); };
-  // Two item slots, one per Q buffer (Note [Hopper scheduler]). Slot qb holds the item the producer
-  // decoded: batch (-1: no more items), head, first row, first and end key tile.
-  volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (s_bar - base) + 32 + 32 * stages);
-  constexpr int k_slot_ints = 8;
+  auto bar_empty_k = [&](int s) { return bar_at(4 + 2 * stages, s); };
+  auto bar_empty_v = [&](int s) { return bar_at(4 + 3 * stages, s); };
+  // Two item slots, one per Q buffer (Note [Hopper scheduler]), of k_slot_ints ints (together the
+  // room of k_slot_ints barriers). Slot qb holds the item the producer decoded: batch (-1: no more items), head,
+  // first row, first and end key tile.
+  constexpr int k_slot_ints = 8, k_slots_first = 4 + 4 * stages;
+  volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (bar_at(k_slots_first, 0) - base));
   // Slot qb holds a new item (the producer's thread arrives after writing it), and it has been read
   // by every consumer warp (lane 0 of each, the only reader, arrives after its reads).
-  auto bar_slot_full = [&](int qb) {
-    return s_bar + 32u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb);
-  };
-  auto bar_slot_empty = [&](int qb) {
-    return s_bar + 48u + 32u * stages + 4u * 2 * k_slot_ints + 8u * static_cast<std::uint32_t>(qb);
-  };
+  auto bar_slot_full = [&](int qb) { return bar_at(k_slots_first + k_slot_ints, qb); };
+  auto bar_slot_empty = [&](int qb) { return bar_at(k_slots_first + k_slot_ints + 2, qb); };
+  static_assert(8 * (k_slots_first + k_slot_ints + 4) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
   // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
   // to issue wgmma (Note [Hopper overlap]).
   constexpr int k_bar_turn = 1 + C;
@@ -653,7 +653,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
 #pragma unroll
     for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
     float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
-    const std::uint32_t a_base = s_q + part * 64 * 128;
+    const std::uint32_t a_base = s_q + part * 64 * 128;  // its rows of the Q buffer: its Q, then its output
 
     // Software pipeline over the item's tiles (Note [Hopper overlap]): the P V of the previous tile
     // (P in `pa`, over pv_nk keys from pv_v) is issued right after this tile's Q K^T and runs while
@@ -819,7 +819,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       if (wg_live) {
 #pragma unroll
         for (int c = 0; c < blocks; ++c)
-          tma_store(&tm_o, s_q + c * tile_bytes(BM, 64) + part * 64 * 128, c * 64, row0, it.h, it.b);
+          tma_store(&tm_o, a_base + c * tile_bytes(BM, 64), c * 64, row0, it.h, it.b);
         bulk_commit();
         bulk_wait_read0();
       }
