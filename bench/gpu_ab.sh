@@ -4,8 +4,9 @@
 #   Here:   git archive REV | tar -x -C .baseline     (.baseline is git-ignored)
 #   Device: bench/gpu_ab.sh [.baseline] [rounds] [shapes.txt]     (run tool, carry .baseline too)
 #
-# Builds both trees with scripts/gpu-check (this one in build-gpu, the baseline in /tmp/build-base;
-# the baseline borrows this tree's .devdeps, third_party and .whl), then runs the two
+# Builds both trees with scripts/gpu-check (this one in build-gpu, the baseline in
+# $ATTEND_AB_BASE_BUILD, default /tmp/build-base: one per baseline tree when a call compares
+# several; the baseline borrows this tree's .devdeps, third_party and .whl), then runs the two
 # attend_gpu_bench binaries alternately, `rounds` times (default 3), over the same shape lines
 # ("NAME DTYPE B SQ SKV HQ HKV D CAUSAL BACKEND", bench/gpu_bench.cpp; read from the shapes file,
 # else a default list of flash_cuda shapes), and prints each shape's TFLOP/s per round, old then
@@ -15,6 +16,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 base=$(cd "${1:-$root/.baseline}" && pwd) || { echo "gpu_ab: no baseline tree (git archive REV | tar -x -C .baseline)" >&2; exit 2; }
 rounds=${2:-3}
+base_build=${ATTEND_AB_BASE_BUILD:-/tmp/build-base}
 out=${OUT:-$root/gpu-check-out}
 mkdir -p "$out"
 
@@ -36,7 +38,7 @@ for dep in .devdeps third_party .whl; do
   [ -e "$root/$dep" ] && [ ! -e "$base/$dep" ] && ln -s "$root/$dep" "$base/$dep"
 done
 OUT=$out/ab-new "$root/scripts/gpu-check" build >"$out/ab-build-new.log" 2>&1 || { echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
-(cd "$base" && ATTEND_GPU_BUILD_DIR=/tmp/build-base OUT=$out/ab-base scripts/gpu-check build) >"$out/ab-build-base.log" 2>&1 ||
+(cd "$base" && ATTEND_GPU_BUILD_DIR=$base_build OUT=$out/ab-base scripts/gpu-check build) >"$out/ab-build-base.log" 2>&1 ||
   { echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
 
 # The binaries load cuDNN from PyTorch's wheel, as scripts/gpu-check sets up.
@@ -50,7 +52,7 @@ raw=$out/ab.jsonl
 for round in $(seq "$rounds"); do
   for which in base new; do
     bin=$root/build-gpu/bench/attend_gpu_bench
-    [ $which = base ] && bin=/tmp/build-base/bench/attend_gpu_bench
+    [ $which = base ] && bin=$base_build/bench/attend_gpu_bench
     echo "$shapes" | "$bin" | sed "s/^/$which /" >>"$raw"
   done
 done
