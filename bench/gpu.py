@@ -6,6 +6,11 @@ Times every backend with CUDA events (warm-up, median of >= 20 runs) on bf16 and
 decode shape (Sq=1, Skv=32768, H=32, D=128, B=8) against the measured device copy bandwidth, and a
 GQA shape. TFLOP/s = 4*B*H*Sq*Skv*D (halved for causal) / time. Ratios are to PyTorch's flash.
 
+The device's clocks drift by several percent within a run, so the backends are timed in rounds
+(--rounds, default 3): each round times every backend on a shape and on its causal twin (same
+tensors) one after another, and a backend's time is the median of its rounds. The ratios in the
+table (ours to PyTorch's, causal to non-causal) then compare times taken moments apart.
+
 attend's backends run in-process through the `attend` Python package when it is importable with
 CUDA support; otherwise through the C++ binary attend_gpu_bench (--attend-bench), on tensors of
 the same shapes, layout (bshd) and distribution, in the same scripts/gpu-check run.
@@ -121,20 +126,28 @@ def time_ours_in_process(attend, c, backend, qkv):
     return time_cuda(run)
 
 
-def time_ours_binary(binary, cases):
+def time_ours_binary(binary, cases, rounds):
+    """{(shape, backend): median ms over `rounds` runs of the binary, or its error}."""
     lines = []
     for c in cases:
         for b in OURS:
             lines.append(f"{c['name']} {c['dt']} {c['b']} {c['sq']} {c['skv']} {c['hq']} {c['hkv']} {c['d']} "
                          f"{int(c['causal'])} {b}")
-    res = subprocess.run([binary], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=1800)
-    if res.returncode != 0:
-        print(res.stderr, file=sys.stderr)
-    out = {}
-    for line in res.stdout.splitlines():
-        r = json.loads(line)
-        out[(r["name"], r["backend"])] = r.get("ms", r.get("error"))
-    return out
+    runs = {}
+    for _ in range(rounds):
+        res = subprocess.run([binary], input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=1800)
+        if res.returncode != 0:
+            print(res.stderr, file=sys.stderr)
+        for line in res.stdout.splitlines():
+            r = json.loads(line)
+            runs.setdefault((r["name"], r["backend"]), []).append(r.get("ms", r.get("error")))
+    return {key: median_or_error(v) for key, v in runs.items()}
+
+
+def median_or_error(values):
+    """The median of the float results; the first error if there is none."""
+    ok = sorted(v for v in values if isinstance(v, float))
+    return ok[len(ok) // 2] if ok else next((v for v in values if not isinstance(v, float)), "missing")
 
 
 def main():
@@ -142,7 +155,10 @@ def main():
     ap.add_argument("--attend-bench", help="attend_gpu_bench binary (when the Python package is unavailable)")
     ap.add_argument("--markdown", help="write the table as Markdown here")
     ap.add_argument("--quick", action="store_true", help="only the first shape of each kind")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of timing per shape (median taken)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     cases = shapes()
     if args.quick:
         cases = cases[:2] + cases[-2:]
@@ -150,26 +166,33 @@ def main():
     bw = copy_bandwidth()
     attend = attend_in_process()
     how = "attend Python package, in-process" if attend else f"C++ {args.attend_bench} (same shapes, same run)"
-    ours = {} if attend else time_ours_binary(args.attend_bench, cases)
+    ours = {} if attend else time_ours_binary(args.attend_bench, cases, args.rounds)
     cols = OURS + list(TORCH_BACKENDS)
-    rows = []
+    # A shape and its causal twin share their tensors and their rounds.
+    groups = {}
     for c in cases:
-        qkv = make_inputs(c)
-        ms = {}
-        for b in OURS:
-            try:
-                ms[b] = time_ours_in_process(attend, c, b, qkv) if attend else ours.get((c["name"], b), "missing")
-            except Exception as e:  # noqa: BLE001
-                ms[b] = str(e).splitlines()[0][:80]
-        for name, tb in TORCH_BACKENDS.items():
-            try:
-                ms[name] = time_torch(c, tb, qkv)
-            except Exception as e:  # noqa: BLE001
-                ms[name] = str(e).splitlines()[0][:80]
+        groups.setdefault(c["name"].replace("-causal", ""), []).append(c)
+    rows = []
+    for group in groups.values():
+        qkv = make_inputs(group[0])
+        runs = {(c["name"], b): [] for c in group for b in cols}
+        for _ in range(args.rounds):
+            for c in group:
+                for b in cols:
+                    try:
+                        if b in TORCH_BACKENDS:
+                            t = time_torch(c, TORCH_BACKENDS[b], qkv)
+                        else:
+                            t = time_ours_in_process(attend, c, b, qkv) if attend else ours.get((c["name"], b), "missing")
+                    except Exception as e:  # noqa: BLE001
+                        t = str(e).splitlines()[0][:80]
+                    runs[(c["name"], b)].append(t)
         del qkv
         torch.cuda.empty_cache()
-        rows.append((c, ms))
-        print(c["name"], {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ms.items()}, flush=True)
+        for c in group:
+            ms = {b: median_or_error(runs[(c["name"], b)]) for b in cols}
+            rows.append((c, ms))
+            print(c["name"], {k: (round(v, 4) if isinstance(v, float) else v) for k, v in ms.items()}, flush=True)
 
     def cell(c, ms, b):
         v = ms.get(b)
@@ -186,7 +209,9 @@ def main():
 
     head = ["shape"] + cols + ["flash_cuda / torch_flash", "cudnn / torch_cudnn"]
     lines = [f"Device: {dev}; measured copy bandwidth {bw / 1e12:.2f} TB/s (read + write). "
-             f"Date: {datetime.date.today()}. torch {torch.__version__}. attend timed via {how}.",
+             f"Date: {datetime.date.today()}. torch {torch.__version__}. attend timed via {how}. "
+             + (f"Median of {args.rounds} interleaved rounds per shape." if attend else
+                f"Medians of {args.rounds} runs of the binary and of {args.rounds} rounds of PyTorch's backends."),
              "", "TFLOP/s (4·B·H·Sq·Skv·D, halved for causal); decode rows: K+V bytes read per second.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c, ms in rows:
