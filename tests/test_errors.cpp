@@ -129,6 +129,77 @@ TEST(Errors, MaskShapeAndVarlenOffsets) {
   expect_invalid(p, "cu_seqlens_q: last offset must equal the packed length 8; got 7");
 }
 
+TEST(Errors, VarlenBoundsAndOffsetAliasing) {
+  test::dense_call c(1, 8, 8, 2, 2, 16, 16);
+  std::vector<std::int32_t> cu = {0, 3, 8};
+  attention_params p = c.params;
+  p.q = tensor_view::contiguous(c.q.data(), dtype::f32, {8, 2, 16});
+  p.k = tensor_view::contiguous(c.k.data(), dtype::f32, {8, 2, 16});
+  p.v = tensor_view::contiguous(c.v.data(), dtype::f32, {8, 2, 16});
+  p.out = tensor_view::contiguous(c.out.data(), dtype::f32, {8, 2, 16});
+  p.maybe_lse = {};
+  p.maybe_cu_seqlens_q = p.maybe_cu_seqlens_kv = tensor_view::contiguous(cu.data(), dtype::i32, {3});
+  EXPECT_NO_THROW(attention(p));
+  // A bound past the packed length would size workspaces for rows that cannot exist (it wrapped
+  // size computations around before).
+  attention_params huge = p;
+  huge.max_seqlen_q = std::int64_t{1} << 62;
+  expect_invalid(huge, "max_seqlen_q/kv: larger than the packed length (8, 8)");
+  huge = p;
+  huge.max_seqlen_kv = 9;
+  expect_invalid(huge, "max_seqlen_q/kv: larger than the packed length");
+  // out (or lse) sharing memory with the offsets it is read by.
+  std::vector<float> buf(256);
+  std::int32_t* in_buf = reinterpret_cast<std::int32_t*>(buf.data());
+  std::copy(cu.begin(), cu.end(), in_buf);
+  attention_params alias = p;
+  alias.maybe_cu_seqlens_q = tensor_view::contiguous(in_buf, dtype::i32, {3});
+  alias.out = tensor_view::contiguous(buf.data(), dtype::f32, {8, 2, 16});
+  expect_invalid(alias, "out: memory overlaps cu_seqlens_q");
+  alias = p;
+  alias.maybe_cu_seqlens_kv = tensor_view::contiguous(in_buf, dtype::i32, {3});
+  alias.maybe_lse = tensor_view::contiguous(buf.data(), dtype::f32, {2, 8});
+  expect_invalid(alias, "lse: memory overlaps cu_seqlens_kv");
+}
+
+TEST(Errors, FloatRangeEnumsAndRunOptions) {
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  attention_params p = c.params;
+  p.softcap = 1e39;  // inf in the kernels' float
+  expect_invalid(p, "softcap: must be finite and >= 0 (0 disables it), within float's range");
+  p = c.params;
+  p.maybe_scale = -1e39;
+  expect_invalid(p, "scale: must be finite (within float's range");
+  p = c.params;
+  p.q.dtype = p.k.dtype = p.v.dtype = p.out.dtype = static_cast<dtype>(99);
+  expect_invalid(p, "q: dtype is not an attend::dtype value; got 99");
+  p = c.params;
+  p.layout = static_cast<layout>(7);
+  expect_invalid(p, "layout: must be bshd or bhsd");
+  p = c.params;
+  p.alignment = static_cast<alignment>(5);
+  expect_invalid(p, "alignment: must be top_left or bottom_right");
+
+  run_options o;
+  o.num_threads = -5;
+  EXPECT_THROW(attention(c.params, o), invalid_argument);
+  o.num_threads = 1 << 30;  // per-thread workspaces: terabytes
+  try {
+    attention(c.params, o);
+    ADD_FAILURE() << "num_threads = 2^30 was accepted";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("num_threads: must be between 0"), std::string::npos) << e.what();
+  }
+  o = {};
+  o.maybe_workspace = std::span<std::byte>(static_cast<std::byte*>(nullptr), std::size_t{1} << 20);
+  try {
+    attention(c.params, o);
+    ADD_FAILURE() << "a null workspace of 1 MiB was accepted";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("workspace: data is null"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Errors, ZeroLengthIsNotAnError) {
   test::dense_call empty_q(1, 0, 8, 2, 2, 16, 16);
   EXPECT_NO_THROW(attention(empty_q.params));
@@ -136,6 +207,14 @@ TEST(Errors, ZeroLengthIsNotAnError) {
   attention(no_keys.params);
   for (float x : no_keys.out) EXPECT_EQ(x, 0.0f);
   for (float l : no_keys.lse) EXPECT_EQ(l, -INFINITY);
+  // No query heads but some key/value heads: nothing to compute, on every backend (flash_cpu
+  // divided by the zero group size).
+  test::dense_call no_heads(1, 8, 8, 0, 2, 16, 16);
+  for (const char* name : {"reference", "flash_cpu", "unfused_cpu"}) {
+    run_options o;
+    o.select.name = name;
+    EXPECT_EQ(attention(no_heads.params, o), name);
+  }
 }
 
 TEST(Dlpack, RoundTripAndRejections) {

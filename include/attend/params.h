@@ -52,14 +52,16 @@ struct attention_params {
   tensor_view maybe_lse;   // empty: not requested
   tensor_view maybe_mask;  // empty: no mask
   attend::layout layout = attend::layout::bshd;
-  std::optional<double> maybe_scale;  // default 1 / sqrt(head_dim_qk)
+  std::optional<double> maybe_scale;  // default 1 / sqrt(head_dim_qk); finite, |scale| <= FLT_MAX
   bool causal = false;
   attend::alignment alignment = attend::alignment::top_left;
-  std::int64_t window_left = -1;   // -1: unbounded
+  std::int64_t window_left = -1;   // -1: unbounded (a bound past every key is the same band)
   std::int64_t window_right = -1;  // -1: unbounded
-  double softcap = 0.0;            // 0: off
+  double softcap = 0.0;            // 0: off; at most FLT_MAX (kernels compute in float)
   // Varlen: both set or neither. max_seqlen_* are required when the offsets live on a device the
-  // host cannot read (cuda); on the CPU they are computed when left at 0.
+  // host cannot read (cuda); on the CPU they are computed when left at 0. A given value must be
+  // at least the longest sequence (checked where the host can read the offsets) and at most the
+  // packed length (total_q / total_kv).
   tensor_view maybe_cu_seqlens_q;
   tensor_view maybe_cu_seqlens_kv;
   std::int64_t max_seqlen_q = 0;

@@ -64,13 +64,26 @@ std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std
   return {static_cast<std::byte*>(slot->data), bytes};
 }
 
+// Why 4096: more threads than any CPU has; per-thread workspaces scale with the count, so an
+// absurd value must be an error, not a terabyte allocation.
+constexpr int k_max_threads = 4096;
+
 }  // namespace
 
 void run_on(const backend& b, const problem& p, const run_options& options) {
+  if (options.num_threads < 0 || options.num_threads > k_max_threads)
+    throw invalid_argument("num_threads: must be between 0 (the default) and " + std::to_string(k_max_threads) +
+                           "; got " + std::to_string(options.num_threads));
+  if (options.maybe_workspace.data() == nullptr && !options.maybe_workspace.empty())
+    throw invalid_argument("workspace: data is null but its size is " + std::to_string(options.maybe_workspace.size()) +
+                           " bytes");
   diagnostics d;
   if (!b.supports(p, &d))
     throw unsupported("backend '" + std::string(b.name()) + "' does not support this call:",
                       {{std::string(b.name()), d.joined()}});
+  // Nothing to write (no output or LSE elements: no query heads, rows or value dims): the call is
+  // complete, and backends need not handle the degenerate sizes.
+  if (p.params.out.numel() == 0 && (p.params.maybe_lse.empty() || p.params.maybe_lse.numel() == 0)) return;
   const std::size_t bytes = b.workspace_bytes(p, options.num_threads);
   run_context ctx;
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;

@@ -61,6 +61,8 @@ std::string shape_string(const tensor_view& t) {
 
 // Rank, sizes, strides, pointer and alignment of one view; returns its element count.
 std::int64_t check_view(const tensor_view& t, const char* name) {
+  if (size_bytes(t.dtype) == 0)
+    fail(std::string(name) + ": dtype is not an attend::dtype value; got " + std::to_string(static_cast<int>(t.dtype)));
   if (t.rank < 1 || t.rank > tensor_view::k_max_rank)
     fail(std::string(name) + ": rank must be between 1 and 4; got " + std::to_string(t.rank));
   std::int64_t numel = 1;
@@ -192,6 +194,10 @@ problem make_problem(const attention_params& params) {
   if (has_cu_q != has_cu_kv)
     fail("cu_seqlens_q and cu_seqlens_kv: give both (varlen) or neither");
   p.is_varlen = has_cu_q;
+  if (a.layout != layout::bshd && a.layout != layout::bhsd)
+    fail("layout: must be bshd or bhsd; got the value " + std::to_string(static_cast<int>(a.layout)));
+  if (a.alignment != alignment::top_left && a.alignment != alignment::bottom_right)
+    fail("alignment: must be top_left or bottom_right; got the value " + std::to_string(static_cast<int>(a.alignment)));
 
   check_view(a.q, "q");
   check_view(a.k, "k");
@@ -234,7 +240,7 @@ problem make_problem(const attention_params& params) {
 
   p.num_heads_q = q.heads;
   p.num_heads_kv = k.heads;
-  p.group_size = k.heads > 0 ? q.heads / k.heads : 1;
+  p.group_size = k.heads > 0 && q.heads > 0 ? q.heads / k.heads : 1;  // no query heads: nothing to group
   p.head_dim_qk = q.dim;
   p.head_dim_v = v.dim;
   p.q = q.strides;
@@ -258,6 +264,7 @@ problem make_problem(const attention_params& params) {
       if (t->device != p.device)
         fail(std::string(name) + ": device must match q (" + to_string(p.device) + "); got " + to_string(t->device));
       if (t->strides[0] != 1 && t->sizes[0] > 1) fail(std::string(name) + ": must be contiguous");
+      if (overlaps(a.out, *t)) fail(std::string("out: memory overlaps ") + name);
     }
     if (a.maybe_cu_seqlens_q.sizes[0] != a.maybe_cu_seqlens_kv.sizes[0])
       fail("cu_seqlens_kv: must have as many entries as cu_seqlens_q (" +
@@ -268,6 +275,12 @@ problem make_problem(const attention_params& params) {
     p.maybe_cu_seqlens_q = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_q.data);
     p.maybe_cu_seqlens_kv = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_kv.data);
     if (a.max_seqlen_q < 0 || a.max_seqlen_kv < 0) fail("max_seqlen_q/kv: must be non-negative");
+    // No sequence is longer than its packed tensor; a larger bound would only size work and
+    // workspaces for rows that cannot exist.
+    if (a.max_seqlen_q > p.total_q || a.max_seqlen_kv > p.total_kv)
+      fail("max_seqlen_q/kv: larger than the packed length (" + std::to_string(p.total_q) + ", " +
+           std::to_string(p.total_kv) + "); got (" + std::to_string(a.max_seqlen_q) + ", " +
+           std::to_string(a.max_seqlen_kv) + ")");
     if (p.device.kind == device_kind::cpu) {
       const std::int64_t longest_q = check_offsets(p.maybe_cu_seqlens_q, p.batch + 1, p.total_q, "cu_seqlens_q");
       const std::int64_t longest_kv = check_offsets(p.maybe_cu_seqlens_kv, p.batch + 1, p.total_kv, "cu_seqlens_kv");
@@ -291,14 +304,26 @@ problem make_problem(const attention_params& params) {
   }
 
   // options
-  if (a.maybe_scale && !std::isfinite(*a.maybe_scale))
-    fail("scale: must be finite; got " + std::to_string(*a.maybe_scale));
+  // Kernels compute in float: a scale or softcap beyond float's range would be inf there.
+  constexpr double k_float_max = std::numeric_limits<float>::max();
+  if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max))
+    fail("scale: must be finite (within float's range, |scale| <= 3.4e38); got " + std::to_string(*a.maybe_scale));
   p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);
-  if (!(a.softcap >= 0.0) || !std::isfinite(a.softcap))
-    fail("softcap: must be finite and >= 0 (0 disables it); got " + std::to_string(a.softcap));
+  if (!(a.softcap >= 0.0) || !(a.softcap <= k_float_max))
+    fail("softcap: must be finite and >= 0 (0 disables it), within float's range (<= 3.4e38); got " + std::to_string(a.softcap));
   if (a.window_left < -1 || a.window_right < -1)
     fail("window: bounds must be >= 0, or -1 for unbounded; got (" + std::to_string(a.window_left) + ", " +
          std::to_string(a.window_right) + ")");
+  // A bound past every key of every row is the same band as one just past them: clamp there, so
+  // band arithmetic (key_band_of: diagonal +- bound) cannot overflow. The feature stays `window`.
+  {
+    std::int64_t reach = 0;
+    if (__builtin_add_overflow(p.is_varlen ? p.total_q : p.seqlen_q, p.is_varlen ? p.total_kv : p.seqlen_kv, &reach) ||
+        reach > (std::int64_t{1} << 61))
+      reach = std::int64_t{1} << 61;
+    p.params.window_left = std::min(a.window_left, reach + 1);
+    p.params.window_right = std::min(a.window_right, reach + 1);
+  }
 
   // lse
   if (!a.maybe_lse.empty()) {
@@ -323,7 +348,8 @@ problem make_problem(const attention_params& params) {
       p.lse_seq_stride = l.strides[2];
     }
     check_no_self_overlap(l, "lse");
-    for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_mask, "mask"}})
+    for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_mask, "mask"},
+                           {&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}})
       if (!t->empty() && overlaps(l, *t)) fail(std::string("lse: memory overlaps ") + name);
     p.maybe_lse = static_cast<float*>(l.data);
   }

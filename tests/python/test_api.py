@@ -155,6 +155,28 @@ def test_varlen_errors():
     expect(ValueError, r"^q: varlen tensors must be packed", attend.attention, q[None], k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k)
     expect(TypeError, r"^max_seqlen_q: must be an int", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2.5)
     expect(ValueError, r"max_seqlen_q/k: smaller than the longest sequence", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2)
+    # Past the packed length: it wrapped workspace sizes around (a crash or a wrong answer) before.
+    expect(ValueError, r"max_seqlen_q/k: larger than the packed length", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2**62)
+    buf = np.zeros(10 * 2 * 8, np.float32)
+    cu_in_out = buf[:3].view(np.int32)
+    cu_in_out[:] = cu_q
+    expect(ValueError, r"out: memory overlaps cu_seqlens_q", attend.attention, q, k, k, cu_seqlens_q=cu_in_out, cu_seqlens_k=cu_k, out=buf.reshape(10, 2, 8))
+
+
+def test_degenerate_sizes_and_huge_bounds(small_qkv):
+    q, k, v = small_qkv
+    # No query heads, some key/value heads: an empty result on every CPU backend (flash_cpu
+    # divided by zero here before).
+    q0 = np.zeros(q.shape[:2] + (0, q.shape[3]), np.float32)
+    for name in ("reference", "flash_cpu", "unfused_cpu"):
+        assert attend.attention(q0, k, v, backend=name).shape == q0.shape
+    # A window bound past every key is no bound (it overflowed the band arithmetic before).
+    want = attend.attention(q, k, v, backend="reference")
+    for name in ("reference", "flash_cpu", "unfused_cpu"):
+        got = attend.attention(q, k, v, window=(None, 2**63 - 1), backend=name)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    expect(ValueError, r"^softcap: must be finite and >= 0", attend.attention, q, k, v, softcap=1e39)
+    expect(ValueError, r"^scale: must be finite", attend.attention, q, k, v, scale=1e300)
 
 
 def test_unsupported_error_lists_every_backend(small_qkv):
@@ -297,6 +319,10 @@ def test_forward_context_bad_values():
     expect(TypeError, r"forward_context: value of 'cfg' must be int, float, bool or str; got dict", attend.forward_context(cfg={}).__enter__)
     expect(TypeError, r"forward_context: layer must be an int", attend.forward_context(layer=1.5).__enter__)
     expect(TypeError, r"forward_context: timestep must be a real number", attend.forward_context(timestep="x").__enter__)
+    # Out of range: a ValueError on entering the scope, not a RuntimeError or OverflowError later.
+    expect(ValueError, r"forward_context: layer does not fit in 64 bits", attend.forward_context(layer=2**70).__enter__)
+    expect(ValueError, r"forward_context: timestep does not fit a float", attend.forward_context(timestep=10**400).__enter__)
+    expect(ValueError, r"forward_context: value of 'big' does not fit in 64 bits", attend.forward_context(big=-(2**63) - 1).__enter__)
 
 
 def test_forward_context_is_per_thread():
