@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <thread>
 
 #include "test_helpers.h"
@@ -57,6 +59,95 @@ class off_by_a_bit final : public test::cpu_backend {
  private:
   double delta_;
 };
+
+// Runs `p` on backend `name` and returns (out, lse).
+std::pair<std::vector<float>, std::vector<float>> run_named(const std::string& name, test::dense_call& c,
+                                                            const attention_params& p) {
+  run_options o;
+  o.select.name = name;
+  std::fill(c.out.begin(), c.out.end(), -7.0f);  // a stale value no backend writes
+  std::fill(c.lse.begin(), c.lse.end(), -7.0f);
+  EXPECT_EQ(attention(p, o), name);
+  return {c.out, c.lse};
+}
+
+bool close_or_both_nan(float got, float want, float tol) {
+  if (std::isnan(want)) return std::isnan(got);
+  if (std::isinf(want)) return got == want;
+  return std::abs(got - want) <= tol;
+}
+
+// A window bound past every key is no bound: the band arithmetic must not overflow (2^63 - 1
+// wrapped the diagonal's sum before make_problem clamped it), on every CPU backend.
+TEST_P(EveryCpuBackend, HugeWindowBoundsAreUnbounded) {
+  test::dense_call c(2, 9, 6, 2, 1, 16, 16, test::test_seed());
+  for (int variant = 0; variant < 3; ++variant) {
+    attention_params wide = c.params, plain = c.params;
+    if (variant == 0) wide.window_right = std::numeric_limits<std::int64_t>::max();
+    if (variant == 1) wide.window_left = std::numeric_limits<std::int64_t>::max(), wide.window_right = 3, plain.window_right = 3;
+    if (variant == 2) {  // bottom-right, Sq > Skv: diagonals start below key 0
+      wide.alignment = plain.alignment = alignment::bottom_right;
+      wide.window_left = std::numeric_limits<std::int64_t>::max() - 1;
+      wide.window_right = plain.window_right = 2;
+    }
+    const auto want = run_named(GetParam(), c, plain);
+    const auto got = run_named(GetParam(), c, wide);
+    for (std::size_t i = 0; i < want.first.size(); ++i)
+      ASSERT_TRUE(close_or_both_nan(got.first[i], want.first[i], 1e-5f)) << "variant " << variant << " out[" << i << "]";
+    for (std::size_t i = 0; i < want.second.size(); ++i)
+      ASSERT_TRUE(close_or_both_nan(got.second[i], want.second[i], 1e-5f)) << "variant " << variant << " lse[" << i << "]";
+  }
+}
+
+// A +inf score (an inf in q, or q·k past float's range under a large scale) makes its row NaN,
+// as in the reference, never "saw nothing" (zeros, -inf): flash_cpu returned zeros for both.
+TEST_P(EveryCpuBackend, InfiniteScoresGiveNaNRowsNotZeros) {
+  test::dense_call c(1, 5, 7, 2, 2, 16, 16, test::test_seed());
+  for (std::int64_t d = 0; d < c.d; ++d) c.k[static_cast<std::size_t>((3 * c.hkv + 1) * c.d + d)] = 1.0f;  // key 3, head 1: positive
+  c.q[static_cast<std::size_t>((2 * c.hq + 1) * c.d)] = std::numeric_limits<float>::infinity();  // row 2, head 1
+  const auto r = run_named(GetParam(), c, c.params);
+  for (std::int64_t i = 0; i < c.sq; ++i)
+    for (std::int64_t h = 0; h < c.hq; ++h) {
+      const bool want_nan = i == 2 && h == 1;
+      EXPECT_EQ(std::isnan(r.first[static_cast<std::size_t>((i * c.hq + h) * c.dv)]), want_nan) << "row " << i << " head " << h;
+      EXPECT_EQ(std::isnan(r.second[static_cast<std::size_t>(h * c.sq + i)]), want_nan) << "row " << i << " head " << h;
+    }
+  // Scores of about 1e38 x 16 overflow float: rows are NaN or right, never zeros.
+  test::dense_call big(1, 4, 4, 1, 1, 16, 16, test::test_seed() + 1);
+  attention_params p = big.params;
+  p.maybe_scale = 1e38;
+  const auto ref = run_named("reference", big, p);
+  const auto got = run_named(GetParam(), big, p);
+  for (std::int64_t i = 0; i < big.sq; ++i) {
+    const float* row = got.first.data() + i * big.dv;
+    const bool nan_row = std::isnan(row[0]);
+    for (std::int64_t d = 0; d < big.dv; ++d) {
+      const float want = ref.first[static_cast<std::size_t>(i * big.dv + d)];
+      EXPECT_TRUE(nan_row ? std::isnan(row[d]) : std::abs(row[d] - want) <= 1e-4f)
+          << "row " << i << " dim " << d << ": " << row[d] << ", reference " << want;
+    }
+  }
+}
+
+// Note [Flash masked non-finite V]: NaN in V at a key a row gives no weight (causal) stays out of
+// that row on every CPU backend; unfused_cpu's SGEMM P·V carried 0 x NaN into every row.
+TEST_P(EveryCpuBackend, NonFiniteValuesAtUnseenKeysStayOut) {
+  test::dense_call c(1, 12, 12, 2, 1, 16, 8, test::test_seed());
+  c.v[static_cast<std::size_t>(7 * c.dv + 2)] = std::numeric_limits<float>::quiet_NaN();  // key 7
+  c.v[static_cast<std::size_t>(9 * c.dv + 5)] = std::numeric_limits<float>::infinity();   // key 9
+  attention_params p = c.params;
+  p.causal = true;
+  const auto ref = run_named("reference", c, p);
+  const auto got = run_named(GetParam(), c, p);
+  int finite = 0, nan = 0;
+  for (std::size_t i = 0; i < ref.first.size(); ++i) {
+    EXPECT_TRUE(close_or_both_nan(got.first[i], ref.first[i], 1e-4f)) << "out[" << i << "] = " << got.first[i]
+                                                                     << ", reference " << ref.first[i];
+    (std::isnan(ref.first[i]) ? nan : finite)++;
+  }
+  EXPECT_GT(finite, 7 * 2 * 8 - 1);  // rows 0-6 see neither key
+  EXPECT_GT(nan, 0);
+}
 
 TEST(Harness, CatchesOneWrongElement) {
   testing::case_spec spec;

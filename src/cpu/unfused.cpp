@@ -21,14 +21,48 @@ namespace {
 constexpr std::size_t k_max_workspace_bytes = std::size_t{8} << 30;
 
 struct panel_sizes {
-  std::size_t q, k, v, s, o;  // floats
-  std::size_t total_bytes() const { return (q + k + v + s + o) * sizeof(float); }
+  std::size_t q = 0, k = 0, v = 0, s = 0, o = 0;  // floats
+  bool overflow = false;                         // a size does not fit size_t
+  std::size_t total_bytes() const {
+    std::size_t n = 0;
+    for (std::size_t x : {q, k, v, s, o})
+      if (__builtin_add_overflow(n, x, &n)) return SIZE_MAX;
+    return overflow || __builtin_mul_overflow(n, sizeof(float), &n) ? SIZE_MAX : n;
+  }
 };
 
 panel_sizes sizes_for(const problem& p) {
   const auto sq = static_cast<std::size_t>(p.seqlen_q), sk = static_cast<std::size_t>(p.seqlen_kv);
   const auto dqk = static_cast<std::size_t>(p.head_dim_qk), dv = static_cast<std::size_t>(p.head_dim_v);
-  return {sq * dqk, sk * dqk, sk * dv, sq * sk, sq * dv};
+  panel_sizes n;
+  n.overflow = __builtin_mul_overflow(sq, dqk, &n.q) || __builtin_mul_overflow(sk, dqk, &n.k) ||
+               __builtin_mul_overflow(sk, dv, &n.v) || __builtin_mul_overflow(sq, sk, &n.s) ||
+               __builtin_mul_overflow(sq, dv, &n.o);
+  return n;
+}
+
+// Note [Flash masked non-finite V] (flash_cpu) applies here too: SGEMM's P·V would carry 0 x NaN
+// (or Inf) from a key a row gives no weight into that row. When V's panel holds a non-finite
+// value (garbage in masked KV-cache slots), P·V skips P = 0 terms, as the reference does.
+bool has_non_finite(const float* panel, std::int64_t count) {
+  bool bad = false;
+  for (std::int64_t i = 0; i < count; ++i) bad |= !std::isfinite(panel[i]);
+  return bad;
+}
+
+void guarded_pv(const float* pw, const float* vp, float* op, std::int64_t lq, std::int64_t lk, std::int64_t dv,
+                int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (std::int64_t i = 0; i < lq; ++i) {
+    float* o = op + i * dv;
+    std::fill(o, o + dv, 0.0f);
+    for (std::int64_t j = 0; j < lk; ++j) {
+      const float w = pw[i * lk + j];
+      if (w == 0.0f) continue;
+      const float* v = vp + j * dv;
+      for (std::int64_t d = 0; d < dv; ++d) o[d] += w * v[d];
+    }
+  }
 }
 
 // Copies rows [0, rows) × dims of a strided tensor into a dense fp32 panel. The dtype switch is
@@ -88,6 +122,7 @@ class unfused_backend final : public backend {
     float* of = sf + n.s;
     const attention_params& a = p.params;
     const std::int64_t dqk = p.head_dim_qk, dv = p.head_dim_v;
+    bool v_non_finite = false;
 
     for (std::int64_t b = 0; b < p.batch; ++b) {
       const std::int64_t lq = p.len_q(b), lk = p.len_kv(b);
@@ -100,6 +135,7 @@ class unfused_backend final : public backend {
         if (h % p.group_size == 0) {
           gather(a.k.data, p.dtype, b * p.k.batch + k0 * p.k.seq + hk * p.k.head, p.k.seq, p.k.dim, lk, dqk, kf, threads);
           gather(a.v.data, p.dtype, b * p.v.batch + k0 * p.v.seq + hk * p.v.head, p.v.seq, p.v.dim, lk, dv, vf, threads);
+          v_non_finite = has_non_finite(vf, lk * dv);
         }
         if (lk > 0 && dqk > 0)
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(lq), static_cast<int>(lk),
@@ -108,7 +144,9 @@ class unfused_backend final : public backend {
         else
           std::fill(sf, sf + lq * lk, 0.0f);
         softmax_rows(p, b, h, lq, lk, sf, threads);
-        if (lk > 0 && dv > 0)
+        if (lk > 0 && dv > 0 && v_non_finite)
+          guarded_pv(sf, vf, of, lq, lk, dv, threads);
+        else if (lk > 0 && dv > 0)
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(lq), static_cast<int>(dv),
                       static_cast<int>(lk), 1.0f, sf, static_cast<int>(lk), vf, static_cast<int>(dv), 0.0f, of,
                       static_cast<int>(dv));
@@ -124,6 +162,9 @@ class unfused_backend final : public backend {
 
  protected:
   bool check_limits(const problem& p, diagnostics& diag) const override {
+    constexpr std::int64_t int_max = std::numeric_limits<int>::max();  // SGEMM's dimensions are int
+    if (p.seqlen_q > int_max || p.seqlen_kv > int_max || p.head_dim_qk > int_max || p.head_dim_v > int_max)
+      diag.reject("sequence lengths and head dims must fit SGEMM's int dimensions (<= 2^31 - 1)");
     const std::size_t bytes = workspace_bytes(p, 0);
     if (bytes > k_max_workspace_bytes)
       diag.reject("materialised scores and panels must fit in " + std::to_string(k_max_workspace_bytes >> 30) +

@@ -679,13 +679,15 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
   }
 
   // Finalise: out = O / l, lse = (m + log2 l) · ln 2; NaN rows NaN; rows that saw nothing 0, -inf.
+  // A row whose largest score is +inf (an inf input, a +inf additive mask, or scores past float's
+  // range) is NaN as in the reference: its weights are inf / inf, not "nothing seen".
   for (std::int64_t hh = 0; hh < it.hk_count; ++hh) {
     const head_part hp = head_part_at(c, scratch, hh);
     const std::int64_t hk = it.hk + hh;
     for (std::int64_t m = 0; m < rows; ++m) {
       const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs;
       const float l = hp.rs.sum[m];
-      const bool is_nan = hp.rs.nan[m] != 0.0f || l != l;
+      const bool is_nan = hp.rs.nan[m] != 0.0f || l != l || hp.rs.max_log2[m] == -k_neg_inf;
       const bool empty = !is_nan && !(l > 0.0f);
       const float inv = is_nan ? k_nan : empty ? 0.0f : 1.0f / l;
       const float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
