@@ -160,11 +160,26 @@ def _cuda_stream(q: Array) -> int:
     return 0  # the default stream
 
 
+def _int64(x: int, what: str) -> int:
+    """x as an int, or ValueError naming `what` when it does not fit attend's 64-bit ints."""
+    if not -(2**63) <= int(x) < 2**63:
+        raise ValueError(f"{what} does not fit in 64 bits; got {x!r}")
+    return int(x)
+
+
+def _real(x: Any, what: str) -> float:
+    """x as a float, or ValueError naming `what` when it is past float's range (a huge int)."""
+    try:
+        return float(x)
+    except OverflowError:
+        raise ValueError(f"{what} does not fit a float; got {x!r}") from None
+
+
 def _max_seqlen(given: Optional[int], cu_seqlens: Optional[Array], on_host: bool, name: str) -> int:
     if given is not None:
         if isinstance(given, bool) or not isinstance(given, numbers.Integral):
             raise TypeError(f"{name}: must be an int or None; got {given!r}")
-        return int(given)
+        return _int64(given, name + ":")
     if on_host or cu_seqlens is None:
         return 0  # attend reads host offsets itself
     # Device offsets: the kernels need the longest sequence up front (one device sync).
@@ -178,7 +193,7 @@ def _bound(x: Any, side: str) -> int:
         return -1
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"window: the {side} bound must be an int (-1 or None: unbounded); got {x!r}")
-    return int(x)
+    return _int64(x, f"window: the {side} bound")
 
 
 def _window(window: Optional[Tuple[Optional[int], Optional[int]]]) -> Tuple[int, int]:
@@ -192,6 +207,8 @@ def _window(window: Optional[Tuple[Optional[int], Optional[int]]]) -> Tuple[int,
 def _selection(backend: str) -> _Scoped:
     if not isinstance(backend, str):
         raise TypeError(f"backend: must be a str (a backend name, 'auto' or 'measure'); got {backend!r}")
+    if not backend:
+        raise ValueError("backend: the name is empty; give a backend name, 'auto' or 'measure'")
     if backend == "auto":
         scoped = _backend_var.get()
         if scoped is not None:
@@ -220,6 +237,13 @@ def _prepare(
     max_seqlen_k: Optional[int],
 ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """Positional and keyword arguments of _attend.attention / _attend.explain."""
+    for x, what in ((q, "q"), (k, "k"), (v, "v"), (out, "out")):
+        if x is None and what != "out":
+            raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
+        # numpy dtypes DLPack cannot carry (object, structured, non-native byte order) would only
+        # be reported as "not an array".
+        if isinstance(x, np.ndarray) and (x.dtype.kind not in "fiub" or not x.dtype.isnative):
+            raise TypeError(f"{what}: dtype must be float32, float16 or bfloat16 (native byte order); got {x.dtype}")
     if not isinstance(layout, str):
         raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
     if not isinstance(causal_align, str):
@@ -240,12 +264,12 @@ def _prepare(
     args = (q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k)
     kwargs: Dict[str, Any] = dict(
         layout=layout,
-        scale=None if scale is None else float(scale),
+        scale=None if scale is None else _real(scale, "scale:"),
         causal=bool(causal),
         causal_align=causal_align,
         window_left=window_left,
         window_right=window_right,
-        softcap=float(softcap),
+        softcap=_real(softcap, "softcap:"),
         max_seqlen_q=_max_seqlen(max_seqlen_q, cu_seqlens_q, on_host, "max_seqlen_q"),
         max_seqlen_k=_max_seqlen(max_seqlen_k, cu_seqlens_k, on_host, "max_seqlen_k"),
         backend=name,
@@ -431,11 +455,17 @@ def use_backend(name: Union[str, Sequence[str]]) -> Iterator[None]:
     ``backend=`` argument still wins. Unknown names raise ValueError on entry.
     """
     known = list(_attend.backend_names())
+    if not isinstance(name, (str, Sequence)) or isinstance(name, bytes):
+        raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}")
     names = [name] if isinstance(name, str) else list(name)
     if not names or not all(isinstance(n, str) for n in names):
         raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}")
     for n in names:
-        if n not in known and not (isinstance(name, str) and n in ("auto", "measure")):
+        if isinstance(name, str) and n in ("auto", "measure"):
+            continue
+        if n in ("auto", "measure"):
+            raise ValueError(f"use_backend: a list names backends to choose among; {n!r} is a single choice, not a backend")
+        if n not in known:
             raise ValueError(f"use_backend: unknown backend {n!r}; known: {', '.join(known)}, auto, measure")
     scoped: _Scoped = (name, ()) if isinstance(name, str) else ("auto", tuple(names))
     token = _backend_var.set(scoped)

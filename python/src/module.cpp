@@ -451,7 +451,13 @@ nb::dict tolerance(const std::string& dtype_name) {
 // outputs like an input it has no library-specific knowledge of.
 nb::tuple describe(nb::handle array, const std::string& name) {
   imported keep;
-  const attend::tensor_view v = keep.input(array, name, role::any);
+  // The role the Python layer probes the array for, so a dtype error names what that argument takes.
+  const role r = name == "q" || name == "k" || name == "v" || name == "out" ? role::floating
+                 : name == "mask"                                           ? role::mask
+                 : name == "lse"                                            ? role::lse
+                 : name.rfind("cu_seqlens", 0) == 0                         ? role::offsets
+                                                                            : role::any;
+  const attend::tensor_view v = keep.input(array, name, r);
   nb::list shape;
   for (int i = 0; i < v.rank; ++i) shape.append(v.sizes[static_cast<std::size_t>(i)]);
   return nb::make_tuple(nb::tuple(shape), python_dtype_name(v.dtype),

@@ -235,6 +235,23 @@ def test_use_backend_allow_list(small_qkv):
 def test_use_backend_unknown_name():
     expect(ValueError, r"use_backend: unknown backend 'nope'; known: .*reference", attend.use_backend("nope").__enter__)
     expect(TypeError, r"use_backend: expected a backend name", attend.use_backend([]).__enter__)
+    expect(TypeError, r"use_backend: expected a backend name or a list of names; got 3", attend.use_backend(3).__enter__)
+    expect(ValueError, r"use_backend: a list names backends to choose among; 'auto' is a single choice", attend.use_backend(["auto"]).__enter__)
+
+
+def test_argument_errors_name_the_argument(small_qkv):
+    q, k, v = small_qkv
+    expect(TypeError, r"^q: expected an array .*; got None", attend.attention, None, k, v)
+    expect(TypeError, r"^v: expected an array .*; got None", attend.attention, q, k, None)
+    # Arrays of dtypes DLPack cannot carry say so, instead of "expected an ndarray; got ndarray".
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got object", attend.attention, q.astype(object), k, v)
+    expect(TypeError, r"^k: dtype must be float32, float16 or bfloat16 \(native byte order\); got >f4", attend.attention, q, k.astype(">f4"), v)
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got uint8", attend.attention, bytearray(64), k, v)
+    # Python ints past 64 bits and floats past float's range: ValueErrors naming the argument.
+    expect(ValueError, r"^window: the left bound does not fit in 64 bits", attend.attention, q, k, v, window=(2**63, 0))
+    expect(ValueError, r"^scale: does not fit a float", attend.attention, q, k, v, scale=10**400)
+    expect(ValueError, r"^backend: the name is empty", attend.attention, q, k, v, backend="")
+    expect(ValueError, r"^plugin: the path is empty", attend.load_plugin, "")
 
 
 def test_use_backend_is_per_thread(small_qkv):
