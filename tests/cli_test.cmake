@@ -39,6 +39,21 @@ expect_exit(2 explain --bogus)
 expect_exit(2 explain --heads-q 6 --heads-kv 4)
 expect_match("${last_err}" "multiple of key/value heads")
 expect_exit(2 bench --backend nope)
+# Unknown or empty backend names are usage errors for every command (explain said "no backend
+# can run this call", exit 1), and so are non-finite numbers and an empty plugin path.
+expect_exit(2 explain --backend nope)
+expect_match("${last_err}" "^attend: --backend: unknown backend 'nope' \\(see attend list\\)\n$")
+expect_exit(2 explain --allow reference,nope)
+expect_match("${last_err}" "^attend: --allow: unknown backend 'nope'")
+expect_exit(2 explain --deny=)
+expect_exit(2 explain --backend=)
+expect_match("${last_err}" "^attend: --backend: a backend name is empty\n$")
+expect_exit(2 bench --min-time nan --reps 1)
+expect_match("${last_err}" "^attend: --min-time expects a finite number; got 'nan'\n$")
+expect_exit(2 list --plugin=)
+expect_match("${last_err}" "^attend: plugin: the path is empty\n$")
+# No query heads: an empty problem, timed as such (it died of a division by zero before).
+expect_exit(0 bench --heads-q 0 --heads-kv 2 --seqlen 16 --head-dim 16 --dtype f32 --reps 1 --min-time 0 --backend flash_cpu)
 # A small check and bench run end to end.
 expect_exit(0 bench --seqlen 64 --heads 2 --head-dim 32 --dtype f32 --min-time 0 --reps 1)
 expect_match("${last_out}" "GFLOP/s")

@@ -189,6 +189,9 @@ bool valid_name(const char* name) {
 }  // namespace
 
 std::shared_ptr<const backend> load_plugin(const std::string& path) {
+  // dlopen("") is the running program itself, and a NUL would cut the path short.
+  if (path.empty()) throw invalid_argument("plugin: the path is empty");
+  if (path.find('\0') != std::string::npos) throw invalid_argument("plugin: the path contains a NUL byte");
   dlerror();
   void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {

@@ -2,6 +2,10 @@
 #include <cstdio>
 #include <exception>
 #include <iostream>
+#include <new>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "attend/registry.h"
 #include "commands.h"
@@ -22,6 +26,19 @@ int main(int argc, char** argv) {
         throw usage_error(e.what());
       }
     }
+    // Every backend name given must name one (after plugins loaded): an unknown or empty name is a
+    // usage error, the same for every command, not "no backend can run this call".
+    auto check_names = [](const std::string& flag, const std::vector<std::string>& names, bool choices) {
+      for (const std::string& n : names)
+        if (!(choices && (n == "auto" || n == "measure")) && !attend::registry::global().find(n))
+          throw usage_error(flag + ": unknown backend '" + n + "' (see attend list)");
+    };
+    std::vector<std::string> backends;
+    std::stringstream list(o.backend);
+    for (std::string n; std::getline(list, n, ',');) backends.push_back(n);
+    check_names("--backend", backends, true);
+    check_names("--allow", o.allow, false);
+    check_names("--deny", o.deny, false);
     if (o.command == "list") return run_list(o);
     if (o.command == "explain") return run_explain(o);
     if (o.command == "check") return run_check(o);
@@ -38,6 +55,9 @@ int main(int argc, char** argv) {
   } catch (const attend::invalid_argument& e) {
     std::cerr << "attend: invalid call: " << e.what() << '\n';
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::cerr << "attend: out of memory: this call's tensors or workspace do not fit (std::bad_alloc)\n";
+    return 1;
   } catch (const std::exception& e) {
     std::cerr << "attend: error: " << e.what() << '\n';
     return 1;

@@ -1,6 +1,7 @@
 #include "options.h"
 
 #include <charconv>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <sstream>
@@ -27,6 +28,7 @@ double to_real(const std::string& flag, const std::string& text) {
     used = 0;
   }
   if (used != text.size() || text.empty()) throw usage_error(flag + " expects a number; got '" + text + "'");
+  if (!std::isfinite(value)) throw usage_error(flag + " expects a finite number; got '" + text + "'");
   return value;
 }
 
@@ -122,9 +124,20 @@ const std::vector<flag_spec>& flags() {
       {"--varlen-kv", "L1,L2,...", "key lengths of a variable-length batch",
        [](cli_options& o, const std::string& v) { o.varlen_kv = to_lengths("--varlen-kv", v); }},
       {"--backend", "NAME", "backend name, auto or measure (bench/check: comma-separated list)",
-       [](cli_options& o, const std::string& v) { o.backend = v; }},
-      {"--allow", "A,B", "consider only these backends", [](cli_options& o, const std::string& v) { o.allow = split(v, ','); }},
-      {"--deny", "A,B", "never these backends", [](cli_options& o, const std::string& v) { o.deny = split(v, ','); }},
+       [](cli_options& o, const std::string& v) {
+         if (v.empty() || v.back() == ',') throw usage_error("--backend: a backend name is empty");
+         o.backend = v;
+       }},
+      {"--allow", "A,B", "consider only these backends",
+       [](cli_options& o, const std::string& v) {
+         if (v.empty()) throw usage_error("--allow: give at least one backend name");
+         o.allow = split(v, ',');
+       }},
+      {"--deny", "A,B", "never these backends",
+       [](cli_options& o, const std::string& v) {
+         if (v.empty()) throw usage_error("--deny: give at least one backend name");
+         o.deny = split(v, ',');
+       }},
       {"--plugin", "PATH", "load a backend from a shared library (attend/plugin.h); repeatable",
        [](cli_options& o, const std::string& v) { o.plugins.push_back(v); }},
       {"--threads", "N", "CPU threads (default OMP_NUM_THREADS or all cores)",
