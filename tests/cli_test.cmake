@@ -52,6 +52,21 @@ expect_exit(2 bench --min-time nan --reps 1)
 expect_match("${last_err}" "^attend: --min-time expects a finite number; got 'nan'\n$")
 expect_exit(2 list --plugin=)
 expect_match("${last_err}" "^attend: plugin: the path is empty\n$")
+# Flags a command would ignore, and --allow/--deny on the commands that run lists, are honoured
+# or refused: never silently dropped.
+expect_exit(2 demo --seqlen 5)
+expect_match("${last_err}" "^attend: --seqlen does not apply to demo \\(see attend --help\\)\n$")
+expect_exit(2 check --dtype f32)
+expect_exit(2 explain --threads 2)
+expect_exit(2 check --quick --allow unfused_cpu --deny unfused_cpu)
+expect_match("${last_err}" "^attend: no backend left to run after --backend, --allow and --deny\n$")
+expect_exit(0 check --quick --allow unfused_cpu --seed 3)
+expect_match("${last_out}" "unfused_cpu")
+if("${last_out}" MATCHES "flash_cpu")
+  message(FATAL_ERROR "check --allow unfused_cpu ran flash_cpu:\n${last_out}")
+endif()
+expect_exit(2 bench --backend measure --reps 1)
+expect_match("${last_err}" "^attend: --backend: measure picks one backend per call")
 # No query heads: an empty problem, timed as such (it died of a division by zero before).
 expect_exit(0 bench --heads-q 0 --heads-kv 2 --seqlen 16 --head-dim 16 --dtype f32 --reps 1 --min-time 0 --backend flash_cpu)
 # A small check and bench run end to end.

@@ -217,6 +217,23 @@ TEST(Errors, ZeroLengthIsNotAnError) {
   }
 }
 
+TEST(Errors, MalformedMaskViewBeforeAnyUse) {
+  // The out-overlap test read the mask's sizes and strides before they were checked (rank 50:
+  // past the arrays; INT64_MAX strides: signed overflow).
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  std::vector<float> mask(64);
+  attention_params p = c.params;
+  p.maybe_mask = tensor_view::contiguous(mask.data(), dtype::f32, {8, 8});
+  p.maybe_mask.rank = 50;
+  expect_invalid(p, "mask: rank must be between 1 and 4");
+  p.maybe_mask = tensor_view::contiguous(mask.data(), dtype::f32, {8, 8});
+  p.maybe_mask.strides[0] = std::numeric_limits<std::int64_t>::max();
+  expect_invalid(p, "mask: offsets overflow 64 bits");
+  p = c.params;
+  p.softcap = 1e-300;  // 0 (off) in float: silently no softcap on flash_cpu before
+  expect_invalid(p, "softcap: must be 0 (off) or at least 1.2e-38");
+}
+
 TEST(Dlpack, RoundTripAndRejections) {
   std::vector<float> data(2 * 3 * 4 * 5);
   std::int64_t shape[4] = {2, 3, 4, 5}, strides[4] = {60, 1, 15, 3};  // a permuted view
@@ -244,6 +261,15 @@ TEST(Dlpack, RoundTripAndRejections) {
   t.dtype = {kDLFloat, 32, 1};
   t.device = {kDLROCM, 0};
   EXPECT_THROW(from_dlpack(t), invalid_argument);
+  // A null shape, or compact strides past 64 bits, are errors (a SEGV and a signed overflow before).
+  DLTensor no_shape = t;
+  no_shape.shape = nullptr;
+  EXPECT_THROW(from_dlpack(no_shape), invalid_argument);
+  std::int64_t huge[4] = {std::int64_t{1} << 40, std::int64_t{1} << 40, 1, 1};
+  DLTensor overflowing = t;
+  overflowing.shape = huge;
+  overflowing.strides = nullptr;
+  EXPECT_THROW(from_dlpack(overflowing), invalid_argument);
 }
 
 }  // namespace

@@ -103,6 +103,29 @@ TEST(Merge, NamesTheBadArgument) {
   EXPECT_NE(message([&] { merge_partials(one, std::vector<tensor_view>{bad_lse}, out); }).find("lses[0] must be"),
             std::string::npos);
   EXPECT_NE(message([&] { merge_partials(one, lse1, out, bad_lse); }).find("lse must be"), std::string::npos);
+
+  // Malformed views are errors before anything reads them (rank 50 was read past the arrays;
+  // misaligned pointers were dereferenced; a stride-0 out or an lse inside out's memory
+  // corrupted the result).
+  tensor_view rank50 = out;
+  rank50.rank = 50;
+  EXPECT_NE(message([&] { merge_partials(one, lse1, rank50); }).find("out: rank must be between 1 and 4"), std::string::npos);
+  EXPECT_NE(message([&] { merge_partials(std::vector<tensor_view>{rank50}, lse1, out); }).find("outs[0]: rank"),
+            std::string::npos);
+  tensor_view misaligned = out;
+  misaligned.data = reinterpret_cast<char*>(o.data()) + 1;
+  EXPECT_NE(message([&] { merge_partials(one, lse1, misaligned); }).find("must be aligned"), std::string::npos);
+  std::vector<float> o3(o.size());
+  tensor_view flat = tensor_view::contiguous(o3.data(), dtype::f32, {2, 3, 4, 5});
+  flat.strides[1] = 0;
+  EXPECT_NE(message([&] { merge_partials(one, lse1, flat); }).find("strides make elements overlap"), std::string::npos);
+  const tensor_view out3 = tensor_view::contiguous(o3.data(), dtype::f32, {2, 3, 4, 5});
+  const tensor_view lse_in_out = tensor_view::contiguous(o3.data(), dtype::f32, {2, 4, 3});
+  EXPECT_NE(message([&] { merge_partials(one, lse1, out3, lse_in_out); }).find("lse: memory overlaps out"),
+            std::string::npos);
+  tensor_view negative = out;
+  negative.sizes[0] = -2;
+  EXPECT_NE(message([&] { merge_partials(one, lse1, negative); }).find("sizes must be non-negative"), std::string::npos);
 }
 
 }  // namespace

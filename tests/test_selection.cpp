@@ -149,7 +149,7 @@ TEST(Selection, MeasureTimesCandidatesOnceAndCaches) {
   fixture f;
   test::dense_call c(1, 64, 64, 2, 2, 64, 64);
   const std::string first = attention(c.params, f.opts("measure"));
-  EXPECT_FALSE(f.r.measured(registry::signature(make_problem(c.params))).empty());
+  EXPECT_FALSE(f.r.measured(registry::measure_key(make_problem(c.params), {})).empty());
   const int runs_after_first = f.fast->runs;
   const std::string second = attention(c.params, f.opts("measure"));
   EXPECT_EQ(first, second);
@@ -158,6 +158,26 @@ TEST(Selection, MeasureTimesCandidatesOnceAndCaches) {
   std::vector<float> got = c.out;
   attention(c.params, f.opts("reference"));
   for (std::size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], c.out[i], 1e-4);
+}
+
+// The winner among an allow list is not the winner for every call of that shape: the cache is
+// keyed by the lists too (a measure with allow = {reference} made later unrestricted measures run
+// the reference).
+TEST(Selection, MeasureCacheIsPerAllowAndDenyList) {
+  fixture f;
+  test::dense_call c(1, 64, 64, 2, 2, 64, 64);
+  auto only_ref = f.opts("measure");
+  only_ref.select.allow = {"reference"};
+  EXPECT_EQ(attention(c.params, only_ref), "reference");
+  const problem p = make_problem(c.params);
+  EXPECT_EQ(f.r.measured(registry::measure_key(p, only_ref.select)), "reference");
+  EXPECT_TRUE(f.r.measured(registry::measure_key(p, {})).empty());
+  selection reordered;
+  reordered.allow = {"unfused_cpu", "reference"};
+  selection same_set;
+  same_set.allow = {"reference", "unfused_cpu"};
+  EXPECT_EQ(registry::measure_key(p, reordered), registry::measure_key(p, same_set));
+  EXPECT_NE(registry::measure_key(p, reordered), registry::measure_key(p, only_ref.select));
 }
 
 TEST(Registry, AddFindRemove) {

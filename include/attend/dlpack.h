@@ -40,11 +40,13 @@ inline tensor_view from_dlpack(const DLTensor& t) {
     default: throw invalid_argument("DLPack tensor: device type " + std::to_string(t.device.device_type) + " is not cpu or cuda");
   }
   v.rank = t.ndim;
-  std::int64_t stride = 1;
+  if (t.ndim > 0 && t.shape == nullptr) throw invalid_argument("DLPack tensor: shape is null");
+  std::int64_t stride = 1;  // compact (row-major) strides when the tensor gives none
   for (int i = t.ndim - 1; i >= 0; --i) {
     v.sizes[i] = t.shape[i];
     v.strides[i] = t.strides ? t.strides[i] : stride;
-    stride *= t.shape[i];
+    if (t.strides == nullptr && __builtin_mul_overflow(stride, t.shape[i], &stride))
+      throw invalid_argument("DLPack tensor: element count overflows 64 bits");
   }
   v.data = t.data ? static_cast<char*>(t.data) + t.byte_offset : nullptr;
   return v;

@@ -60,11 +60,14 @@ class registry {
   // Every allowed backend that supports `p`, best first. Throws like select() when empty.
   std::vector<std::shared_ptr<const backend>> candidates(const problem& p, const selection& s = {}) const;
 
-  // The "measure" cache: which backend won for a call signature (see signature()).
-  std::string measured(const std::string& signature) const;
-  void remember_measured(const std::string& signature, std::string backend_name);
-  // Device, dtype, shape and features of a call: the key of the measure cache.
+  // The "measure" cache: which backend won for a key (see measure_key()).
+  std::string measured(const std::string& key) const;
+  void remember_measured(const std::string& key, std::string backend_name);
+  // Device, dtype, shape and features of a call.
   static std::string signature(const problem& p);
+  // The measure cache's key: the signature and the selection's allow/deny lists, since the
+  // winner among allowed backends is only the winner for that list.
+  static std::string measure_key(const problem& p, const selection& s);
 
  private:
   mutable std::shared_mutex mutex_;

@@ -113,7 +113,7 @@ std::string attention(const attention_params& params, const run_options& options
     const std::string name = env && *env ? env : options.select.name;
     return name == "measure";
   }();
-  if (measure && r.measured(registry::signature(p)).empty()) {
+  if (measure && r.measured(registry::measure_key(p, options.select)).empty()) {
     // Time every candidate on this very call (one warm-up, best of three) and remember the
     // fastest. The output is recomputed by the winner below.
     const auto found = r.candidates(p, options.select);
@@ -135,7 +135,7 @@ std::string attention(const attention_params& params, const run_options& options
         best = std::string(b->name());
       }
     }
-    r.remember_measured(registry::signature(p), best);
+    r.remember_measured(registry::measure_key(p, options.select), best);
     const auto winner = r.find(best);
     run_on(*winner, p, options);
     return best;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "attend/errors.h"
+#include "core/views.h"
 #include "cpu/elements.h"
 
 namespace attend {
@@ -22,6 +23,14 @@ void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_vi
   require(!outs.empty(), "needs at least one part; got none");
   require(outs.size() == lses.size(), "needs one lse per part; got " + std::to_string(outs.size()) + " outs and " +
                                           std::to_string(lses.size()) + " lses");
+  // Each view on its own first (rank, sizes, strides, null and misaligned data: Note
+  // [Validation]); the shape checks below describe() them.
+  detail::check_view(out, "merge_partials: out");
+  if (!maybe_lse.empty()) detail::check_view(maybe_lse, "merge_partials: lse");
+  for (std::size_t s = 0; s < outs.size(); ++s) {
+    detail::check_view(outs[s], ("merge_partials: outs[" + std::to_string(s) + "]").c_str());
+    detail::check_view(lses[s], ("merge_partials: lses[" + std::to_string(s) + "]").c_str());
+  }
   require(out.rank == 4 && out.data != nullptr && is_float(out.dtype) && out.device.kind == device_kind::cpu,
           "out must be a cpu [B, Sq, H, Dv] f32/f16/bf16 tensor; got " + out.describe());
   const std::int64_t b = out.sizes[0], sq = out.sizes[1], h = out.sizes[2], dv = out.sizes[3];
@@ -50,6 +59,25 @@ void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_vi
     non_negative(outs[s]);
     non_negative(lses[s]);
   }
+  // The outputs are written while the parts are read: no element twice, and no memory shared
+  // with a part unless the output *is* that part (merging in place: each row reads all parts
+  // before it writes).
+  detail::check_no_self_overlap(out, "merge_partials: out");
+  if (!maybe_lse.empty()) {
+    detail::check_no_self_overlap(maybe_lse, "merge_partials: lse");
+    require(!detail::overlaps(maybe_lse, out), "lse: memory overlaps out");
+  }
+  auto same = [](const tensor_view& x, const tensor_view& y) {
+    return x.data == y.data && x.dtype == y.dtype && x.device == y.device && x.rank == y.rank && x.sizes == y.sizes &&
+           x.strides == y.strides;
+  };
+  for (std::size_t s = 0; s < outs.size(); ++s)
+    for (const tensor_view* part : {&outs[s], &lses[s]}) {
+      require(same(out, *part) || !detail::overlaps(out, *part),
+              "out: memory overlaps part " + std::to_string(s) + " (other than being that part)");
+      require(maybe_lse.empty() || same(maybe_lse, *part) || !detail::overlaps(maybe_lse, *part),
+              "lse: memory overlaps part " + std::to_string(s) + " (other than being that part)");
+    }
 
   const auto parts = static_cast<std::int64_t>(outs.size());
   auto at = [](const tensor_view& t, std::int64_t i0, std::int64_t i1, std::int64_t i2, std::int64_t i3 = 0) {

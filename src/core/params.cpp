@@ -12,6 +12,7 @@
 
 #include "attend/errors.h"
 #include "attend/params.h"
+#include "core/views.h"
 
 namespace attend {
 
@@ -48,8 +49,11 @@ std::string to_string(feature_set fs) {
 }
 
 namespace {
-
 [[noreturn]] void fail(const std::string& message) { throw invalid_argument(message); }
+}  // namespace
+
+namespace detail {
+namespace {
 
 std::string shape_string(const tensor_view& t) {
   std::ostringstream os;
@@ -58,6 +62,8 @@ std::string shape_string(const tensor_view& t) {
   os << ']';
   return os.str();
 }
+
+}  // namespace
 
 // Rank, sizes, strides, pointer and alignment of one view; returns its element count.
 std::int64_t check_view(const tensor_view& t, const char* name) {
@@ -130,6 +136,14 @@ void check_no_self_overlap(const tensor_view& t, const char* name) {
     extent = dims[i].first * dims[i].second;
   }
 }
+
+}  // namespace detail
+
+namespace {
+using detail::check_no_self_overlap;
+using detail::check_view;
+using detail::overlaps;
+using detail::shape_string;
 
 struct geometry {
   std::int64_t batch, seq, heads, dim;
@@ -248,7 +262,9 @@ problem make_problem(const attention_params& params) {
   p.v = v.strides;
   p.out = o.strides;
 
-  // out must be writable without races and must not alias anything it reads.
+  // out must be writable without races and must not alias anything it reads (the mask's view
+  // is checked first: the overlap test reads its sizes and strides).
+  if (!a.maybe_mask.empty()) check_view(a.maybe_mask, "mask");
   check_no_self_overlap(a.out, "out");
   for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.maybe_mask, "mask"}})
     if (!t->empty() && overlaps(a.out, *t)) fail(std::string("out: memory overlaps ") + name);
@@ -309,6 +325,9 @@ problem make_problem(const attention_params& params) {
   if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max))
     fail("scale: must be finite (within float's range, |scale| <= 3.4e38); got " + std::to_string(*a.maybe_scale));
   p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);
+  // A softcap below float's smallest normal would round to 0 (off) in the kernels.
+  if (a.softcap > 0.0 && a.softcap < std::numeric_limits<float>::min())
+    fail("softcap: must be 0 (off) or at least 1.2e-38 (float's smallest normal); got " + std::to_string(a.softcap));
   if (!(a.softcap >= 0.0) || !(a.softcap <= k_float_max))
     fail("softcap: must be finite and >= 0 (0 disables it), within float's range (<= 3.4e38); got " + std::to_string(a.softcap));
   if (a.window_left < -1 || a.window_right < -1)

@@ -81,7 +81,7 @@ std::vector<explanation> registry::explain(const problem& p, const selection& s)
   const std::string name = effective_name(s);
   std::vector<explanation> out;
   bool chosen = false;
-  const std::string winner = name == "measure" ? measured(signature(p)) : "";
+  const std::string winner = name == "measure" ? measured(measure_key(p, s)) : "";
   for (const auto& b : list()) {
     explanation e;
     e.backend = std::string(b->name());
@@ -136,7 +136,7 @@ std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& 
 std::shared_ptr<const backend> registry::select(const problem& p, const selection& s) const {
   auto found = candidates(p, s);
   if (effective_name(s) == "measure") {
-    const std::string winner = measured(signature(p));
+    const std::string winner = measured(measure_key(p, s));
     for (const auto& b : found)
       if (b->name() == winner) return b;
   }
@@ -152,6 +152,18 @@ std::string registry::measured(const std::string& sig) const {
 void registry::remember_measured(const std::string& sig, std::string backend_name) {
   std::lock_guard lock(measured_mutex_);
   measured_[sig] = std::move(backend_name);
+}
+
+std::string registry::measure_key(const problem& p, const selection& s) {
+  std::string key = signature(p);
+  for (const auto& [label, names] : {std::pair{" allow=", &s.allow}, {" deny=", &s.deny}}) {
+    if (names->empty()) continue;
+    std::vector<std::string> sorted = *names;  // the same list in any order is the same choice
+    std::sort(sorted.begin(), sorted.end());
+    key += label;
+    for (std::size_t i = 0; i < sorted.size(); ++i) key += (i ? "," : "") + sorted[i];
+  }
+  return key;
 }
 
 std::string registry::signature(const problem& p) {

@@ -129,20 +129,31 @@ device device_for(const backend& b) {
   return {device_kind::cuda, 0};
 }
 
+// The backends `check` and `bench` run: --backend's list (auto: every registered one, exact ones
+// only when `include_exact`), narrowed by --allow and --deny as selection narrows them.
 std::vector<std::shared_ptr<const backend>> chosen_backends(const cli_options& o, bool include_exact) {
-  std::vector<std::shared_ptr<const backend>> out;
+  if (o.backend == "measure")
+    throw usage_error("--backend: measure picks one backend per call; check and bench run a list (auto, or names)");
+  std::vector<std::shared_ptr<const backend>> listed;
   if (o.backend == "auto" || o.backend.empty()) {
     for (const auto& b : registry::global().list())
-      if (include_exact || !b->traits().exact) out.push_back(b);
-    return out;
+      if (include_exact || !b->traits().exact) listed.push_back(b);
+  } else {
+    std::stringstream names(o.backend);
+    std::string name;
+    while (std::getline(names, name, ',')) {
+      auto b = registry::global().find(name);
+      if (!b) throw usage_error("--backend: unknown backend '" + name + "' (see attend list)");
+      listed.push_back(b);
+    }
   }
-  std::stringstream names(o.backend);
-  std::string name;
-  while (std::getline(names, name, ',')) {
-    auto b = registry::global().find(name);
-    if (!b) throw usage_error("--backend: unknown backend '" + name + "' (see attend list)");
-    out.push_back(b);
-  }
+  auto named = [](const std::vector<std::string>& names, std::string_view n) {
+    return std::find(names.begin(), names.end(), n) != names.end();
+  };
+  std::vector<std::shared_ptr<const backend>> out;
+  for (const auto& b : listed)
+    if ((o.allow.empty() || named(o.allow, b->name())) && !named(o.deny, b->name())) out.push_back(b);
+  if (out.empty()) throw usage_error("no backend left to run after --backend, --allow and --deny");
   return out;
 }
 

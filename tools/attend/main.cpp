@@ -39,6 +39,7 @@ int main(int argc, char** argv) {
     check_names("--backend", backends, true);
     check_names("--allow", o.allow, false);
     check_names("--deny", o.deny, false);
+    check_flags_apply(o);
     if (o.command == "list") return run_list(o);
     if (o.command == "explain") return run_explain(o);
     if (o.command == "check") return run_check(o);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <set>
 #include <sstream>
 
 namespace attend::cli {
@@ -212,6 +213,7 @@ cli_options parse(int argc, char** argv) {
       throw usage_error(arg + " takes no value");
     }
     spec->apply(o, value);
+    o.given.push_back(spec->name);
   }
   if (!o.varlen_kv.empty() && o.varlen_q.empty()) throw usage_error("--varlen-kv needs --varlen");
   if (!o.varlen_q.empty() && o.varlen_kv.empty()) o.varlen_kv = o.varlen_q;
@@ -219,6 +221,29 @@ cli_options parse(int argc, char** argv) {
     throw usage_error("--varlen and --varlen-kv must list as many sequences");
   if (o.min_time < 0) throw usage_error("--min-time must be >= 0");
   return o;
+}
+
+void check_flags_apply(const cli_options& o) {
+  // Flags of the call (shape, dtype, features, device): explain and bench describe one call;
+  // check and demo run fixed grids and workloads, so these would be ignored there.
+  static const std::set<std::string> call = {"--batch",  "--seqlen", "--seqlen-q", "--seqlen-kv", "--heads",   "--heads-q",
+                                             "--heads-kv", "--head-dim", "--head-dim-v", "--layout", "--causal", "--align",
+                                             "--window", "--mask",   "--softcap",   "--scale",   "--lse",     "--device",
+                                             "--varlen", "--varlen-kv"};
+  static const std::set<std::string> everywhere = {"--plugin", "--help"};
+  static const std::map<std::string, std::set<std::string>> own = {
+      {"list", {}},
+      {"explain", {"--dtype", "--backend", "--allow", "--deny"}},
+      {"bench", {"--dtype", "--backend", "--allow", "--deny", "--threads", "--seed", "--min-time", "--reps"}},
+      {"check", {"--backend", "--allow", "--deny", "--threads", "--seed", "--quick"}},
+      {"demo", {"--dtype", "--backend", "--allow", "--deny", "--threads", "--seed", "--quick"}},
+  };
+  const auto it = own.find(o.command);
+  if (it == own.end()) return;  // an unknown command is reported by main
+  const bool takes_call = o.command == "explain" || o.command == "bench";
+  for (const std::string& f : o.given)
+    if (!everywhere.count(f) && !it->second.count(f) && !(takes_call && call.count(f)))
+      throw usage_error(f + " does not apply to " + o.command + " (see attend --help)");
 }
 
 testing::case_spec to_case(const cli_options& o) {

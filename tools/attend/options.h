@@ -18,6 +18,7 @@ struct usage_error : std::runtime_error {
 
 struct cli_options {
   std::string command;
+  std::vector<std::string> given;  // the flags on the command line, in order (check_flags_apply)
   // the call
   std::int64_t batch = 1, seqlen_q = 1024, seqlen_kv = 1024, heads_q = 8, heads_kv = 8, head_dim_qk = 64, head_dim_v = 64;
   attend::dtype dtype = attend::dtype::bf16;
@@ -47,6 +48,8 @@ struct cli_options {
 };
 
 cli_options parse(int argc, char** argv);
+// Throws usage_error for a flag the command would ignore (Nothing is silently ignored).
+void check_flags_apply(const cli_options& o);
 std::string help_text();
 
 // The call described by the flags as a case_spec (random inputs).

@@ -1,0 +1,18 @@
+// Checks of single tensor views, shared by make_problem (params.cpp, Note [Validation]) and
+// merge_partials (merge.cpp). Each throws attend::invalid_argument naming `name`.
+#pragma once
+
+#include <cstdint>
+
+#include "attend/tensor.h"
+
+namespace attend::detail {
+
+// Rank, sizes, strides, pointer and alignment of one view; returns its element count.
+std::int64_t check_view(const tensor_view& t, const char* name);
+// Whether two views on one device can touch a common byte.
+bool overlaps(const tensor_view& a, const tensor_view& b);
+// An output must not write one element twice.
+void check_no_self_overlap(const tensor_view& t, const char* name);
+
+}  // namespace attend::detail
