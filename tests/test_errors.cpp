@@ -140,6 +140,9 @@ TEST(Errors, VarlenBoundsAndOffsetAliasing) {
   p.maybe_lse = {};
   p.maybe_cu_seqlens_q = p.maybe_cu_seqlens_kv = tensor_view::contiguous(cu.data(), dtype::i32, {3});
   EXPECT_NO_THROW(attention(p));
+  attention_params bhsd = p;  // packed tensors have one layout; bhsd was silently ignored
+  bhsd.layout = layout::bhsd;
+  expect_invalid(bhsd, "layout: varlen tensors are packed [total, heads, head_dim], which is bshd");
   // A bound past the packed length would size workspaces for rows that cannot exist (it wrapped
   // size computations around before).
   attention_params huge = p;

@@ -180,6 +180,16 @@ TEST(Selection, MeasureCacheIsPerAllowAndDenyList) {
   EXPECT_NE(registry::measure_key(p, reordered), registry::measure_key(p, only_ref.select));
 }
 
+TEST(Registry, ExplainRejectsUnknownNamesLikeAttention) {
+  fixture f;
+  test::dense_call c(1, 8, 8, 1, 1, 16, 16);
+  selection s;
+  s.name = "nope";
+  s.honour_environment = false;
+  EXPECT_THROW(f.r.explain(make_problem(c.params), s), invalid_argument);
+  EXPECT_THROW(f.r.select(make_problem(c.params), s), invalid_argument);
+}
+
 TEST(Registry, AddFindRemove) {
   registry r;
   EXPECT_THROW(r.add(nullptr), invalid_argument);

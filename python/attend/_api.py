@@ -237,13 +237,25 @@ def _prepare(
     max_seqlen_k: Optional[int],
 ) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
     """Positional and keyword arguments of _attend.attention / _attend.explain."""
-    for x, what in ((q, "q"), (k, "k"), (v, "v"), (out, "out")):
-        if x is None and what != "out":
+    for x, what in ((q, "q"), (k, "k"), (v, "v")):
+        if x is None:
             raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
-        # numpy dtypes DLPack cannot carry (object, structured, non-native byte order) would only
-        # be reported as "not an array".
-        if isinstance(x, np.ndarray) and (x.dtype.kind not in "fiub" or not x.dtype.isnative):
-            raise TypeError(f"{what}: dtype must be float32, float16 or bfloat16 (native byte order); got {x.dtype}")
+    for x, what, takes in (
+        (q, "q", "float32, float16 or bfloat16"),
+        (k, "k", "float32, float16 or bfloat16"),
+        (v, "v", "float32, float16 or bfloat16"),
+        (out, "out", "float32, float16 or bfloat16"),
+        (mask, "mask", "bool (keep-mask) or float32/float16/bfloat16 (additive)"),
+        (cu_seqlens_q, "cu_seqlens_q", "int32"),
+        (cu_seqlens_k, "cu_seqlens_k", "int32"),
+    ):
+        # numpy arrays DLPack cannot carry (object, structured or non-native byte order dtypes;
+        # strides that are not whole elements) would only be reported as "not an array".
+        if isinstance(x, np.ndarray):
+            if x.dtype.kind not in "fiub" or not x.dtype.isnative:
+                raise TypeError(f"{what}: dtype must be {takes} (native byte order); got {x.dtype}")
+            if any(st % x.itemsize for st in x.strides):
+                raise ValueError(f"{what}: strides must be whole elements; got byte strides {x.strides}")
     if not isinstance(layout, str):
         raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
     if not isinstance(causal_align, str):

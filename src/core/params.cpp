@@ -213,6 +213,8 @@ problem make_problem(const attention_params& params) {
   if (a.alignment != alignment::top_left && a.alignment != alignment::bottom_right)
     fail("alignment: must be top_left or bottom_right; got the value " + std::to_string(static_cast<int>(a.alignment)));
 
+  if (p.is_varlen && a.layout != layout::bshd)
+    fail("layout: varlen tensors are packed [total, heads, head_dim], which is bshd; got bhsd");
   check_view(a.q, "q");
   check_view(a.k, "k");
   check_view(a.v, "v");

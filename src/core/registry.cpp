@@ -75,10 +75,22 @@ std::string excluded_by(const backend& b, const selection& s, const std::string&
   return "";
 }
 
+// A selection naming no registered backend (nor auto/measure) is a caller error, for explain as
+// for attention.
+void require_known(const std::vector<std::shared_ptr<const backend>>& all, const std::string& name) {
+  if (name != "auto" && name != "measure" &&
+      std::none_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; })) {
+    std::string known;
+    for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
+    throw invalid_argument("backend: unknown name '" + name + "'; known: " + known + ", auto, measure");
+  }
+}
+
 }  // namespace
 
 std::vector<explanation> registry::explain(const problem& p, const selection& s) const {
   const std::string name = effective_name(s);
+  require_known(list(), name);
   std::vector<explanation> out;
   bool chosen = false;
   const std::string winner = name == "measure" ? measured(measure_key(p, s)) : "";
@@ -107,12 +119,7 @@ std::vector<explanation> registry::explain(const problem& p, const selection& s)
 std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& p, const selection& s) const {
   const std::string name = effective_name(s);
   const auto all = list();
-  if (name != "auto" && name != "measure" &&
-      std::none_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; })) {
-    std::string known;
-    for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
-    throw invalid_argument("backend: unknown name '" + name + "'; known: " + known + ", auto, measure");
-  }
+  require_known(all, name);
   std::vector<std::shared_ptr<const backend>> found;
   std::vector<rejection> rejections;
   for (const auto& b : all) {

@@ -247,6 +247,14 @@ def test_argument_errors_name_the_argument(small_qkv):
     expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got object", attend.attention, q.astype(object), k, v)
     expect(TypeError, r"^k: dtype must be float32, float16 or bfloat16 \(native byte order\); got >f4", attend.attention, q, k.astype(">f4"), v)
     expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got uint8", attend.attention, bytearray(64), k, v)
+    expect(TypeError, r"^mask: dtype must be bool \(keep-mask\) or float32/float16/bfloat16 \(additive\) \(native byte order\); got >f4", attend.attention, q, k, v, mask=np.zeros((7, 7), ">f4"))
+    odd = np.ndarray((7, 9), np.float32, np.zeros(7 * 9 * 6, np.uint8), 0, (54, 6))  # 6-byte strides
+    expect(ValueError, r"^mask: strides must be whole elements", attend.attention, q, k, v, mask=odd)
+    # explain takes the same names as attention.
+    expect(ValueError, r"^backend: unknown name 'nope'", attend.explain, q, k, v, backend="nope")
+    # Varlen tensors are packed [total, H, D]: a bhsd layout there is an error, not ignored.
+    cu = np.array([0, 3, 7], np.int32)
+    expect(ValueError, r"^layout: varlen tensors are packed", attend.attention, q[0], k[0], v[0], layout="bhsd", cu_seqlens_q=cu, cu_seqlens_k=cu)
     # Python ints past 64 bits and floats past float's range: ValueErrors naming the argument.
     expect(ValueError, r"^window: the left bound does not fit in 64 bits", attend.attention, q, k, v, window=(2**63, 0))
     expect(ValueError, r"^scale: does not fit a float", attend.attention, q, k, v, scale=10**400)
