@@ -129,6 +129,46 @@ TEST_P(EveryCpuBackend, InfiniteScoresGiveNaNRowsNotZeros) {
   }
 }
 
+// Scores that overflow float towards -inf on every visible key left float backends with an
+// "empty" row (zeros, lse -inf) where the reference (fp64) has an answer: such a row is NaN. Rows
+// that are empty because the band or the mask removes every key stay 0 / -inf. Decode shapes
+// (split-KV on flash_cpu) too.
+TEST_P(EveryCpuBackend, ScoresOverflowingToMinusInfAreNaNNotEmpty) {
+  for (const std::int64_t skv : {6, 3000}) {
+    test::dense_call c(1, 3, skv, 2, 2, 16, 16, test::test_seed());
+    for (std::int64_t j = 0; j < skv; ++j)
+      for (std::int64_t d = 0; d < c.d; ++d) c.k[static_cast<std::size_t>((j * c.hkv + 1) * c.d + d)] = 1e20f;  // head 1
+    // Every row of head 1 (a finite but huge q.k on a normal q would only be ill-conditioned in
+    // float, not overflowed).
+    for (std::int64_t i = 0; i < c.sq; ++i)
+      for (std::int64_t d = 0; d < c.d; ++d) c.q[static_cast<std::size_t>((i * c.hq + 1) * c.d + d)] = 1e20f;
+    attention_params p = c.params;
+    p.maybe_scale = -1.0;  // q.k = 1.6e41: +inf in float, -inf once scaled
+    p.causal = true;
+    p.alignment = alignment::bottom_right;
+    const auto ref = run_named("reference", c, p);
+    const auto got = run_named(GetParam(), c, p);
+    for (std::int64_t i = 0; i < c.sq; ++i)
+      for (std::int64_t h = 0; h < c.hq; ++h) {
+        const float g = got.first[static_cast<std::size_t>((i * c.hq + h) * c.dv)];
+        const float w = ref.first[static_cast<std::size_t>((i * c.hq + h) * c.dv)];
+        if (h == 1)
+          EXPECT_TRUE(std::isnan(g) || std::abs(g - w) <= 1e-4f) << "skv " << skv << ": overflowed row gave " << g << ", reference " << w;
+        else
+          EXPECT_TRUE(close_or_both_nan(g, w, 1e-4f)) << "skv " << skv << " row " << i << " head " << h << ": " << g << " vs " << w;
+      }
+  }
+  // A row the mask empties is still "no visible key" (0, -inf), not NaN.
+  test::dense_call c(1, 4, 5, 1, 1, 16, 16, test::test_seed());
+  std::vector<std::uint8_t> keep(4 * 5, 1);
+  for (int j = 0; j < 5; ++j) keep[static_cast<std::size_t>(2 * 5 + j)] = 0;  // row 2 sees nothing
+  attention_params p = c.params;
+  p.maybe_mask = tensor_view::contiguous(keep.data(), dtype::boolean, {4, 5});
+  const auto got = run_named(GetParam(), c, p);
+  for (std::int64_t d = 0; d < c.dv; ++d) EXPECT_EQ(got.first[static_cast<std::size_t>(2 * c.dv + d)], 0.0f);
+  EXPECT_EQ(got.second[2], -std::numeric_limits<float>::infinity());
+}
+
 // Note [Flash masked non-finite V]: NaN in V at a key a row gives no weight (causal) stays out of
 // that row on every CPU backend; unfused_cpu's SGEMM P·V carried 0 x NaN into every row.
 TEST_P(EveryCpuBackend, NonFiniteValuesAtUnseenKeysStayOut) {

@@ -37,6 +37,22 @@ inline std::int64_t mask_offset(const problem& p, std::int64_t b, std::int64_t h
   return b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv;
 }
 
+// Whether query row i (local, of sequence b, head h) has a key that neither the band nor the mask
+// removes. A float backend whose row came out empty although it has one saw its scores overflow
+// to -inf (scale * q.k past float's range, Note [Score pipeline]): that row is NaN, not "no
+// visible key". Called for empty rows only (O(Skv)).
+inline bool row_has_live_key(const problem& p, std::int64_t b, std::int64_t h, std::int64_t i) {
+  const std::int64_t lq = p.len_q(b), lk = p.len_kv(b);
+  const key_range r = visible_keys(p.params, i, lq, lk);
+  if (r.hi <= r.lo) return false;
+  if (p.maybe_mask == nullptr) return true;
+  for (std::int64_t j = r.lo; j < r.hi; ++j) {
+    const double m = load(p.maybe_mask, p.mask_dtype, mask_offset(p, b, h, i, j));
+    if (p.mask_dtype == dtype::boolean ? m != 0 : m > -__builtin_inf()) return true;
+  }
+  return false;
+}
+
 // Number of OpenMP threads a call uses: the caller's request, else the OpenMP default.
 int thread_count(int requested);
 

@@ -206,6 +206,9 @@ class unfused_backend final : public backend {
       if (has_nan) {
         std::fill(row, row + lk, std::numeric_limits<float>::quiet_NaN());
         lse = std::numeric_limits<float>::quiet_NaN();
+      } else if (row_max == neg_inf && row_has_live_key(p, b, h, i)) {  // the scores overflowed to -inf
+        std::fill(row, row + lk, std::numeric_limits<float>::quiet_NaN());
+        lse = std::numeric_limits<float>::quiet_NaN();
       } else if (row_max == neg_inf) {
         std::fill(row, row + lk, 0.0f);
         lse = neg_inf;

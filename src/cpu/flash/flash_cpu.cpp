@@ -153,10 +153,16 @@ class flash_backend final : public backend {
       const std::int64_t row = hh * rows + m, lse_at = hpi * rows * dv + row;
       const std::int64_t h = (it.hk + hh) * gs + m % gs, i = it.q_begin + m / gs, q_row = p.start_q(it.b) + i;
       const std::int64_t o = it.b * p.out.batch + q_row * p.out.seq + h * p.out.head;
-      const double lse = merge_row(
+      double lse = merge_row(
           splits, dv, [&](std::int64_t s) { return double{first[s * piece + lse_at]}; },
           [&](std::int64_t s, std::int64_t d) { return double{first[s * piece + row * dv + d]}; },
           [&](std::int64_t d, double x) { store(p.params.out.data, p.dtype, o + d * p.out.dim, x); });
+      // Every piece empty although the row has a key: the scores overflowed to -inf (as in
+      // run_item's finalise).
+      if (lse == -__builtin_inf() && row_has_live_key(p, it.b, h, i)) {
+        lse = __builtin_nan("");
+        for (std::int64_t d = 0; d < dv; ++d) store(p.params.out.data, p.dtype, o + d * p.out.dim, lse);
+      }
       if (p.maybe_lse)
         p.maybe_lse[it.b * p.lse_batch_stride + h * p.lse_head_stride + q_row * p.lse_seq_stride] = static_cast<float>(lse);
     }

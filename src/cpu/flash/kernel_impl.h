@@ -22,6 +22,7 @@
 
 #include "attend/params.h"
 #include "attend/tensor.h"
+#include "cpu/elements.h"
 #include "cpu/flash/plan.h"
 
 namespace attend::cpu::flash {
@@ -687,7 +688,10 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
     for (std::int64_t m = 0; m < rows; ++m) {
       const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs;
       const float l = hp.rs.sum[m];
-      const bool is_nan = hp.rs.nan[m] != 0.0f || l != l || hp.rs.max_log2[m] == -k_neg_inf;
+      bool is_nan = hp.rs.nan[m] != 0.0f || l != l || hp.rs.max_log2[m] == -k_neg_inf;
+      // An empty row with a key the band and mask leave: its scores overflowed to -inf. (Split-KV
+      // pieces may be empty legitimately; their merge applies the same test.)
+      if (!is_nan && !(l > 0.0f) && !it.maybe_partial_out && row_has_live_key(p, b, h, i)) is_nan = true;
       const bool empty = !is_nan && !(l > 0.0f);
       const float inv = is_nan ? k_nan : empty ? 0.0f : 1.0f / l;
       const float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
