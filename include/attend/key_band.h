@@ -8,6 +8,8 @@
 namespace attend {
 
 // Visible keys [lo, hi) of query row i among len_q queries and len_kv keys; hi <= lo: none.
+// Precondition: window bounds at most len_q + len_kv + 1 (any larger bound is the same band;
+// make_problem clamps the bounds it hands to backends), so diagonal +- bound cannot overflow.
 struct key_band {
   std::int64_t lo, hi;
 };

@@ -25,8 +25,9 @@
 // non-finite V]). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the
 // NaN, so a non-finite v at a key a row does not see reaches that row there.
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
-// additive mask, or scale * dot past float's range), never "no visible key" (tested on the cpu
-// backends: tests/test_backends.cpp).
+// additive mask, or scale * dot past float's range), and so does a row whose every visible score
+// overflowed float to -inf (it has keys, but a float backend cannot weigh them): never "no visible
+// key" (tested on the cpu backends: tests/test_backends.cpp).
 //
 // Band (Note [Causal alignment]): with offset d = 0 (top_left, PyTorch is_causal) or
 // d = Skv - Sq (bottom_right, FlashAttention / KV cache decode), key j is visible from query i
