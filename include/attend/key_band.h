@@ -8,8 +8,8 @@
 namespace attend {
 
 // Visible keys [lo, hi) of query row i among len_q queries and len_kv keys; hi <= lo: none.
-// Precondition: window bounds at most len_q + len_kv + 1 (any larger bound is the same band;
-// make_problem clamps the bounds it hands to backends), so diagonal +- bound cannot overflow.
+// Precondition: diagonal +- window bound must not overflow 64 bits. make_problem clamps the bounds
+// it hands to backends to just past every key (at most 2^61 + 1), which gives the same band.
 struct key_band {
   std::int64_t lo, hi;
 };

@@ -467,9 +467,10 @@ def use_backend(name: Union[str, Sequence[str]]) -> Iterator[None]:
     ``backend=`` argument still wins. Unknown names raise ValueError on entry.
     """
     known = list(_attend.backend_names())
-    if not isinstance(name, (str, Sequence)) or isinstance(name, bytes):
-        raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}")
-    names = [name] if isinstance(name, str) else list(name)
+    try:
+        names = [name] if isinstance(name, str) else list(name)  # any iterable of names
+    except TypeError:
+        raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}") from None
     if not names or not all(isinstance(n, str) for n in names):
         raise TypeError(f"use_backend: expected a backend name or a list of names; got {name!r}")
     for n in names:

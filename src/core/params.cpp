@@ -293,11 +293,12 @@ problem make_problem(const attention_params& params) {
     p.maybe_cu_seqlens_q = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_q.data);
     p.maybe_cu_seqlens_kv = static_cast<const std::int32_t*>(a.maybe_cu_seqlens_kv.data);
     if (a.max_seqlen_q < 0 || a.max_seqlen_kv < 0) fail("max_seqlen_q/kv: must be non-negative");
-    // No sequence is longer than its packed tensor; a larger bound would only size work and
-    // workspaces for rows that cannot exist.
-    if (a.max_seqlen_q > p.total_q || a.max_seqlen_kv > p.total_kv)
-      fail("max_seqlen_q/kv: larger than the packed length (" + std::to_string(p.total_q) + ", " +
-           std::to_string(p.total_kv) + "); got (" + std::to_string(a.max_seqlen_q) + ", " +
+    // A loose bound (a bucket size, as FlashAttention callers pass for static shapes) is fine, but
+    // offsets are int32: no sequence is longer than 2^31 - 1, and a larger bound would only wrap
+    // the sizes of work and workspaces computed from it.
+    constexpr std::int64_t k_longest = std::numeric_limits<std::int32_t>::max();
+    if (a.max_seqlen_q > k_longest || a.max_seqlen_kv > k_longest)
+      fail("max_seqlen_q/kv: at most 2^31 - 1 (offsets are int32); got (" + std::to_string(a.max_seqlen_q) + ", " +
            std::to_string(a.max_seqlen_kv) + ")");
     if (p.device.kind == device_kind::cpu) {
       const std::int64_t longest_q = check_offsets(p.maybe_cu_seqlens_q, p.batch + 1, p.total_q, "cu_seqlens_q");
@@ -322,10 +323,12 @@ problem make_problem(const attention_params& params) {
   }
 
   // options
-  // Kernels compute in float: a scale or softcap beyond float's range would be inf there.
+  // Kernels compute in float, the scale in log2 units (scale x log2 e): beyond that range it would
+  // be inf there; the same for softcap.
   constexpr double k_float_max = std::numeric_limits<float>::max();
-  if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max))
-    fail("scale: must be finite (within float's range, |scale| <= 3.4e38); got " + std::to_string(*a.maybe_scale));
+  if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max / 1.4426950408889634))
+    fail("scale: must be finite (within float's range in log2 units, |scale| <= 2.3e38); got " +
+         std::to_string(*a.maybe_scale));
   p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);
   // A softcap below float's smallest normal would round to 0 (off) in the kernels.
   if (a.softcap > 0.0 && a.softcap < std::numeric_limits<float>::min())

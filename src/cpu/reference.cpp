@@ -54,6 +54,11 @@ void reference_row(const problem& p, std::int64_t b, std::int64_t h, std::int64_
     *lse = std::numeric_limits<double>::quiet_NaN();
     return;
   }
+  if (row_max == neg_inf && row_has_live_key(p, b, h, i)) {  // keys, but every score -inf (an inf input): NaN
+    for (std::int64_t d = 0; d < p.head_dim_v; ++d) out_row[d] = std::numeric_limits<double>::quiet_NaN();
+    *lse = std::numeric_limits<double>::quiet_NaN();
+    return;
+  }
   for (std::int64_t d = 0; d < p.head_dim_v; ++d) out_row[d] = 0;
   if (row_max == neg_inf) {  // no visible key
     *lse = neg_inf;

@@ -156,7 +156,7 @@ def test_varlen_errors():
     expect(TypeError, r"^max_seqlen_q: must be an int", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2.5)
     expect(ValueError, r"max_seqlen_q/k: smaller than the longest sequence", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2)
     # Past the packed length: it wrapped workspace sizes around (a crash or a wrong answer) before.
-    expect(ValueError, r"max_seqlen_q/k: larger than the packed length", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2**62)
+    expect(ValueError, r"max_seqlen_q/k: at most 2\^31 - 1", attend.attention, q, k, k, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, max_seqlen_q=2**62)
     buf = np.zeros(10 * 2 * 8, np.float32)
     cu_in_out = buf[:3].view(np.int32)
     cu_in_out[:] = cu_q

@@ -30,7 +30,11 @@ using flash::tile_config;
 // Note [Flash split KV]: when there are too few work items for the threads (decode: one query
 // row per head), each item's keys are split into `splits` chunks that run as separate pieces and
 // write normalised partial rows plus their LSE; merge_row (Note [LSE merge], attend/merge.h) then
-// combines them. This is flash-decoding on the CPU.
+// combines them. This is flash-decoding on the CPU. Limitation: a row whose scores all sit near
+// -FLT_MAX (every key carries the dtype's lowest value as an additive bias, the usual padding
+// value) has pieces whose float LSE cannot hold log(sum): the merge then weighs the pieces
+// equally, not by their key counts, so such a row's (meaningless but finite) average of V is
+// approximate here. Dense (unsplit) calls are exact.
 // Why 2 pieces per thread: dynamic scheduling can then even out uneven pieces.
 constexpr std::int64_t k_pieces_per_thread = 2;
 // Why 512 keys: below this a split's fixed cost (packing Q, the partial rows, the merge) is no

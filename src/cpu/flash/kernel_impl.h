@@ -31,6 +31,8 @@ namespace {
 constexpr float k_log2e = 1.44269504088896340736f;
 constexpr float k_ln2 = 0.693147180559945309417f;
 constexpr float k_neg_inf = -__builtin_inff();
+// The lowest natural-units score whose log2-units value (x log2 e) is still finite.
+constexpr float k_lowest_natural = -3.4028234663852886e38f / 1.4426950408889634f;
 constexpr float k_nan = __builtin_nanf("");
 
 std::int64_t imin(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
@@ -632,10 +634,16 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
             if (p.maybe_mask) {
               const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs, j = j0 + n;
               const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
-              if (p.mask_dtype == dtype::boolean)
+              if (p.mask_dtype == dtype::boolean) {
                 s = mv != 0.0f ? s : k_neg_inf;
-              else
+              } else {
+                // A finite score plus a finite bias (the dtype's lowest value is the usual padding
+                // bias) stays finite in log2 units: below k_lowest_natural it would become -inf
+                // there and read as "no key", where the reference weighs such keys.
+                const float pre = s;
                 s += mv;
+                if (!(s >= k_lowest_natural) && pre > k_neg_inf && mv > k_neg_inf && s == s) s = k_lowest_natural;
+              }
             }
             st[n * rp + m] = s;
           }
