@@ -56,7 +56,7 @@ struct attention_params {
   tensor_view maybe_lse;   // empty: not requested
   tensor_view maybe_mask;  // empty: no mask
   attend::layout layout = attend::layout::bshd;
-  std::optional<double> maybe_scale;  // default 1 / sqrt(head_dim_qk); finite, |scale| <= FLT_MAX
+  std::optional<double> maybe_scale;  // default 1 / sqrt(head_dim_qk); |scale| <= FLT_MAX / log2(e)
   bool causal = false;
   attend::alignment alignment = attend::alignment::top_left;
   std::int64_t window_left = -1;   // -1: unbounded (a bound past every key is the same band)
@@ -64,8 +64,8 @@ struct attention_params {
   double softcap = 0.0;            // 0: off; at most FLT_MAX (kernels compute in float)
   // Varlen: both set or neither. max_seqlen_* are required when the offsets live on a device the
   // host cannot read (cuda); on the CPU they are computed when left at 0. A given value must be
-  // at least the longest sequence (checked where the host can read the offsets) and at most the
-  // packed length (total_q / total_kv).
+  // at least the longest sequence (checked where the host can read the offsets) and at most
+  // 2^31 - 1 (offsets are int32); a looser bound, such as a bucket size, is fine.
   tensor_view maybe_cu_seqlens_q;
   tensor_view maybe_cu_seqlens_kv;
   std::int64_t max_seqlen_q = 0;
