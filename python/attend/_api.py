@@ -503,20 +503,18 @@ def forward_context(
         raise TypeError(f"forward_context: timestep must be a real number; got {timestep!r}")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
         raise TypeError(f"forward_context: layer must be an int; got {layer!r}")
-    if layer is not None and not -(2**63) <= int(layer) < 2**63:
-        raise ValueError(f"forward_context: layer does not fit in 64 bits; got {layer!r}")
     for key, value in extra.items():
         if not isinstance(value, (bool, int, float, str)):
             raise TypeError(
                 f"forward_context: value of {key!r} must be int, float, bool or str; got {type(value).__name__}"
             )
-        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
-            raise ValueError(f"forward_context: value of {key!r} does not fit in 64 bits")
-    try:
-        ts = None if timestep is None else float(timestep)
-    except OverflowError:
-        raise ValueError(f"forward_context: timestep does not fit a float; got {timestep!r}") from None
-    level: _ForwardLevel = (ts, None if layer is None else int(layer), dict(extra))
+        if isinstance(value, int) and not isinstance(value, bool):
+            _int64(value, f"forward_context: value of {key!r}")
+    level: _ForwardLevel = (
+        None if timestep is None else _real(timestep, "forward_context: timestep"),
+        None if layer is None else _int64(layer, "forward_context: layer"),
+        dict(extra),
+    )
     token = _forward_var.set(_forward_var.get() + (level,))
     try:
         yield

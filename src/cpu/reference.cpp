@@ -49,12 +49,9 @@ void reference_row(const problem& p, std::int64_t b, std::int64_t h, std::int64_
     if (s > row_max) row_max = s;
   }
 
-  if (has_nan) {  // NaN in, NaN out: never a silent number
-    for (std::int64_t d = 0; d < p.head_dim_v; ++d) out_row[d] = std::numeric_limits<double>::quiet_NaN();
-    *lse = std::numeric_limits<double>::quiet_NaN();
-    return;
-  }
-  if (row_max == neg_inf && row_has_live_key(p, b, h, i)) {  // keys, but every score -inf (an inf input): NaN
+  // NaN in, NaN out: never a silent number. So too a row with keys whose every score is -inf (an
+  // infinite input): it cannot weigh them, and it did see keys (Note [Score pipeline]).
+  if (has_nan || (row_max == neg_inf && row_has_live_key(p, b, h, i))) {
     for (std::int64_t d = 0; d < p.head_dim_v; ++d) out_row[d] = std::numeric_limits<double>::quiet_NaN();
     *lse = std::numeric_limits<double>::quiet_NaN();
     return;

@@ -203,10 +203,7 @@ class unfused_backend final : public backend {
         row_max = std::max(row_max, s);
       }
       float lse;
-      if (has_nan) {
-        std::fill(row, row + lk, std::numeric_limits<float>::quiet_NaN());
-        lse = std::numeric_limits<float>::quiet_NaN();
-      } else if (row_max == neg_inf && row_has_live_key(p, b, h, i)) {  // the scores overflowed to -inf
+      if (has_nan || (row_max == neg_inf && row_has_live_key(p, b, h, i))) {  // or the scores overflowed to -inf
         std::fill(row, row + lk, std::numeric_limits<float>::quiet_NaN());
         lse = std::numeric_limits<float>::quiet_NaN();
       } else if (row_max == neg_inf) {

@@ -236,6 +236,8 @@ def test_use_backend_unknown_name():
     expect(ValueError, r"use_backend: unknown backend 'nope'; known: .*reference", attend.use_backend("nope").__enter__)
     expect(TypeError, r"use_backend: expected a backend name", attend.use_backend([]).__enter__)
     expect(TypeError, r"use_backend: expected a backend name or a list of names; got 3", attend.use_backend(3).__enter__)
+    with attend.use_backend({"reference"}):  # any iterable of names
+        assert attend._current_backend() == ("auto", ("reference",))
     expect(ValueError, r"use_backend: a list names backends to choose among; 'auto' is a single choice", attend.use_backend(["auto"]).__enter__)
 
 

@@ -130,7 +130,8 @@ device device_for(const backend& b) {
 }
 
 // The backends `check` and `bench` run: --backend's list (auto: every registered one, exact ones
-// only when `include_exact`), narrowed by --allow and --deny as selection narrows them.
+// only when `include_exact`), narrowed by --allow and --deny as selection narrows them. main has
+// checked that every name is registered.
 std::vector<std::shared_ptr<const backend>> chosen_backends(const cli_options& o, bool include_exact) {
   if (o.backend == "measure")
     throw usage_error("--backend: measure picks one backend per call; check and bench run a list (auto, or names)");
@@ -139,13 +140,7 @@ std::vector<std::shared_ptr<const backend>> chosen_backends(const cli_options& o
     for (const auto& b : registry::global().list())
       if (include_exact || !b->traits().exact) listed.push_back(b);
   } else {
-    std::stringstream names(o.backend);
-    std::string name;
-    while (std::getline(names, name, ',')) {
-      auto b = registry::global().find(name);
-      if (!b) throw usage_error("--backend: unknown backend '" + name + "' (see attend list)");
-      listed.push_back(b);
-    }
+    for (const std::string& name : backend_names(o)) listed.push_back(registry::global().find(name));
   }
   auto named = [](const std::vector<std::string>& names, std::string_view n) {
     return std::find(names.begin(), names.end(), n) != names.end();

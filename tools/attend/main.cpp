@@ -3,7 +3,6 @@
 #include <exception>
 #include <iostream>
 #include <new>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -33,10 +32,7 @@ int main(int argc, char** argv) {
         if (!(choices && (n == "auto" || n == "measure")) && !attend::registry::global().find(n))
           throw usage_error(flag + ": unknown backend '" + n + "' (see attend list)");
     };
-    std::vector<std::string> backends;
-    std::stringstream list(o.backend);
-    for (std::string n; std::getline(list, n, ',');) backends.push_back(n);
-    check_names("--backend", backends, true);
+    check_names("--backend", backend_names(o), true);
     check_names("--allow", o.allow, false);
     check_names("--deny", o.deny, false);
     check_flags_apply(o);

@@ -223,6 +223,8 @@ cli_options parse(int argc, char** argv) {
   return o;
 }
 
+std::vector<std::string> backend_names(const cli_options& o) { return split(o.backend, ','); }
+
 void check_flags_apply(const cli_options& o) {
   // Flags of the call (shape, dtype, features, device): explain and bench describe one call;
   // check and demo run fixed grids and workloads, so these would be ignored there.

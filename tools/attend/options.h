@@ -48,6 +48,8 @@ struct cli_options {
 };
 
 cli_options parse(int argc, char** argv);
+// The names --backend lists (one, or a comma-separated list for check and bench).
+std::vector<std::string> backend_names(const cli_options& o);
 // Throws usage_error for a flag the command would ignore (Nothing is silently ignored).
 void check_flags_apply(const cli_options& o);
 std::string help_text();

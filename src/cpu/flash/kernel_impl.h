@@ -642,7 +642,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
                 // there and read as "no key", where the reference weighs such keys.
                 const float pre = s;
                 s += mv;
-                if (!(s >= k_lowest_natural) && pre > k_neg_inf && mv > k_neg_inf && s == s) s = k_lowest_natural;
+                if (pre > k_neg_inf && mv > k_neg_inf && s < k_lowest_natural) s = k_lowest_natural;
               }
             }
             st[n * rp + m] = s;
