@@ -175,6 +175,61 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
   return v;
 }
 
+// Note [Hopper 32-bit bands]: the Hopper consumers' 32-bit bands (sm90_band_offsets, then
+// sm90_band_of) equal key_band_of's for every row, or are empty exactly where it is, over both
+// alignments, windows (none, small, past every key, near the 64-bit limit make_problem clamps to)
+// and lengths up to the 2^30 the Hopper path allows. Host arithmetic only: runs without a GPU.
+TEST(cuda, sm90_band_matches_key_band) {
+  const std::int64_t lim = std::int64_t{1} << 30, far = (std::int64_t{1} << 61) + 1;
+  const std::int64_t lens[] = {1, 17, 64, 501, 1024, 4097, lim - 1, lim};
+  const std::int64_t windows[] = {-1, 0, 1, 5, 63, 600, lim - 1, lim, lim + 7, far};
+  std::mt19937_64 rng(fresh_seed());
+  int compared = 0, empty = 0;
+  for (std::int64_t sq : lens)
+    for (std::int64_t skv : lens)
+      for (bool causal : {false, true})
+        for (bool br : {false, true})
+          for (std::int64_t wl : windows)
+            for (std::int64_t wr : windows) {
+              if (causal && wr != -1 && wr != 5) continue;  // right bounds do not matter under causal
+              cuda::flash_params p;
+              p.seqlen_q = static_cast<int>(sq);
+              p.seqlen_kv = static_cast<int>(skv);
+              p.causal = causal;
+              p.bottom_right = br;
+              p.window_left = wl;
+              p.window_right = wr;
+              cuda::sm90_band_offsets(p);
+              // First, last and middle rows, the diagonal's neighbours, and random rows.
+              std::vector<std::int64_t> rows = {0, sq - 1, sq / 2};
+              for (std::int64_t d : {std::int64_t{0}, skv - sq}) {
+                for (std::int64_t k : {-2, -1, 0, 1, 2}) {
+                  const std::int64_t i = d + k + (wl >= 0 && wl < lim ? wl : 0);
+                  if (i >= 0 && i < sq) rows.push_back(i);
+                }
+              }
+              for (int r = 0; r < 4; ++r) rows.push_back(static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(sq)));
+              for (std::int64_t i : rows) {
+                const key_band want = key_band_of(i, sq, skv, causal, br, wl, wr);
+                const cuda::band32 got = cuda::sm90_band_of(p, static_cast<int>(i));
+                SCOPED_TRACE("Sq " + std::to_string(sq) + " Skv " + std::to_string(skv) + " causal " +
+                             std::to_string(causal) + " br " + std::to_string(br) + " window " + std::to_string(wl) +
+                             "," + std::to_string(wr) + " row " + std::to_string(i));
+                ++compared;
+                if (want.hi <= want.lo) {
+                  ++empty;
+                  EXPECT_LE(got.hi, got.lo);
+                } else {
+                  EXPECT_EQ(got.lo, want.lo);
+                  EXPECT_EQ(got.hi, want.hi);
+                }
+              }
+            }
+  // Both outcomes occur (the grid would not test emptiness otherwise).
+  EXPECT_GT(empty, 0);
+  EXPECT_GT(compared - empty, 0);
+}
+
 // The Hopper path's row-block grid (flash.h sm90_row_origin, Note [Hopper scheduler]) covers every
 // row with whole 64-row parts; under bands whose right edge moves with the row the partial block is
 // the first (the rows it leaves idle lie before row 0 and the last block ends within 64 rows of the

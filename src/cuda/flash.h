@@ -64,6 +64,9 @@ struct flash_params {
   // First row of the row-block grid (sm90_row_origin): 0, or in (-block_m, 0] when the partial row
   // block goes to the top of the sequence.
   int sm90_row_origin = 0;
+  // The band as two 32-bit offsets (sm90_band_offsets): row i sees keys
+  // [clamp(i + sm90_band_lo, 0, Skv), clamp(i + sm90_band_hi, lo, Skv)) (sm90_band_of).
+  int sm90_band_lo = -(1 << 30), sm90_band_hi = 1 << 30;
 };
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -169,6 +172,35 @@ constexpr int sm90_row_origin(const flash_params& p, int width) {
   const std::int64_t bm = sm90_block_m(width), s = p.seqlen_q;  // 64-bit: no overflow near INT_MAX rows
   const std::int64_t parts = (s + 63) / 64, blocks = (s + bm - 1) / bm;
   return sm90_right_edge_moves(p) ? static_cast<int>(64 * parts - bm * blocks) : 0;  // in (-bm, 0]
+}
+
+// Note [Hopper 32-bit bands]: the Hopper consumers take each item's bands (its first and last rows,
+// and each thread's two rows) in 32-bit arithmetic from two offsets the host computes once, instead
+// of key_band_of's 64-bit window arithmetic per call. With Sq, Skv <= 2^30 (sm90_kernel_for) and
+// the offsets clamped to +-2^30, i + offset neither overflows nor leaves the band it stands for:
+// an offset clamped to -2^30 (no left bound, or one past every key) gives i + lo < 0, so lo = 0,
+// and one clamped to 2^30 (no right bound) gives i + hi >= Skv, so hi = Skv. An empty band may
+// differ from key_band_of's in lo (clamped to Skv here), never in being empty. The host test
+// cuda.sm90_band_matches_key_band compares the two over alignments, windows and lengths.
+constexpr int k_sm90_band_limit = 1 << 30;
+constexpr void sm90_band_offsets(flash_params& p) {
+  const std::int64_t diag = p.bottom_right ? std::int64_t{p.seqlen_kv} - p.seqlen_q : 0;
+  const std::int64_t right = p.causal ? 0 : p.window_right;  // as key_band_of
+  auto clamp = [](std::int64_t x) {
+    return static_cast<int>(x < -k_sm90_band_limit ? -k_sm90_band_limit : x > k_sm90_band_limit ? k_sm90_band_limit : x);
+  };
+  // window bounds are at most 2^61 + 1 (make_problem), so these differences fit 64 bits.
+  p.sm90_band_lo = p.window_left >= 0 ? clamp(diag - p.window_left) : -k_sm90_band_limit;
+  p.sm90_band_hi = right >= 0 ? clamp(diag + right + 1) : k_sm90_band_limit;
+}
+struct band32 {
+  int lo, hi;
+};
+constexpr band32 sm90_band_of(const flash_params& p, int i) {
+  const int a = i + p.sm90_band_lo, b = i + p.sm90_band_hi;
+  const int lo = a < 0 ? 0 : a > p.seqlen_kv ? p.seqlen_kv : a;
+  const int hi = b < lo ? lo : b > p.seqlen_kv ? p.seqlen_kv : b;
+  return {lo, hi};
 }
 
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.

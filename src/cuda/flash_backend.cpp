@@ -162,6 +162,7 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
       p.num_splits > 1 || !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
   if (sm90_item_count(p, static_cast<int>(pr.head_dim_qk)) >= (std::int64_t{1} << 30)) return nullptr;
+  if (pr.seqlen_q > k_sm90_band_limit || pr.seqlen_kv > k_sm90_band_limit) return nullptr;  // Note [Hopper 32-bit bands]
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
       return compute_capability(pr.device.index) == 90 ? &e : nullptr;
@@ -215,6 +216,7 @@ class flash_cuda_backend final : public backend {
       p.persistent_ctas = sm_count(pr.device.index);
       p.sm90_group_heads = sm90_group_heads(p);
       p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
+      sm90_band_offsets(p);
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
     if (p.num_splits > 1) {

@@ -577,7 +577,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
   const float scale_log2 = attend::cuda::scale_log2(p);
-  const int len_q = p.seqlen_q, len_kv = p.seqlen_kv;
+  const int len_q = p.seqlen_q;
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
   // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on to the next one's.
   auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
@@ -629,12 +629,12 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     // its end.
     const bool wg_live = row0 >= 0 && row0 < len_q;
     int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
-    if (wg_live) {
-      const band f = visible(p, row0, len_q, len_kv), l = visible(p, min(row0 + 63, len_q - 1), len_q, len_kv);
-      wg_key_lo = static_cast<int>(f.lo);
-      wg_key_hi = static_cast<int>(l.hi);
-      full_lo = static_cast<int>(l.lo);
-      full_hi = static_cast<int>(f.hi);
+    if (wg_live) {  // 32-bit bands (Note [Hopper 32-bit bands] in flash.h)
+      const band32 f = sm90_band_of(p, row0), l = sm90_band_of(p, min(row0 + 63, len_q - 1));
+      wg_key_lo = f.lo;
+      wg_key_hi = l.hi;
+      full_lo = l.lo;
+      full_hi = f.hi;
     }
     // Per-row bands (rows outside the sequence see nothing).
     int lo_r[2], hi_r[2];
@@ -643,9 +643,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const int i = i_lo + 8 * r;
       lo_r[r] = hi_r[r] = 0;
       if (wg_live && i < len_q) {
-        const band bd = visible(p, i, len_q, len_kv);
-        lo_r[r] = static_cast<int>(bd.lo);
-        hi_r[r] = static_cast<int>(bd.hi);
+        const band32 bd = sm90_band_of(p, i);
+        lo_r[r] = bd.lo;
+        hi_r[r] = bd.hi;
       }
     }
 
