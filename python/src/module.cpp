@@ -160,6 +160,25 @@ attend::tensor_view view_of(const Array& a, const std::string& name, role r) {
   return v;
 }
 
+// Why `h` could not be imported, when its producer says so: an object with __dlpack__ whose call
+// raises (a producer's own error, e.g. a device it cannot export) gets that exception named in the
+// TypeError instead of only "expected an array". Runs only after an import failed, so producers
+// that work are not called again.
+std::string producer_error(nb::handle h) {
+  if (!nb::hasattr(h, "__dlpack__")) return "";
+  try {
+    h.attr("__dlpack__")();
+  } catch (nb::python_error& e) {
+    try {
+      return std::string("; its __dlpack__() raised ") + nb::inst_name(e.value()).c_str() + ": " +
+             nb::str(e.value()).c_str();
+    } catch (nb::python_error&) {  // the exception's own __str__ raised
+      return "; its __dlpack__() raised an exception";
+    }
+  }
+  return "";
+}
+
 // Keeps every imported array alive (and so its memory) for the duration of one call.
 struct imported {
   std::vector<input_array> inputs;
@@ -168,7 +187,7 @@ struct imported {
   attend::tensor_view input(nb::handle h, const std::string& name, role r) {
     input_array a;
     if (!nb::try_cast(h, a, /*convert=*/false))
-      type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h));
+      type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     inputs.push_back(a);
     return view_of(a, name, r);
   }
@@ -180,7 +199,7 @@ struct imported {
     if (!nb::try_cast(h, a, /*convert=*/false)) {
       input_array read_only;
       if (nb::try_cast(h, read_only, false)) value_error(name + ": must be writable; got a read-only array");
-      type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h));
+      type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     }
     outputs.push_back(a);
     return view_of(a, name, r);

@@ -241,6 +241,24 @@ def test_use_backend_unknown_name():
     expect(ValueError, r"use_backend: a list names backends to choose among; 'auto' is a single choice", attend.use_backend(["auto"]).__enter__)
 
 
+def test_dlpack_producer_errors_are_reported(small_qkv):
+    """A producer whose __dlpack__ raises: the TypeError names the argument and the producer's error."""
+    q, k, v = small_qkv
+
+    class Broken:
+        def __dlpack__(self, **kwargs):
+            raise BufferError("cannot export this tensor (device busy)")
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    expect(TypeError, r"^k: expected a numpy\.ndarray.*; got .*Broken; its __dlpack__\(\) raised BufferError: cannot export this tensor \(device busy\)$",
+           attend.attention, q, Broken(), v)
+    expect(TypeError, r"^out: expected a numpy\.ndarray.*; its __dlpack__\(\) raised BufferError: cannot export", attend.attention, q, k, v, out=Broken())
+    # An object without __dlpack__ keeps the plain message.
+    expect(TypeError, r"^v: expected a numpy\.ndarray.*; got str$", attend.attention, q, k, "not an array")
+
+
 def test_argument_errors_name_the_argument(small_qkv):
     q, k, v = small_qkv
     expect(TypeError, r"^q: expected an array .*; got None", attend.attention, None, k, v)
