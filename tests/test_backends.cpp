@@ -354,5 +354,18 @@ TEST(Backend, TraitsAcceptMatchesTheTraitChecks) {
   EXPECT_EQ(b.accepted, 0);
 }
 
+// unfused_cpu sizes its panels (Sq x Skv scores) in size_t: sizes past it saturate to SIZE_MAX, so
+// the 8 GiB limit rejects the call, instead of wrapping to a small workspace that the SGEMMs overrun.
+TEST(UnfusedCpu, WorkspaceSizeSaturatesInsteadOfWrapping) {
+  const auto unfused = registry::global().find("unfused_cpu");
+  ASSERT_NE(unfused, nullptr);
+  problem p;
+  p.seqlen_q = p.seqlen_kv = std::int64_t{1} << 33;  // 2^66 scores
+  p.head_dim_qk = p.head_dim_v = 64;
+  EXPECT_EQ(unfused->workspace_bytes(p, 1), SIZE_MAX);
+  p.seqlen_q = p.seqlen_kv = 1000;
+  EXPECT_EQ(unfused->workspace_bytes(p, 1), (4 * 1000 * 64 + 1000 * 1000) * sizeof(float));
+}
+
 }  // namespace
 }  // namespace attend

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numbers>
 #include <sstream>
 #include <utility>
 
@@ -326,7 +327,7 @@ problem make_problem(const attention_params& params) {
   // Kernels compute in float, the scale in log2 units (scale x log2 e): beyond that range it would
   // be inf there; the same for softcap.
   constexpr double k_float_max = std::numeric_limits<float>::max();
-  if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max / 1.4426950408889634))
+  if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max / std::numbers::log2e))
     fail("scale: must be finite (within float's range in log2 units, |scale| <= 2.3e38); got " +
          std::to_string(*a.maybe_scale));
   p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);

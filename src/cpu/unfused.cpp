@@ -21,24 +21,25 @@ namespace {
 constexpr std::size_t k_max_workspace_bytes = std::size_t{8} << 30;
 
 struct panel_sizes {
-  std::size_t q = 0, k = 0, v = 0, s = 0, o = 0;  // floats
-  bool overflow = false;                         // a size does not fit size_t
+  std::size_t q = 0, k = 0, v = 0, s = 0, o = 0;  // floats; SIZE_MAX: does not fit size_t
   std::size_t total_bytes() const {
     std::size_t n = 0;
     for (std::size_t x : {q, k, v, s, o})
       if (__builtin_add_overflow(n, x, &n)) return SIZE_MAX;
-    return overflow || __builtin_mul_overflow(n, sizeof(float), &n) ? SIZE_MAX : n;
+    return __builtin_mul_overflow(n, sizeof(float), &n) ? SIZE_MAX : n;
   }
 };
+
+// a x b, or SIZE_MAX when it does not fit (total_bytes() then saturates too).
+std::size_t mul_or_max(std::size_t a, std::size_t b) {
+  std::size_t r = 0;
+  return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
 
 panel_sizes sizes_for(const problem& p) {
   const auto sq = static_cast<std::size_t>(p.seqlen_q), sk = static_cast<std::size_t>(p.seqlen_kv);
   const auto dqk = static_cast<std::size_t>(p.head_dim_qk), dv = static_cast<std::size_t>(p.head_dim_v);
-  panel_sizes n;
-  n.overflow = __builtin_mul_overflow(sq, dqk, &n.q) || __builtin_mul_overflow(sk, dqk, &n.k) ||
-               __builtin_mul_overflow(sk, dv, &n.v) || __builtin_mul_overflow(sq, sk, &n.s) ||
-               __builtin_mul_overflow(sq, dv, &n.o);
-  return n;
+  return {mul_or_max(sq, dqk), mul_or_max(sk, dqk), mul_or_max(sk, dv), mul_or_max(sq, sk), mul_or_max(sq, dv)};
 }
 
 // Note [Flash masked non-finite V] (flash_cpu) applies here too: SGEMM's P·V would carry 0 x NaN

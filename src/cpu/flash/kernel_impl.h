@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "attend/params.h"
@@ -32,7 +33,7 @@ constexpr float k_log2e = 1.44269504088896340736f;
 constexpr float k_ln2 = 0.693147180559945309417f;
 constexpr float k_neg_inf = -__builtin_inff();
 // The lowest natural-units score whose log2-units value (x log2 e) is still finite.
-constexpr float k_lowest_natural = -3.4028234663852886e38f / 1.4426950408889634f;
+constexpr float k_lowest_natural = std::numeric_limits<float>::lowest() / k_log2e;
 constexpr float k_nan = __builtin_nanf("");
 
 std::int64_t imin(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
