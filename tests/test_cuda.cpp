@@ -178,7 +178,8 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
 // Note [Hopper 32-bit bands]: the Hopper consumers' 32-bit bands (sm90_band_offsets, then
 // sm90_band_of) equal key_band_of's for every row, or are empty exactly where it is, over both
 // alignments, windows (none, small, past every key, near the 64-bit limit make_problem clamps to)
-// and lengths up to the 2^30 the Hopper path allows. Host arithmetic only: runs without a GPU.
+// and lengths up to the 2^30 the Hopper path allows, and are monotone in the row. Host arithmetic
+// only: runs without a GPU.
 TEST(cuda, sm90_band_matches_key_band) {
   const std::int64_t lim = std::int64_t{1} << 30, far = (std::int64_t{1} << 61) + 1;
   const std::int64_t lens[] = {1, 17, 64, 501, 1024, 4097, lim - 1, lim};
@@ -222,6 +223,13 @@ TEST(cuda, sm90_band_matches_key_band) {
                 } else {
                   EXPECT_EQ(got.lo, want.lo);
                   EXPECT_EQ(got.hi, want.hi);
+                }
+                // Monotone in the row, empty bands included: the producer's tile range takes the
+                // first and last rows' bands as bounds for the rows between.
+                if (i + 1 < sq) {
+                  const cuda::band32 next = cuda::sm90_band_of(p, static_cast<int>(i + 1));
+                  EXPECT_LE(got.lo, next.lo);
+                  EXPECT_LE(got.hi, next.hi);
                 }
               }
             }

@@ -174,13 +174,14 @@ constexpr int sm90_row_origin(const flash_params& p, int width) {
   return sm90_right_edge_moves(p) ? static_cast<int>(64 * parts - bm * blocks) : 0;  // in (-bm, 0]
 }
 
-// Note [Hopper 32-bit bands]: the Hopper consumers take each item's bands (its first and last rows,
-// and each thread's two rows) in 32-bit arithmetic from two offsets the host computes once, instead
-// of key_band_of's 64-bit window arithmetic per call. With Sq, Skv <= 2^30 (sm90_kernel_for) and
-// the offsets clamped to +-2^30, i + offset neither overflows nor leaves the band it stands for:
-// an offset clamped to -2^30 (no left bound, or one past every key) gives i + lo < 0, so lo = 0,
-// and one clamped to 2^30 (no right bound) gives i + hi >= Skv, so hi = Skv. An empty band may
-// differ from key_band_of's in lo (clamped to Skv here), never in being empty. The host test
+// Note [Hopper 32-bit bands]: the Hopper kernel takes its bands (the producer: each item's key
+// tiles; the consumers: their first and last rows, and each thread's two rows) in 32-bit
+// arithmetic from two offsets the host computes once, instead of key_band_of's 64-bit window
+// arithmetic per call. With Sq, Skv <= 2^30 (sm90_kernel_for) and the offsets clamped to +-2^30,
+// i + offset neither overflows nor leaves the band it stands for: an offset clamped to -2^30 (no
+// left bound, or one past every key) gives i + lo < 0, so lo = 0, and one clamped to 2^30 (no
+// right bound) gives i + hi >= Skv, so hi = Skv. An empty band may differ from key_band_of's in lo
+// (clamped to Skv here), never in being empty; lo and hi stay monotone in the row. The host test
 // cuda.sm90_band_matches_key_band compares the two over alignments, windows and lengths.
 constexpr int k_sm90_band_limit = 1 << 30;
 constexpr void sm90_band_offsets(flash_params& p) {

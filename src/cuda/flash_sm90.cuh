@@ -233,23 +233,15 @@ __device__ __forceinline__ work_item item_of(const flash_params& p, int w, int b
   return {bh / p.num_heads_q, bh % p.num_heads_q, p.sm90_row_origin + (row_blocks - 1 - r) * bm};
 }
 
-// Key tiles [t_begin, t_end) that any of the rows [max(m0, 0), m0 + bm) sees (bands are monotone in
-// the row).
-// The band's 64-bit window bounds are passed through an empty asm, so the compiler reads them from
-// the parameters each call instead of keeping them in registers across the caller's loop (the
-// producer warp runs on 32 registers at head dim 64, Note [Hopper path]).
+// Key tiles [t_begin, t_end) that any of the rows [max(m0, 0), m0 + bm) sees: the bands of the
+// first and last row bound every other (they are monotone in the row), in the consumers' 32-bit
+// form (Note [Hopper 32-bit bands] in flash.h).
 __device__ __forceinline__ void tile_range(const flash_params& p, int m0, int bm, int& t_begin, int& t_end) {
-  const int m_last = min(m0 + bm, p.seqlen_q) - 1;
-  std::int64_t window_left = p.window_left, window_right = p.window_right;
-  asm volatile("" : "+l"(window_left), "+l"(window_right));
-  auto visible_row = [&](int i) {
-    return key_band_of(i, p.seqlen_q, p.seqlen_kv, p.causal, p.bottom_right, window_left, window_right);
-  };
-  const band first = visible_row(max(m0, 0)), last = visible_row(m_last);
+  const band32 first = sm90_band_of(p, max(m0, 0)), last = sm90_band_of(p, min(m0 + bm, p.seqlen_q) - 1);
   t_begin = t_end = 0;
   if (last.hi > first.lo) {
-    t_begin = static_cast<int>(first.lo / k_sm90_block_n);
-    t_end = static_cast<int>((last.hi + k_sm90_block_n - 1) / k_sm90_block_n);
+    t_begin = first.lo / k_sm90_block_n;
+    t_end = (last.hi + k_sm90_block_n - 1) / k_sm90_block_n;
   }
 }
 
