@@ -1,6 +1,8 @@
 // attend/key_band.h: the visible-key band of one query row (Note [Causal alignment] in
 // attend/params.h), on scalars. The one definition: attend::visible_keys (C++) and the CUDA
-// kernels (C++17 device code, through --expt-relaxed-constexpr) both call it.
+// kernels (C++17 device code, through --expt-relaxed-constexpr) call it; the Hopper kernel uses a
+// 32-bit form of it (sm90_band_of, Note [Hopper 32-bit bands] in src/cuda/flash.h) that a host
+// test compares against it.
 #pragma once
 
 #include <cstdint>
