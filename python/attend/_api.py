@@ -73,6 +73,13 @@ def _kind(x: Array) -> str:
     return "other"
 
 
+def _is_ml_bfloat16(x: Any) -> bool:
+    """A numpy array of ml_dtypes' bfloat16 (JAX's host arrays): neither DLPack nor the buffer
+    protocol can carry that dtype, so its bits go to the extension as a uint16 view of the same
+    memory, named in ``bf16_bits`` (Note [numpy bfloat16] in python/src/module.cpp)."""
+    return isinstance(x, np.ndarray) and x.dtype.kind == "V" and x.dtype.name == "bfloat16" and x.dtype.itemsize == 2
+
+
 def _detach(x: Optional[Array]) -> Optional[Array]:
     # torch refuses to export tensors that require grad through DLPack; detach() shares storage.
     if x is not None and _kind(x) == "torch" and x.requires_grad:
@@ -235,8 +242,9 @@ def _prepare(
     out: Optional[Array],
     max_seqlen_q: Optional[int],
     max_seqlen_k: Optional[int],
-) -> Tuple[Tuple[Any, ...], Dict[str, Any]]:
-    """Positional and keyword arguments of _attend.attention / _attend.explain."""
+) -> Tuple[Tuple[Any, ...], Dict[str, Any], Tuple[Any, Any]]:
+    """Positional and keyword arguments of _attend.attention / _attend.explain, and the (out, lse)
+    arrays the caller gets back (``out`` is the caller's own array even when its bits were passed)."""
     for x, what in ((q, "q"), (k, "k"), (v, "v")):
         if x is None:
             raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
@@ -250,9 +258,11 @@ def _prepare(
         (cu_seqlens_k, "cu_seqlens_k", "int32"),
     ):
         # numpy arrays DLPack cannot carry (object, structured or non-native byte order dtypes;
-        # strides that are not whole elements) would only be reported as "not an array".
+        # strides that are not whole elements) would only be reported as "not an array". An
+        # ml_dtypes bfloat16 array goes as its bits (below) where bfloat16 is taken.
         if isinstance(x, np.ndarray):
-            if x.dtype.kind not in "fiub" or not x.dtype.isnative:
+            bf16_ok = what != "cu_seqlens_q" and what != "cu_seqlens_k"
+            if (x.dtype.kind not in "fiub" and not (bf16_ok and _is_ml_bfloat16(x))) or not x.dtype.isnative:
                 raise TypeError(f"{what}: dtype must be {takes} (native byte order); got {x.dtype}")
             if any(st % x.itemsize for st in x.strides):
                 raise ValueError(f"{what}: strides must be whole elements; got byte strides {x.strides}")
@@ -273,6 +283,10 @@ def _prepare(
         out = _empty(q, out_shape, False, "out")
     lse = _empty(q, lse_shape, True, "lse") if return_lse else None
     on_host = not varlen or _device_kind(q, "q") == "cpu"
+    results = (out, lse)
+    bf16_bits = [what for x, what in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (mask, "mask")) if _is_ml_bfloat16(x)]
+    if bf16_bits:
+        q, k, v, out, mask = (x.view(np.uint16) if _is_ml_bfloat16(x) else x for x in (q, k, v, out, mask))
     args = (q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k)
     kwargs: Dict[str, Any] = dict(
         layout=layout,
@@ -287,8 +301,9 @@ def _prepare(
         backend=name,
         allow=list(allow),
         deny=[],
+        bf16_bits=bf16_bits,
     )
-    return args, kwargs
+    return args, kwargs, results
 
 
 # ------------------------------------------------------------------------------------------------
@@ -354,7 +369,7 @@ def attention(
         UnsupportedError: no backend supports the call; the message lists every reason.
         RuntimeError: a backend failed while running.
     """
-    args, kwargs = _prepare(
+    args, kwargs, results = _prepare(
         q,
         k,
         v,
@@ -374,7 +389,7 @@ def attention(
         max_seqlen_k=max_seqlen_k,
     )
     _attend.attention(*args, **kwargs, cuda_stream=_cuda_stream(args[0]), forward=list(_forward_var.get()))
-    return (args[3], args[4]) if return_lse else args[3]
+    return results if return_lse else results[0]
 
 
 def explain(
@@ -404,7 +419,7 @@ def explain(
     (``.selected``). Runs nothing (``out``/``lse`` are allocated when not given, never written).
     Malformed calls raise like :func:`attention`.
     """
-    args, kwargs = _prepare(
+    args, kwargs, _ = _prepare(
         q,
         k,
         v,

@@ -12,6 +12,12 @@
 // layouts reach the kernels unchanged. Inputs are imported read-only; out and lse must be
 // writable.
 //
+// Note [numpy bfloat16]: numpy has no bfloat16 of its own; ml_dtypes' (the dtype of JAX's host
+// arrays) can be carried by neither DLPack nor the buffer protocol. The Python layer passes such an
+// array as a uint16 view of the same memory (same shape and strides) and names the argument in
+// `bf16_bits`; an array so named must be uint16 and is read as bfloat16 here. Nothing is copied,
+// and `out` is written in place through its view.
+//
 // Errors (Note [Python errors]): a wrong array type or dtype raises TypeError naming the
 // argument; attend::invalid_argument raises ValueError (TypeError when it is about a dtype);
 // attend::unsupported raises attend.UnsupportedError (a RuntimeError) whose message lists every
@@ -23,6 +29,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -134,9 +141,15 @@ bool accepts(role r, attend::dtype t) {
 const char* k_array_types = "a numpy.ndarray, a torch.Tensor, or an object with __dlpack__ or the buffer protocol";
 
 // Fills a tensor_view from an imported array: same data pointer, shape and element strides.
+// `bf16_bits`: the array holds bfloat16 bits as uint16 (Note [numpy bfloat16]).
 template <class Array>
-attend::tensor_view view_of(const Array& a, const std::string& name, role r) {
-  const auto maybe_dtype = to_attend_dtype(a.dtype());
+attend::tensor_view view_of(const Array& a, const std::string& name, role r, bool bf16_bits) {
+  auto maybe_dtype = to_attend_dtype(a.dtype());
+  if (bf16_bits) {
+    if (a.dtype() != nb::dtype<std::uint16_t>())
+      type_error(name + ": bf16_bits names it, so it must be the uint16 bits of bfloat16; got " + dlpack_dtype_name(a.dtype()));
+    maybe_dtype = attend::dtype::bf16;
+  }
   if (!maybe_dtype || !accepts(r, *maybe_dtype))
     type_error(name + ": dtype must be " + expected_dtypes(r) + "; got " + dlpack_dtype_name(a.dtype()));
   attend::tensor_view v;
@@ -183,13 +196,18 @@ std::string producer_error(nb::handle h) {
 struct imported {
   std::vector<input_array> inputs;
   std::vector<output_array> outputs;
+  std::vector<std::string> bf16_bits;  // arguments passed as bfloat16 bits (Note [numpy bfloat16])
+
+  bool as_bf16(const std::string& name) const {
+    return std::find(bf16_bits.begin(), bf16_bits.end(), name) != bf16_bits.end();
+  }
 
   attend::tensor_view input(nb::handle h, const std::string& name, role r) {
     input_array a;
     if (!nb::try_cast(h, a, /*convert=*/false))
       type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     inputs.push_back(a);
-    return view_of(a, name, r);
+    return view_of(a, name, r, as_bf16(name));
   }
   attend::tensor_view maybe_input(nb::handle h, const std::string& name, role r) {
     return h.is_none() ? attend::tensor_view{} : input(h, name, r);
@@ -202,7 +220,7 @@ struct imported {
       type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     }
     outputs.push_back(a);
-    return view_of(a, name, r);
+    return view_of(a, name, r, as_bf16(name));
   }
 };
 
@@ -233,8 +251,9 @@ void build_call(call& c, nb::handle q, nb::handle k, nb::handle v, nb::handle ou
                 std::optional<double> scale, bool causal, const std::string& causal_align, std::int64_t window_left,
                 std::int64_t window_right, double softcap, std::int64_t max_seqlen_q, std::int64_t max_seqlen_k,
                 const std::string& backend, const std::vector<std::string>& allow,
-                const std::vector<std::string>& deny) {
+                const std::vector<std::string>& deny, const std::vector<std::string>& bf16_bits) {
   attend::attention_params& p = c.params;
+  c.arrays.bf16_bits = bf16_bits;
   p.q = c.arrays.input(q, "q", role::floating);
   p.k = c.arrays.input(k, "k", role::floating);
   p.v = c.arrays.input(v, "v", role::floating);
@@ -540,11 +559,11 @@ NB_MODULE(_attend, m) {
          nb::handle cu_seqlens_q, nb::handle cu_seqlens_k, const std::string& layout, std::optional<double> scale,
          bool causal, const std::string& causal_align, std::int64_t window_left, std::int64_t window_right,
          double softcap, std::int64_t max_seqlen_q, std::int64_t max_seqlen_k, const std::string& backend,
-         const std::vector<std::string>& allow, const std::vector<std::string>& deny, std::uintptr_t cuda_stream,
-         const nb::list& forward) {
+         const std::vector<std::string>& allow, const std::vector<std::string>& deny,
+         const std::vector<std::string>& bf16_bits, std::uintptr_t cuda_stream, const nb::list& forward) {
         call c;
         build_call(c, q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k, layout, scale, causal, causal_align,
-                   window_left, window_right, softcap, max_seqlen_q, max_seqlen_k, backend, allow, deny);
+                   window_left, window_right, softcap, max_seqlen_q, max_seqlen_k, backend, allow, deny, bf16_bits);
         auto stack = to_forward_stack(forward);
         attend::run_options options;
         options.select = c.select;
@@ -561,7 +580,7 @@ NB_MODULE(_attend, m) {
       "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a.none(), "mask"_a.none(), "cu_seqlens_q"_a.none(),
       "cu_seqlens_k"_a.none(), nb::kw_only(), "layout"_a, "scale"_a.none(), "causal"_a, "causal_align"_a,
       "window_left"_a, "window_right"_a, "softcap"_a, "max_seqlen_q"_a, "max_seqlen_k"_a, "backend"_a, "allow"_a,
-      "deny"_a, "cuda_stream"_a, "forward"_a,
+      "deny"_a, "bf16_bits"_a, "cuda_stream"_a, "forward"_a,
       "Runs one attention call into `out` (and `lse`) with the GIL released; returns the backend's name.\n"
       "Low level: use attend.attention().");
 
@@ -571,10 +590,11 @@ NB_MODULE(_attend, m) {
          nb::handle cu_seqlens_q, nb::handle cu_seqlens_k, const std::string& layout, std::optional<double> scale,
          bool causal, const std::string& causal_align, std::int64_t window_left, std::int64_t window_right,
          double softcap, std::int64_t max_seqlen_q, std::int64_t max_seqlen_k, const std::string& backend,
-         const std::vector<std::string>& allow, const std::vector<std::string>& deny) {
+         const std::vector<std::string>& allow, const std::vector<std::string>& deny,
+         const std::vector<std::string>& bf16_bits) {
         call c;
         build_call(c, q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k, layout, scale, causal, causal_align,
-                   window_left, window_right, softcap, max_seqlen_q, max_seqlen_k, backend, allow, deny);
+                   window_left, window_right, softcap, max_seqlen_q, max_seqlen_k, backend, allow, deny, bf16_bits);
         std::vector<attend::explanation> lines;
         {
           nb::gil_scoped_release release;
@@ -588,7 +608,7 @@ NB_MODULE(_attend, m) {
       "q"_a, "k"_a, "v"_a, "out"_a, "lse"_a.none(), "mask"_a.none(), "cu_seqlens_q"_a.none(),
       "cu_seqlens_k"_a.none(), nb::kw_only(), "layout"_a, "scale"_a.none(), "causal"_a, "causal_align"_a,
       "window_left"_a, "window_right"_a, "softcap"_a, "max_seqlen_q"_a, "max_seqlen_k"_a, "backend"_a, "allow"_a,
-      "deny"_a,
+      "deny"_a, "bf16_bits"_a,
       "One (backend, supported, selected, reason) tuple per backend, in priority order. Runs nothing.\n"
       "Low level: use attend.explain().");
 

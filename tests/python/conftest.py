@@ -14,6 +14,11 @@ import attend
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 NO_TORCH_REASON = "torch is not installed (the torch tests run where it is, e.g. the GPU machine)"
+# numpy's bfloat16 comes from ml_dtypes (scripts/requirements.txt installs it); importing it
+# registers the dtype name "bfloat16" with numpy.
+HAVE_ML_DTYPES = importlib.util.find_spec("ml_dtypes") is not None
+if HAVE_ML_DTYPES:
+    import ml_dtypes  # noqa: F401
 
 
 def torch_cuda_available() -> bool:
@@ -118,6 +123,8 @@ def reference(
 
 
 class Framework:
+    """Where test inputs live: "numpy" (bfloat16 as ml_dtypes' dtype) or "torch" on a device."""
+
     def __init__(self, name: str, device: str = "cpu"):
         self.name = name
         self.device = device

@@ -15,7 +15,7 @@ import pytest
 
 import attend
 
-from conftest import assert_close, qkv, reference, rng
+from conftest import HAVE_ML_DTYPES, assert_close, qkv, reference, rng
 
 FEATURES = {
     "causal",
@@ -104,6 +104,46 @@ def test_dtype_errors_are_type_errors(small_qkv):
     expect(TypeError, r"^out: dtype must match q", attend.attention, q, k, v, out=out)
     mask = np.zeros((7, 9), np.float64)
     expect(TypeError, r"^mask: dtype must be bool .* got float64", attend.attention, q, k, v, mask=mask)
+
+
+@pytest.mark.skipif(not HAVE_ML_DTYPES, reason="ml_dtypes (numpy's bfloat16) is not installed; scripts/setup installs it")
+def test_numpy_bfloat16_zero_copy(small_qkv):
+    """ml_dtypes' bfloat16 arrays (neither DLPack nor the buffer protocol carries them) run as
+    bfloat16 without a copy: out comes back as the caller's bfloat16 array, written in place."""
+    import ml_dtypes
+
+    bf16 = ml_dtypes.bfloat16
+    q, k, v = (x.astype(bf16) for x in small_qkv)
+    want, want_lse = reference(*(x.astype(np.float64) for x in (q, k, v)), causal=True)
+    for backend in ("reference", "flash_cpu", "unfused_cpu"):
+        out = np.full(q.shape[:3] + (v.shape[3],), 7, bf16)
+        got, lse = attend.attention(q, k, v, backend=backend, causal=True, out=out, return_lse=True)
+        assert got is out and got.dtype == bf16 and lse.dtype == np.float32
+        assert_close(got, want, "bfloat16")
+        assert_close(lse, want_lse, "bfloat16", what="lse", lse=True)
+    # Allocated outputs are bfloat16 numpy arrays too; a bfloat16 additive mask is taken as such.
+    mask = rng(2).standard_normal((7, 9)).astype(bf16)
+    got = attend.attention(q, k, v, mask=mask)
+    assert got.dtype == bf16
+    assert_close(got, reference(*(x.astype(np.float64) for x in (q, k, v)), mask=mask.astype(np.float64))[0], "bfloat16")
+    assert attend.explain(q, k, v)[0].selected
+    # Mixed dtypes, a bfloat16 where int32 is needed, and other ml_dtypes types are type errors.
+    expect(TypeError, r"^k: dtype must match q \(bfloat16\); got float32", attend.attention, q, small_qkv[1], v)
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got float8_e4m3fn",
+           attend.attention, small_qkv[0].astype(ml_dtypes.float8_e4m3fn), k, v)
+    offsets = np.array([0, 7], np.int32).astype(bf16)
+    expect(TypeError, r"^cu_seqlens_q: dtype must be int32 \(native byte order\); got bfloat16", attend.attention,
+           q[0], k[0], v[0], cu_seqlens_q=offsets, cu_seqlens_k=np.array([0, 9], np.int32))
+    # The extension reads an argument named in bf16_bits only as the uint16 bits of bfloat16.
+    args, kwargs, _ = attend._api._prepare(q, k, v, backend="auto", layout="bshd", scale=None, causal=False,
+                                           causal_align="top_left", window=None, mask=None, softcap=0.0,
+                                           return_lse=False, cu_seqlens_q=None, cu_seqlens_k=None, out=None,
+                                           max_seqlen_q=None, max_seqlen_k=None)
+    assert kwargs["bf16_bits"] == ["q", "k", "v", "out"] and args[0].dtype == np.uint16
+    kwargs["bf16_bits"] = ["q", "k", "v", "out", "lse"]
+    lse = np.empty((2, 4, 7), np.float32)
+    expect(TypeError, r"^lse: bf16_bits names it, so it must be the uint16 bits of bfloat16; got float32",
+           attend._attend.explain, *args[:4], lse, *args[5:], **kwargs)
 
 
 def test_argument_type_errors(small_qkv):

@@ -17,6 +17,7 @@ import pytest
 import attend
 
 from conftest import (
+    HAVE_ML_DTYPES,
     HAVE_TORCH,
     NO_TORCH_REASON,
     Framework,
@@ -80,9 +81,9 @@ VARLEN_CASES: Dict[str, Dict[str, Any]] = {
 def framework_for(backend: Dict[str, Any], dtype: str) -> Framework:
     """Where a backend's inputs live; skips (with the reason) when that is not available here."""
     if "cpu" in backend["devices"]:
-        if dtype == "bfloat16":
+        if dtype == "bfloat16" and not HAVE_ML_DTYPES:
             if not HAVE_TORCH:
-                pytest.skip(f"bfloat16 inputs need torch (numpy has no bfloat16); {NO_TORCH_REASON}")
+                pytest.skip(f"bfloat16 inputs need ml_dtypes (numpy's bfloat16) or torch; {NO_TORCH_REASON}")
             return Framework("torch", "cpu")
         return Framework("numpy")
     if "cuda" in backend["devices"]:
