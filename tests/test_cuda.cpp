@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <cstdlib>
 #include <iostream>
@@ -171,19 +172,36 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       // CTA.
       add("many-items-causal-br-long-q", [](case_spec& c) { c.batch = 2; c.seqlen_q = 700; c.seqlen_kv = 300; c.heads_q = 40; c.heads_kv = 8; c.causal = true; c.alignment = alignment::bottom_right; });
       add("many-items-window-br", [](case_spec& c) { c.batch = 2; c.seqlen_q = 520; c.seqlen_kv = 470; c.heads_q = 40; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 300; });
+      // Varlen (Note [Hopper varlen]): empty sequences on either side, sequences shorter than a
+      // 64-row part and than a key tile, V tiles that run into the next sequence, row blocks past a
+      // short sequence's end (the grid has the longest one's blocks for every sequence), per-sequence
+      // bottom-right diagonals and row-grid origins, windows, GQA, and more items than SMs.
+      add("varlen", [](case_spec& c) { c.varlen_q = {300, 0, 129, 1, 64}; c.varlen_kv = {477, 5, 0, 200, 64}; c.heads_q = 4; c.heads_kv = 2; });
+      add("varlen-causal-br", [](case_spec& c) { c.varlen_q = {130, 470, 17, 300}; c.varlen_kv = {200, 300, 17, 129}; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("varlen-causal-tl-window", [](case_spec& c) { c.varlen_q = {470, 257, 65}; c.varlen_kv = {470, 300, 400}; c.heads_q = 2; c.causal = true; c.window_left = 100; });
+      add("varlen-window", [](case_spec& c) { c.varlen_q = {200, 333}; c.varlen_kv = {333, 200}; c.heads_q = 2; c.window_left = 50; c.window_right = 20; });
+      add("varlen-many-items-causal-gqa", [](case_spec& c) {
+        for (int i = 0; i < 12; ++i) {
+          c.varlen_q.push_back(1 + (i * 97) % 450);
+          c.varlen_kv.push_back(1 + (i * 61 + 30) % 450);
+        }
+        c.heads_q = 16;
+        c.heads_kv = 4;
+        c.causal = true;
+      });
     }
   return v;
 }
 
-// Note [Hopper 32-bit bands]: the Hopper consumers' 32-bit bands (sm90_band_offsets, then
-// sm90_band_of) equal key_band_of's for every row, or are empty exactly where it is, over both
-// alignments, windows (none, small, past every key, near the 64-bit limit make_problem clamps to)
-// and lengths up to the 2^30 the Hopper path allows, and are monotone in the row. Host arithmetic
-// only: runs without a GPU.
-TEST(cuda, sm90_band_matches_key_band) {
-  const std::int64_t lim = std::int64_t{1} << 30, far = (std::int64_t{1} << 61) + 1;
+// Compares the Hopper bands `band_of(p, sq, skv, i)` with key_band_of over alignments, windows
+// (none, small, past every key, near the 64-bit limit make_problem clamps to) and the lengths in
+// `lens` (up to `lim`, the kernel's limit), on the first, last and middle rows, the diagonal's
+// neighbours and random rows; also checks that they are monotone in the row.
+template <class BandOf>
+void compare_sm90_bands(std::int64_t lim, BandOf band_of) {
+  const std::int64_t far = (std::int64_t{1} << 61) + 1;
   const std::int64_t lens[] = {1, 17, 64, 501, 1024, 4097, lim - 1, lim};
-  const std::int64_t windows[] = {-1, 0, 1, 5, 63, 600, lim - 1, lim, lim + 7, far};
+  const std::int64_t windows[] = {-1, 0, 1, 5, 63, 600, lim - 1, lim, lim + 7, 2 * lim, far};
   std::mt19937_64 rng(fresh_seed());
   int compared = 0, empty = 0;
   for (std::int64_t sq : lens)
@@ -201,7 +219,6 @@ TEST(cuda, sm90_band_matches_key_band) {
               p.window_left = wl;
               p.window_right = wr;
               cuda::sm90_band_offsets(p);
-              // First, last and middle rows, the diagonal's neighbours, and random rows.
               std::vector<std::int64_t> rows = {0, sq - 1, sq / 2};
               for (std::int64_t d : {std::int64_t{0}, skv - sq}) {
                 for (std::int64_t k : {-2, -1, 0, 1, 2}) {
@@ -212,7 +229,7 @@ TEST(cuda, sm90_band_matches_key_band) {
               for (int r = 0; r < 4; ++r) rows.push_back(static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(sq)));
               for (std::int64_t i : rows) {
                 const key_band want = key_band_of(i, sq, skv, causal, br, wl, wr);
-                const cuda::band32 got = cuda::sm90_band_of(p, static_cast<int>(i));
+                const cuda::band32 got = band_of(p, static_cast<int>(sq), static_cast<int>(skv), static_cast<int>(i));
                 SCOPED_TRACE("Sq " + std::to_string(sq) + " Skv " + std::to_string(skv) + " causal " +
                              std::to_string(causal) + " br " + std::to_string(br) + " window " + std::to_string(wl) +
                              "," + std::to_string(wr) + " row " + std::to_string(i));
@@ -227,7 +244,7 @@ TEST(cuda, sm90_band_matches_key_band) {
                 // Monotone in the row, empty bands included: the producer's tile range takes the
                 // first and last rows' bands as bounds for the rows between.
                 if (i + 1 < sq) {
-                  const cuda::band32 next = cuda::sm90_band_of(p, static_cast<int>(i + 1));
+                  const cuda::band32 next = band_of(p, static_cast<int>(sq), static_cast<int>(skv), static_cast<int>(i + 1));
                   EXPECT_LE(got.lo, next.lo);
                   EXPECT_LE(got.hi, next.hi);
                 }
@@ -236,6 +253,24 @@ TEST(cuda, sm90_band_matches_key_band) {
   // Both outcomes occur (the grid would not test emptiness otherwise).
   EXPECT_GT(empty, 0);
   EXPECT_GT(compared - empty, 0);
+}
+
+// Note [Hopper 32-bit bands]: the Hopper consumers' 32-bit bands (sm90_band_offsets, then
+// sm90_band_of) equal key_band_of's for every row, or are empty exactly where it is, for lengths
+// up to the 2^30 the Hopper path allows. Host arithmetic only: runs without a GPU.
+TEST(cuda, sm90_band_matches_key_band) {
+  compare_sm90_bands(std::int64_t{1} << 30,
+                     [](const cuda::flash_params& p, int, int, int i) { return cuda::sm90_band_of(p, i); });
+}
+
+// Note [Hopper varlen]: a sequence's bands from sm90_varlen_offsets (per-sequence offsets from the
+// windows sm90_band_offsets clamps to 2^29) equal key_band_of's, for sequences up to the 2^29 rows
+// the varlen form allows. p.seqlen_q/kv (the longest sequence) play no part in them.
+TEST(cuda, sm90_varlen_band_matches_key_band) {
+  compare_sm90_bands(std::int64_t{1} << 29, [](cuda::flash_params p, int sq, int skv, int i) {
+    p.seqlen_q = p.seqlen_kv = 7;  // not this sequence's lengths
+    return cuda::sm90_band_in(i, cuda::sm90_varlen_offsets(p, sq, skv), skv);
+  });
 }
 
 // The Hopper path's row-block grid (flash.h sm90_row_origin, Note [Hopper scheduler]) covers every
@@ -364,8 +399,86 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.window_left = window;
     v.push_back(c);
   }
+  // Varlen (Note [Hopper varlen]): the V tiles zeroed past a sequence's end (a barrier of their
+  // own) and the outputs stored row by row where a part runs past the end, on many items.
+  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{64}}}) {
+    case_spec c = typed_case("sm90-persistent-varlen-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
+                             seed + v.size());
+    c.varlen_q = {200, 77, 0, 330};
+    c.varlen_kv = {130, 200, 64, 301};
+    c.heads_q = 40;
+    c.heads_kv = 8;
+    c.causal = true;
+    c.alignment = alignment::bottom_right;
+    v.push_back(c);
+  }
   expect_hopper_kernel(v);
   check_cases("flash_cuda", v, true);
+}
+
+// Note [Hopper varlen]: the keys past a sequence's end in its last V tile are the next sequence's;
+// a NaN or Inf there must not reach this sequence's rows (P is 0 there, but 0 x NaN is NaN), as
+// on the CPU backends. Sequence 0 has 100 keys (the tile's other 28 rows are sequence 1's), and
+// sequence 1's V is NaN and Inf throughout: sequence 0 must match the reference, sequence 1's rows
+// must be NaN. Both head dims and alignments of the Hopper kernel, and the mma.sync kernel's shape.
+TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
+  ATTEND_REQUIRE_GPU();
+  const auto b = registry::global().find("flash_cuda");
+  ASSERT_TRUE(b);
+  const std::uint64_t seed = fresh_seed();
+  int n = 0;
+  for (std::int64_t d : {64, 128, 80})
+    for (bool causal : {false, true}) {
+      case_spec spec = typed_case("varlen-next-nan-d" + std::to_string(d) + (causal ? "-causal" : ""), dtype::bf16, d,
+                                  seed + n++);
+      spec.varlen_q = {150, 60};
+      spec.varlen_kv = {100, 200};
+      spec.heads_q = 4;
+      spec.heads_kv = 2;
+      spec.causal = causal;
+      spec.alignment = alignment::bottom_right;
+      spec.device = k_gpu;
+      const at::case_data data(spec);
+      const attention_params& host = data.params();
+      // Sequence 1's V rows (packed rows 100..299): NaN, with an Inf in each row.
+      auto* v = static_cast<std::uint16_t*>(host.v.data);
+      for (std::int64_t row = 100; row < 300; ++row)
+        for (std::int64_t h = 0; h < 2; ++h)
+          for (std::int64_t e = 0; e < d; ++e)
+            v[row * host.v.strides[0] + h * host.v.strides[1] + e * host.v.strides[2]] = e == 3 ? 0x7f80 : 0x7fc0;
+      at::device_copy dev(data, *b->memory_for(k_gpu), k_gpu);
+      run_options options;
+      options.select.name = "flash_cuda";
+      attention(dev.params(), options);
+      dev.download_outputs(data);
+      const auto* out = static_cast<const std::uint16_t*>(host.out.data);
+      const at::tolerance tol = at::tolerance_for(dtype::bf16);
+      const std::vector<double>& ref = data.reference_out();
+      int checked = 0, nan_rows = 0;
+      for (std::int64_t row = 0; row < 210; ++row)
+        for (std::int64_t h = 0; h < 4; ++h)
+          for (std::int64_t e = 0; e < d; ++e) {
+            std::uint32_t bits = std::uint32_t{out[row * host.out.strides[0] + h * host.out.strides[1] + e * host.out.strides[2]]} << 16;
+            float got = 0;
+            std::memcpy(&got, &bits, sizeof got);
+            if (row >= 150) {  // sequence 1: every row sees its non-finite keys
+              nan_rows += !std::isfinite(got);
+              continue;
+            }
+            const double want = ref[static_cast<std::size_t>((row * 4 + h) * d + e)];
+            ASSERT_LE(std::abs(got - want), tol.atol + tol.rtol * std::abs(want))
+                << spec.name << " row " << row << " head " << h << " dim " << e << ": got "
+                << got << ", want " << want;
+            ++checked;
+          }
+      EXPECT_EQ(checked, 150 * 4 * d);
+      EXPECT_EQ(nan_rows, 60 * 4 * d) << spec.name;
+#if defined(ATTEND_TEST_HAVE_CUDA)
+      if (cuda::flash_cuda_hopper_available(k_gpu.index) && d != 80) {
+        EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+      }
+#endif
+    }
 }
 
 // The Hopper kernel scales scores inside the exponent after the row maximum, which needs

@@ -67,6 +67,11 @@ struct flash_params {
   // The band as two 32-bit offsets (sm90_band_offsets): row i sees keys
   // [clamp(i + sm90_band_lo, 0, Skv), clamp(i + sm90_band_hi, lo, Skv)) (sm90_band_of).
   int sm90_band_lo = -(1 << 30), sm90_band_hi = 1 << 30;
+  // Varlen (Note [Hopper varlen], flash_sm90.cuh): the window bounds clamped to 2^29 (-1: unbounded;
+  // the right one is 0 under causal), from which the kernel takes each sequence's band offsets
+  // (sm90_varlen_offsets), and the packed rows of q/out and k/v (the tensor maps' extent).
+  int sm90_window_left = -1, sm90_window_right = -1;
+  int total_q = 0, total_kv = 0;
 };
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -184,6 +189,7 @@ constexpr int sm90_row_origin(const flash_params& p, int width) {
 // (clamped to Skv here), never in being empty; lo and hi stay monotone in the row. The host test
 // cuda.sm90_band_matches_key_band compares the two over alignments, windows and lengths.
 constexpr int k_sm90_band_limit = 1 << 30;
+constexpr int k_sm90_varlen_limit = 1 << 29;  // longest sequence and window bound of the varlen form
 constexpr void sm90_band_offsets(flash_params& p) {
   const std::int64_t diag = p.bottom_right ? std::int64_t{p.seqlen_kv} - p.seqlen_q : 0;
   const std::int64_t right = p.causal ? 0 : p.window_right;  // as key_band_of
@@ -193,15 +199,32 @@ constexpr void sm90_band_offsets(flash_params& p) {
   // window bounds are at most 2^61 + 1 (make_problem), so these differences fit 64 bits.
   p.sm90_band_lo = p.window_left >= 0 ? clamp(diag - p.window_left) : -k_sm90_band_limit;
   p.sm90_band_hi = right >= 0 ? clamp(diag + right + 1) : k_sm90_band_limit;
+  // Varlen: with every length <= 2^29, a bound of 2^29 already reaches past every key of every row,
+  // so clamping there changes no band.
+  auto clamp_window = [](std::int64_t w) { return static_cast<int>(w < 0 ? -1 : w > k_sm90_varlen_limit ? k_sm90_varlen_limit : w); };
+  p.sm90_window_left = clamp_window(p.window_left);
+  p.sm90_window_right = clamp_window(right);
 }
 struct band32 {
   int lo, hi;
 };
-constexpr band32 sm90_band_of(const flash_params& p, int i) {
-  const int a = i + p.sm90_band_lo, b = i + p.sm90_band_hi;
-  const int lo = a < 0 ? 0 : a > p.seqlen_kv ? p.seqlen_kv : a;
-  const int hi = b < lo ? lo : b > p.seqlen_kv ? p.seqlen_kv : b;
+// Row i's band from offsets `off` over len_kv keys.
+constexpr band32 sm90_band_in(int i, band32 off, int len_kv) {
+  const int a = i + off.lo, b = i + off.hi;
+  const int lo = a < 0 ? 0 : a > len_kv ? len_kv : a;
+  const int hi = b < lo ? lo : b > len_kv ? len_kv : b;
   return {lo, hi};
+}
+constexpr band32 sm90_band_of(const flash_params& p, int i) {
+  return sm90_band_in(i, {p.sm90_band_lo, p.sm90_band_hi}, p.seqlen_kv);
+}
+// Varlen (Note [Hopper varlen]): the offsets of a sequence of len_q rows and len_kv keys, in 32-bit
+// arithmetic. With lengths <= 2^29 (sm90_kernel_for) and the windows clamped to 2^29, lo lies in
+// [-2^30, 2^29] and hi in [-2^29 + 1, 2^30 + 1], so i + offset fits an int for every row i.
+constexpr band32 sm90_varlen_offsets(const flash_params& p, int len_q, int len_kv) {
+  const int diag = p.bottom_right ? len_kv - len_q : 0;
+  return {p.sm90_window_left >= 0 ? diag - p.sm90_window_left : -k_sm90_band_limit,
+          p.sm90_window_right >= 0 ? diag + p.sm90_window_right + 1 : k_sm90_band_limit};
 }
 
 // Launchers (stream is a cudaStream_t). Each throws attend::runtime_error on a launch failure.

@@ -157,12 +157,17 @@ bool sm90_disabled() {
 }
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
-  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.is_varlen ||
-      pr.maybe_mask != nullptr || pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) ||
-      p.num_splits > 1 || !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
+  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.maybe_mask != nullptr ||
+      pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
+      !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
   if (sm90_item_count(p, static_cast<int>(pr.head_dim_qk)) >= (std::int64_t{1} << 30)) return nullptr;
   if (pr.seqlen_q > k_sm90_band_limit || pr.seqlen_kv > k_sm90_band_limit) return nullptr;  // Note [Hopper 32-bit bands]
+  // Varlen (Note [Hopper varlen]): sequences of <= 2^29 rows (sm90_varlen_offsets) and packed
+  // tensors of <= 2^30 rows, so that a row coordinate plus a block stays an int.
+  if (pr.is_varlen && (pr.seqlen_q > k_sm90_varlen_limit || pr.seqlen_kv > k_sm90_varlen_limit ||
+                       p.total_q > k_sm90_band_limit || p.total_kv > k_sm90_band_limit))
+    return nullptr;
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
       return compute_capability(pr.device.index) == 90 ? &e : nullptr;
@@ -296,6 +301,11 @@ class flash_cuda_backend final : public backend {
         case dtype::bf16: p.mask = mask_kind::add_bf16; break;
         default: p.mask = mask_kind::add_f32; break;
       }
+    }
+    if (pr.is_varlen) {  // packed rows; rows past 2^31 saturate (sm90_kernel_for refuses them)
+      auto rows = [](std::int64_t n) { return static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max())); };
+      p.total_q = rows(a.q.sizes[0]);
+      p.total_kv = rows(a.k.sizes[0]);
     }
     p.batch = static_cast<int>(pr.batch);
     p.seqlen_q = static_cast<int>(pr.seqlen_q);

@@ -33,9 +33,9 @@
 //     columns, which clips rows past the sequence. (Stores by every thread cost the short items
 //     of S = 1024 about 200 more instructions per warp, and the TMA store was 3-5% faster there
 //     on the H100: bench/RESULTS.md.)
-// Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense (not varlen), no mask,
-// no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <= 2^30 (Note [Hopper 32-bit
-// bands] in flash.h), no split-KV, unit dim stride and 16-byte
+// Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense or varlen (Note
+// [Hopper varlen]), no mask, no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
+// 2^30 (Note [Hopper 32-bit bands] in flash.h; varlen: 2^29), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
 // Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
 // flash_backend.cpp (sm90_kernel_for).
@@ -224,20 +224,50 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 struct work_item {
   int b, h, m0;
 };
-__device__ __forceinline__ work_item item_of(const flash_params& p, int w, int bm) {
+// Item w as (batch, head, r): r counts the row blocks back from the last one (of the longest
+// sequence's row blocks under varlen).
+struct item_coord {
+  int b, h, r;
+};
+__device__ __forceinline__ item_coord item_coords(const flash_params& p, int w, int bm) {
   const int row_blocks = (p.seqlen_q + bm - 1) / bm;
   const int pairs = p.batch * p.num_heads_q, group = p.sm90_group_heads;
   const int g = w / (group * row_blocks), in_group = w - g * group * row_blocks;
   const int size = min(group, pairs - g * group);  // the last group may be smaller
   const int r = in_group / size, bh = g * group + (in_group - r * size);
-  return {bh / p.num_heads_q, bh % p.num_heads_q, p.sm90_row_origin + (row_blocks - 1 - r) * bm};
+  return {bh / p.num_heads_q, bh % p.num_heads_q, r};
+}
+__device__ __forceinline__ work_item item_of(const flash_params& p, int w, int bm) {
+  const item_coord c = item_coords(p, w, bm);
+  const int row_blocks = (p.seqlen_q + bm - 1) / bm;
+  return {c.b, c.h, p.sm90_row_origin + (row_blocks - 1 - c.r) * bm};
+}
+
+// Varlen (Note [Hopper varlen]): the sequence of an item, its packed rows and band offsets.
+struct seq_item {
+  int start_q, len_q, start_kv, len_kv;
+  band32 off;
+};
+// Item w of a varlen call, or false when its row block lies past the end of its sequence (every
+// sequence has the longest one's row blocks in the item order). The row grid of each sequence
+// starts as sm90_row_origin says for its length.
+__device__ __forceinline__ bool varlen_item_of(const flash_params& p, int w, int bm, work_item& it, seq_item& sq) {
+  const item_coord c = item_coords(p, w, bm);
+  const int start_q = p.maybe_cu_seqlens_q[c.b], len_q = p.maybe_cu_seqlens_q[c.b + 1] - start_q;
+  const int blocks = (len_q + bm - 1) / bm;
+  if (c.r >= blocks) return false;
+  const int start_kv = p.maybe_cu_seqlens_kv[c.b], len_kv = p.maybe_cu_seqlens_kv[c.b + 1] - start_kv;
+  const int origin = sm90_right_edge_moves(p) ? 64 * ((len_q + 63) / 64) - bm * blocks : 0;
+  it = {c.b, c.h, origin + (blocks - 1 - c.r) * bm};
+  sq = {start_q, len_q, start_kv, len_kv, sm90_varlen_offsets(p, len_q, len_kv)};
+  return true;
 }
 
 // Key tiles [t_begin, t_end) that any of the rows [max(m0, 0), m0 + bm) sees: the bands of the
 // first and last row bound every other (they are monotone in the row), in the consumers' 32-bit
-// form (Note [Hopper 32-bit bands] in flash.h).
-__device__ __forceinline__ void tile_range(const flash_params& p, int m0, int bm, int& t_begin, int& t_end) {
-  const band32 first = sm90_band_of(p, max(m0, 0)), last = sm90_band_of(p, min(m0 + bm, p.seqlen_q) - 1);
+// form (Note [Hopper 32-bit bands] in flash.h), over len_q rows and len_kv keys with offsets `off`.
+__device__ __forceinline__ void tile_range(band32 off, int len_q, int len_kv, int m0, int bm, int& t_begin, int& t_end) {
+  const band32 first = sm90_band_in(max(m0, 0), off, len_kv), last = sm90_band_in(min(m0 + bm, len_q) - 1, off, len_kv);
   t_begin = t_end = 0;
   if (last.hi > first.lo) {
     t_begin = first.lo / k_sm90_block_n;
@@ -430,7 +460,25 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // largest share of causal waste: the first consumer of an item on the diagonal sees at most half
 // of the item's last tile, and at S = 1024 one item has only 64 rows, so two consumers have none
 // (the first item, which covers a single key tile, Note [Hopper scheduler]).
-template <elem E, int Width>
+//
+// Note [Hopper varlen]: varlen calls run the same kernel (Varlen = true) over packed rows: the
+// tensor maps span all rows of q/out and k/v as one batch, and the item order is that of a dense
+// call with the longest sequence's row blocks for every sequence; the producer reads each item's
+// sequence from cu_seqlens, passes over the row blocks past its end, and hands the consumers the
+// sequence (first row, rows, first key, keys, band offsets from sm90_varlen_offsets) in the slot.
+// A tile's rows and keys past the sequence are those of the next one: rows past the end see no key
+// (the band test, as past Sq), keys past the end are outside every band, and two places must not
+// read or write them as a dense call's zero-filled rows:
+//   - V: P is 0 at those keys, but 0 x NaN is NaN, so a NaN or Inf in the next sequence's V would
+//     reach this one's rows (the CPU backends and the mma.sync kernel give such a key nothing,
+//     attend/params.h). A V tile that runs past the sequence's end lands on its own barrier; the
+//     producer warp zeroes its rows past the end, fences them for the async proxy and only then
+//     completes the stage's full_v. One such tile per item at most (its last).
+//   - the output: a TMA store would write the next sequence's rows, so a consumer whose 64 rows
+//     run past the end stores its rows in the sequence from the staged tile with 16-byte stores.
+//     (Rows before the start, in the first block of a grid that starts early, are whole 64-row
+//     parts that store nothing, as in a dense call.)
+template <elem E, int Width, bool Varlen>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -466,13 +514,17 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   // Two item slots, one per Q buffer (Note [Hopper scheduler]), of k_slot_ints ints (together the
   // room of k_slot_ints barriers). Slot qb holds the item the producer decoded: batch (-1: no more items), head,
   // first row, first and end key tile.
-  constexpr int k_slot_ints = 8, k_slots_first = 4 + 4 * stages;
+  // Varlen adds the sequence: first row, rows, first key, keys, band offsets (Note [Hopper varlen]).
+  constexpr int k_slot_fields = Varlen ? 11 : 5;
+  constexpr int k_slot_ints = Varlen ? 12 : 8, k_slots_first = 4 + 4 * stages;
   volatile int* const item_slot = reinterpret_cast<volatile int*>(base_ptr + (bar_at(k_slots_first, 0) - base));
   // Slot qb holds a new item (the producer's thread arrives after writing it), and it has been read
   // by every consumer warp (lane 0 of each, the only reader, arrives after its reads).
   auto bar_slot_full = [&](int qb) { return bar_at(k_slots_first + k_slot_ints, qb); };
   auto bar_slot_empty = [&](int qb) { return bar_at(k_slots_first + k_slot_ints + 2, qb); };
-  static_assert(8 * (k_slots_first + k_slot_ints + 4) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
+  // Varlen: the V tile that runs past its sequence lands here first (Note [Hopper varlen]).
+  const std::uint32_t bar_v_fill = bar_at(k_slots_first + k_slot_ints + 4, 0);
+  static_assert(8 * (k_slots_first + k_slot_ints + 5) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
   // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
   // to issue wgmma (Note [Hopper overlap]).
   constexpr int k_bar_turn = 1 + C;
@@ -492,6 +544,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       mbar_init(bar_empty_k(s), 4 * C);
       mbar_init(bar_empty_v(s), 4 * C);
     }
+    if constexpr (Varlen) mbar_init(bar_v_fill, 1);
     asm volatile("fence.mbarrier_init.release.cluster;\nfence.proxy.async.shared::cta;\n" ::: "memory");
   }
   __syncthreads();
@@ -508,55 +561,136 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     int kv = 0;  // key tiles issued so far (ring position across items)
     // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
     int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
-    for (int j = 0;; ++j) {
-      const int qb = j & 1;
-      const int w = __shfl_sync(0xffffffffu, w_next, 0);
-      work_item it{-1, 0, 0};
-      int t_begin = 0, t_end = 0;
-      if (tid == 0) {
-        if (w < items) {
-          it = item_of(p, w, BM);
-          tile_range(p, it.m0, BM, t_begin, t_end);
-        }
-        // Item j's slot and Q buffer were item j - 2's: the slot is reused once every consumer warp
-        // read it, the buffer once the consumers' TMA stores of that item's output read it.
-        if (j >= 2) {
-          const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
-          mbar_wait(bar_slot_empty(qb), parity);
-          mbar_wait(bar_q_empty(qb), parity);
-        }
-        volatile int* const slot = item_slot + qb * k_slot_ints;
-        slot[0] = it.b;
-        slot[1] = it.h;
-        slot[2] = it.m0;
-        slot[3] = t_begin;
-        slot[4] = t_end;
-        mbar_arrive(bar_slot_full(qb));  // release: the writes above before the consumers' reads
-      }
-      if (w >= items) break;
-      if (tid == 0) {
-        w_next = atomicAdd(p.maybe_work_counter, 1);
-        const int hk = it.h / p.group_size;
-        mbar_expect_tx(bar_q_full(qb), q_bytes);
+    if constexpr (Varlen) {
+      // Note [Hopper varlen]: the same hand-over and loads, but lane 0 passes over items past their
+      // sequence's end, the slot carries the sequence, and the whole warp runs the tile loop: a V
+      // tile that runs past the sequence lands on bar_v_fill, the warp zeroes its rows past the
+      // end, and lane 0 then completes full_v by a plain arrival.
+      std::uint32_t fill_parity = 0;
+      for (int j = 0;; ++j) {
+        const int qb = j & 1;
+        int w = w_next;
+        work_item it{-1, 0, 0};
+        seq_item sq{0, 0, 0, 0, {0, 0}};
+        int t_begin = 0, t_end = 0;
+        if (tid == 0) {
+          for (; w < items; w = atomicAdd(p.maybe_work_counter, 1))
+            if (varlen_item_of(p, w, BM, it, sq)) break;
+          if (w < items) tile_range(sq.off, sq.len_q, sq.len_kv, it.m0, BM, t_begin, t_end);
+          if (j >= 2) {  // as below
+            const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
+            mbar_wait(bar_slot_empty(qb), parity);
+            mbar_wait(bar_q_empty(qb), parity);
+          }
+          const int fields[k_slot_fields] = {it.b,     it.h,      it.m0,       t_begin,      t_end,    sq.start_q,
+                                             sq.len_q, sq.start_kv, sq.len_kv, sq.off.lo, sq.off.hi};
+          volatile int* const slot = item_slot + qb * k_slot_ints;
 #pragma unroll
-        for (int c = 0; c < blocks; ++c)
-          tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, it.m0, it.h, it.b);
+          for (int f = 0; f < k_slot_fields; ++f) slot[f] = fields[f];
+          mbar_arrive(bar_slot_full(qb));
+        }
+        w = __shfl_sync(0xffffffffu, w, 0);
+        if (w >= items) break;
+        t_begin = __shfl_sync(0xffffffffu, t_begin, 0);
+        t_end = __shfl_sync(0xffffffffu, t_end, 0);
+        const int len_kv = __shfl_sync(0xffffffffu, sq.len_kv, 0);
+        const int hk = it.h / p.group_size;  // lane 0's
+        if (tid == 0) {
+          w_next = atomicAdd(p.maybe_work_counter, 1);
+          mbar_expect_tx(bar_q_full(qb), q_bytes);
+#pragma unroll
+          for (int c = 0; c < blocks; ++c)
+            tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, sq.start_q + it.m0,
+                     it.h, 0);
+        }
         for (int t = t_begin; t < t_end; ++t, ++kv) {
           const int s = kv % stages;
           const auto reuse_parity = static_cast<std::uint32_t>((kv / stages - 1) & 1);
-          if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
-          mbar_expect_tx(bar_full_k(s), kv_bytes);
+          const int valid = len_kv - t * BN;  // keys of the sequence in the tile (>= 1)
+          if (tid == 0) {
+            const int key_row = sq.start_kv + t * BN;
+            if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
+            mbar_expect_tx(bar_full_k(s), kv_bytes);
 #pragma unroll
-          for (int c = 0; c < blocks; ++c)
-            tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, it.b);
-          if (kv >= stages) mbar_wait(bar_empty_v(s), reuse_parity);
-          mbar_expect_tx(bar_full_v(s), kv_bytes);
+            for (int c = 0; c < blocks; ++c)
+              tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, key_row, hk, 0);
+            if (kv >= stages) mbar_wait(bar_empty_v(s), reuse_parity);
+            const std::uint32_t v_bar = valid >= BN ? bar_full_v(s) : bar_v_fill;
+            mbar_expect_tx(v_bar, kv_bytes);
 #pragma unroll
-          for (int c = 0; c < blocks; ++c)
-            tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, bar_full_v(s), c * 64, t * BN, hk, it.b);
+            for (int c = 0; c < blocks; ++c)
+              tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, v_bar, c * 64, key_row, hk, 0);
+          }
+          if (valid < BN) {
+            // Rows past the sequence hold the next sequence's V (or the TMA's zeros past the last
+            // one); P is 0 there, but 0 x NaN is NaN, so they become zeros before any wgmma reads
+            // them. Each column block's rows [valid, BN) are one contiguous range (the swizzle only
+            // permutes 16-byte chunks within a row).
+            mbar_wait(bar_v_fill, fill_parity);
+            fill_parity ^= 1u;
+            unsigned char* const stage = base_ptr + (s_v - base) + s * kv_bytes;
+#pragma unroll
+            for (int c = 0; c < blocks; ++c)
+              for (int off = valid * 128 + tid * 16; off < BN * 128; off += 32 * 16)
+                *reinterpret_cast<uint4*>(stage + c * tile_bytes(BN, 64) + off) = make_uint4(0, 0, 0, 0);
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the zeros, before wgmma reads them
+            __syncwarp();
+            if (tid == 0) mbar_arrive(bar_full_v(s));
+          }
         }
+        __syncwarp();
       }
-      __syncwarp();
+    } else {
+      for (int j = 0;; ++j) {
+        const int qb = j & 1;
+        const int w = __shfl_sync(0xffffffffu, w_next, 0);
+        work_item it{-1, 0, 0};
+        int t_begin = 0, t_end = 0;
+        if (tid == 0) {
+          if (w < items) {
+            it = item_of(p, w, BM);
+            tile_range({p.sm90_band_lo, p.sm90_band_hi}, p.seqlen_q, p.seqlen_kv, it.m0, BM, t_begin, t_end);
+          }
+          // Item j's slot and Q buffer were item j - 2's: the slot is reused once every consumer warp
+          // read it, the buffer once the consumers' TMA stores of that item's output read it.
+          if (j >= 2) {
+            const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
+            mbar_wait(bar_slot_empty(qb), parity);
+            mbar_wait(bar_q_empty(qb), parity);
+          }
+          volatile int* const slot = item_slot + qb * k_slot_ints;
+          slot[0] = it.b;
+          slot[1] = it.h;
+          slot[2] = it.m0;
+          slot[3] = t_begin;
+          slot[4] = t_end;
+          mbar_arrive(bar_slot_full(qb));  // release: the writes above before the consumers' reads
+        }
+        if (w >= items) break;
+        if (tid == 0) {
+          w_next = atomicAdd(p.maybe_work_counter, 1);
+          const int hk = it.h / p.group_size;
+          mbar_expect_tx(bar_q_full(qb), q_bytes);
+#pragma unroll
+          for (int c = 0; c < blocks; ++c)
+            tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, it.m0, it.h, it.b);
+          for (int t = t_begin; t < t_end; ++t, ++kv) {
+            const int s = kv % stages;
+            const auto reuse_parity = static_cast<std::uint32_t>((kv / stages - 1) & 1);
+            if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
+            mbar_expect_tx(bar_full_k(s), kv_bytes);
+#pragma unroll
+            for (int c = 0; c < blocks; ++c)
+              tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, t * BN, hk, it.b);
+            if (kv >= stages) mbar_wait(bar_empty_v(s), reuse_parity);
+            mbar_expect_tx(bar_full_v(s), kv_bytes);
+#pragma unroll
+            for (int c = 0; c < blocks; ++c)
+              tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, bar_full_v(s), c * 64, t * BN, hk, it.b);
+          }
+        }
+        __syncwarp();
+      }
     }
     return;
   }
@@ -570,7 +704,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
   const float scale_log2 = attend::cuda::scale_log2(p);
-  const int len_q = p.seqlen_q;
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
   // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on to the next one's.
   auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
@@ -591,17 +724,26 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     // The item: lane 0 reads the slot and releases it itself (Note [Hopper scheduler]), then
     // broadcasts it, so ptxas knows it is warp-uniform (as cw).
     mbar_wait(bar_slot_full(qb), static_cast<std::uint32_t>((j >> 1) & 1));
-    int fields[5] = {0, 0, 0, 0, 0};
+    int fields[k_slot_fields] = {};
     if (lane == 0) {
       const volatile int* const slot = item_slot + qb * k_slot_ints;
 #pragma unroll
-      for (int f = 0; f < 5; ++f) fields[f] = slot[f];
+      for (int f = 0; f < k_slot_fields; ++f) fields[f] = slot[f];
       mbar_arrive(bar_slot_empty(qb));
     }
 #pragma unroll
-    for (int f = 0; f < 5; ++f) fields[f] = __shfl_sync(0xffffffffu, fields[f], 0);
+    for (int f = 0; f < k_slot_fields; ++f) fields[f] = __shfl_sync(0xffffffffu, fields[f], 0);
     const work_item it{fields[0], fields[1], fields[2]};
     const int t_begin = fields[3], t_end = fields[4];
+    // The item's rows and keys: the call's, or under varlen its sequence's (Note [Hopper varlen]).
+    int start_q = 0, len_q = p.seqlen_q, len_kv = p.seqlen_kv;
+    band32 off{p.sm90_band_lo, p.sm90_band_hi};
+    if constexpr (Varlen) {
+      start_q = fields[5];
+      len_q = fields[6];
+      len_kv = fields[8];
+      off = {fields[9], fields[10]};
+    }
     if (it.b < 0) {
       if (wtid == 0) bulk_wait0();  // this consumer's output stores are complete
       // The last consumer's last turn left one arrival on consumer 0's barrier; complete it.
@@ -623,7 +765,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     const bool wg_live = row0 >= 0 && row0 < len_q;
     int wg_key_lo = 0, wg_key_hi = 0, full_lo = 0, full_hi = 0;
     if (wg_live) {  // 32-bit bands (Note [Hopper 32-bit bands] in flash.h)
-      const band32 f = sm90_band_of(p, row0), l = sm90_band_of(p, min(row0 + 63, len_q - 1));
+      const band32 f = sm90_band_in(row0, off, len_kv), l = sm90_band_in(min(row0 + 63, len_q - 1), off, len_kv);
       wg_key_lo = f.lo;
       wg_key_hi = l.hi;
       full_lo = l.lo;
@@ -636,7 +778,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const int i = i_lo + 8 * r;
       lo_r[r] = hi_r[r] = 0;
       if (wg_live && i < len_q) {
-        const band32 bd = sm90_band_of(p, i);
+        const band32 bd = sm90_band_in(i, off, len_kv);
         lo_r[r] = bd.lo;
         hi_r[r] = bd.hi;
       }
@@ -791,7 +933,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
       const int i = i_lo + 8 * r;
       if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q)
-        p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + i * p.lse_seq_stride] =
+        p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] =
             l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
       const int rr = 64 * part + 16 * warp + lane / 4 + 8 * r;  // row within the tile
 #pragma unroll
@@ -808,11 +950,30 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     // back to the producer.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     named_sync(1 + cw, 128);
+    bool tma_rows = wg_live;
+    if constexpr (Varlen) {
+      // Rows past the sequence are the next sequence's (Note [Hopper varlen]), which a TMA store
+      // would overwrite: a warpgroup whose rows run past the end stores its rows in the sequence
+      // from the staged tile, 16 bytes per thread and step.
+      if (wg_live && row0 + 64 > len_q) {
+        tma_rows = false;
+        const unsigned char* const staged = base_ptr + (a_base - base);
+        T* const out = static_cast<T*>(p.out) + it.h * p.out_stride[2];
+        for (int idx = wtid; idx < 64 * blocks * 8; idx += 128) {
+          const int rr = idx / (blocks * 8), blk = idx / 8 % blocks, chunk = idx % 8;
+          if (row0 + rr < len_q)
+            *reinterpret_cast<uint4*>(out + static_cast<std::int64_t>(start_q + row0 + rr) * p.out_stride[1] + blk * 64 +
+                                      chunk * 8) =
+                *reinterpret_cast<const uint4*>(staged + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4));
+        }
+        named_sync(1 + cw, 128);  // every read of the rows before the buffer goes back
+      }
+    }
     if (wtid == 0) {
-      if (wg_live) {
+      if (tma_rows) {
 #pragma unroll
         for (int c = 0; c < blocks; ++c)
-          tma_store(&tm_o, a_base + c * tile_bytes(BM, 64), c * 64, row0, it.h, it.b);
+          tma_store(&tm_o, a_base + c * tile_bytes(BM, 64), c * 64, start_q + row0, it.h, Varlen ? 0 : it.b);
         bulk_commit();
         bulk_wait_read0();
       }
@@ -873,17 +1034,24 @@ inline bool encode_map(CUtensorMap* map, elem e, const void* data, const std::in
 template <elem E, int Width>
 bool launch_flash_sm90(const flash_params& p, void* stream) {
   static_assert(E == elem::f16 || E == elem::bf16);
+  // Varlen tensors are packed rows (batch stride 0): one batch of total rows (Note [Hopper varlen]).
+  const bool varlen = p.maybe_cu_seqlens_q != nullptr;
+  const int rows_q = varlen ? p.total_q : p.seqlen_q, rows_kv = varlen ? p.total_kv : p.seqlen_kv;
+  const int batch = varlen ? 1 : p.batch;
   CUtensorMap tm_q, tm_k, tm_v, tm_o;
   if (p.maybe_work_counter == nullptr || p.persistent_ctas < 1 ||
-      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, sm90_block_m(Width)) ||
-      !sm90::encode_map(&tm_k, E, p.k, p.k_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
-      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, p.seqlen_kv, p.num_heads_kv, p.batch, Width, k_sm90_block_n) ||
-      !sm90::encode_map(&tm_o, E, p.out, p.out_stride, p.seqlen_q, p.num_heads_q, p.batch, Width, 64))
+      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, rows_q, p.num_heads_q, batch, Width, sm90_block_m(Width)) ||
+      !sm90::encode_map(&tm_k, E, p.k, p.k_stride, rows_kv, p.num_heads_kv, batch, Width, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, rows_kv, p.num_heads_kv, batch, Width, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_o, E, p.out, p.out_stride, rows_q, p.num_heads_q, batch, Width, 64))
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
-  constexpr auto kernel = flash_sm90_kernel<E, Width>;
-  allow_dynamic_smem<kernel>(smem);
+  const auto kernel = varlen ? flash_sm90_kernel<E, Width, true> : flash_sm90_kernel<E, Width, false>;
+  if (varlen)
+    allow_dynamic_smem<flash_sm90_kernel<E, Width, true>>(smem);
+  else
+    allow_dynamic_smem<flash_sm90_kernel<E, Width, false>>(smem);
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
   kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);

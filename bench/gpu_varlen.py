@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Varlen GPU benchmark: flash_cuda on packed sequences of mixed lengths, against PyTorch SDPA on
+the same sequences as jagged nested tensors (its flash backend), against flash_cuda with its Hopper
+kernel turned off (ATTEND_FLASH_CUDA_SM90=0: the mma.sync kernel, in a child process on the same
+shapes), and against flash_cuda on a dense batch of the same number of tokens (an upper bound:
+no sequence boundaries).
+
+Sequences: lengths drawn uniformly from [128, 4096] (fixed seed) until 32768 tokens, H*D = 2048,
+bf16, head dims 64 and 128, causal and not. TFLOP/s = sum over sequences of 4*H*Sq*Skv*D (halved
+for causal) / time. Timed with bench/gpu.py's method (CUDA events, back-to-back batches, median),
+in --rounds interleaved rounds. Needs torch with CUDA and the attend package built with CUDA.
+
+    python3 bench/gpu_varlen.py [--rounds 3] [--markdown out.md]
+"""
+import argparse
+import datetime
+import json
+import os
+import random
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu import median_or_error, time_cuda  # noqa: E402
+
+TOKENS = 32768
+
+
+def lengths(seed=0):
+    rng, out = random.Random(seed), []
+    while sum(out) < TOKENS:
+        out.append(min(rng.randint(128, 4096), TOKENS - sum(out)))
+    return out
+
+
+def shapes():
+    return [dict(name=f"bf16-varlen-d{d}{'-causal' if causal else ''}", d=d, h=2048 // d, causal=causal)
+            for d in (64, 128) for causal in (False, True)]
+
+
+def flops(c, lens):
+    f = sum(4.0 * c["h"] * n * n * c["d"] for n in lens)
+    return f / 2 if c["causal"] else f
+
+
+def inputs(c, lens):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(sum(lens), c["h"], c["d"], device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    cu = torch.tensor([0] + [sum(lens[:i + 1]) for i in range(len(lens))], device="cuda", dtype=torch.int32)
+    return q, k, v, cu
+
+
+def time_flash_cuda(attend, c, lens, data, dense=False):
+    q, k, v, cu = data
+    out = torch.empty_like(q)
+    if dense:  # the same tokens as one dense batch of equal-length sequences
+        b = len(lens)
+        s = TOKENS // b
+        qd, kd, vd, od = (t[: b * s].view(b, s, c["h"], c["d"]) for t in (q, k, v, out))
+        return time_cuda(lambda: attend.attention(qd, kd, vd, out=od, backend="flash_cuda", causal=c["causal"]))
+    m = max(lens)
+    return time_cuda(lambda: attend.attention(q, k, v, out=out, backend="flash_cuda", causal=c["causal"],
+                                              cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=m, max_seqlen_k=m))
+
+
+def time_torch_jagged(c, lens, data):
+    q, k, v, cu = data
+    offsets = cu.to(torch.int64)
+    nq, nk, nv = (torch.nested.nested_tensor_from_jagged(t, offsets).transpose(1, 2) for t in (q, k, v))
+
+    def run():
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(nq, nk, nv, is_causal=c["causal"])
+    run()
+    return time_cuda(run)
+
+
+def child(rounds):
+    """Prints {shape: ms} of flash_cuda varlen (run with ATTEND_FLASH_CUDA_SM90=0 by the parent)."""
+    import attend
+    lens = lengths()
+    res = {}
+    for c in shapes():
+        data = inputs(c, lens)
+        res[c["name"]] = median_or_error([time_flash_cuda(attend, c, lens, data) for _ in range(rounds)])
+    print(json.dumps(res))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--markdown")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.rounds)
+    import attend
+    lens = lengths()
+    env = dict(os.environ, ATTEND_FLASH_CUDA_SM90="0")
+    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--rounds", str(args.rounds)],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    mma = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
+    if res.returncode != 0:
+        print(res.stderr[-2000:], file=sys.stderr)
+    cols = ["flash_cuda", "torch_flash_jagged", "flash_cuda_mma_sync", "flash_cuda_dense_same_tokens"]
+    rows = []
+    for c in shapes():
+        data = inputs(c, lens)
+        runs = {b: [] for b in cols[:2] + cols[3:]}
+        for _ in range(args.rounds):
+            for b, fn in (("flash_cuda", lambda: time_flash_cuda(attend, c, lens, data)),
+                          ("torch_flash_jagged", lambda: time_torch_jagged(c, lens, data)),
+                          ("flash_cuda_dense_same_tokens", lambda: time_flash_cuda(attend, c, lens, data, dense=True))):
+                try:
+                    runs[b].append(fn())
+                except Exception as e:  # noqa: BLE001
+                    runs[b].append(str(e).splitlines()[0][:60])
+        ms = {b: median_or_error(v) for b, v in runs.items()}
+        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
+        rows.append((c, ms))
+        print(c["name"], ms, flush=True)
+    b = len(lens)
+    dense_flops = lambda c: (4.0 * c["h"] * b * (TOKENS // b) ** 2 * c["d"]) / (2 if c["causal"] else 1)  # noqa: E731
+
+    def cell(c, ms, col):
+        v = ms.get(col)
+        if not isinstance(v, float):
+            return "n/a" if v in (None, "n/a") else f"error: {v}"
+        f = dense_flops(c) if col == "flash_cuda_dense_same_tokens" else flops(c, lens)
+        return f"{f / (v * 1e-3) / 1e12:.0f}"
+
+    def ratio(ms, col):
+        a, r = ms.get("flash_cuda"), ms.get(col)
+        return f"{r / a:.2f}" if isinstance(a, float) and isinstance(r, float) else "n/a"
+
+    head = ["shape"] + cols + ["flash_cuda / torch_flash_jagged", "flash_cuda / mma_sync"]
+    lines = [f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
+             f"{len(lens)} sequences, {TOKENS} tokens, lengths {min(lens)}-{max(lens)} (bench/gpu_varlen.py, seed 0). "
+             f"Median of {args.rounds} interleaved rounds; the mma.sync column from a child process "
+             "(ATTEND_FLASH_CUDA_SM90=0) in the same run.", "",
+             "TFLOP/s (sum over sequences of 4·H·S²·D, halved for causal; the dense column: its own B·S²).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, ms in rows:
+        lines.append("| " + " | ".join([c["name"]] + [cell(c, ms, col) for col in cols] +
+                                       [ratio(ms, "torch_flash_jagged"), ratio(ms, "flash_cuda_mma_sync")]) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
