@@ -60,6 +60,15 @@ std::uint64_t fresh_seed() {
   return seed;
 }
 
+// The case's call with every tensor on the GPU, to ask a backend about it without uploading.
+attention_params gpu_probe(const at::case_data& data) {
+  attention_params probe = data.params();
+  for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse, &probe.maybe_mask,
+                         &probe.maybe_cu_seqlens_q, &probe.maybe_cu_seqlens_kv})
+    if (!t->empty()) t->device = k_gpu;
+  return probe;
+}
+
 // Runs `name` on every case it supports; flash_cuda must support every case.
 void check_cases(const std::string& name, std::vector<case_spec> cases, bool must_support) {
   const auto b = registry::global().find(name);
@@ -68,10 +77,7 @@ void check_cases(const std::string& name, std::vector<case_spec> cases, bool mus
   for (case_spec& spec : cases) {
     spec.device = k_gpu;
     const at::case_data data(spec);
-    attention_params probe = data.params();  // the same call on the GPU, asked without uploading
-    for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse, &probe.maybe_mask,
-                           &probe.maybe_cu_seqlens_q, &probe.maybe_cu_seqlens_kv})
-      if (!t->empty()) t->device = k_gpu;
+    const attention_params probe = gpu_probe(data);
     diagnostics d;
     if (!b->supports(make_problem(probe), &d)) {
       EXPECT_FALSE(must_support) << name << " rejects " << spec.describe() << ": " << d.joined();
@@ -338,10 +344,7 @@ TEST(cuda, flash_cuda_big_shapes) {
 const char* planned_kernel(case_spec spec) {
   spec.device = k_gpu;
   const at::case_data data(spec);
-  attention_params probe = data.params();
-  for (tensor_view* t : {&probe.q, &probe.k, &probe.v, &probe.out, &probe.maybe_lse})
-    if (!t->empty()) t->device = k_gpu;
-  return cuda::flash_cuda_kernel(make_problem(probe));
+  return cuda::flash_cuda_kernel(make_problem(gpu_probe(data)));
 }
 #endif
 
