@@ -224,13 +224,12 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 struct work_item {
   int b, h, m0;
 };
-// Item w as (batch, head, r): r counts the row blocks back from the last one (of the longest
-// sequence's row blocks under varlen).
+// Item w as (batch, head, r) in a grid of row_blocks row blocks per (batch, head) pair: r counts
+// them back from the last one (the longest sequence's row blocks under varlen).
 struct item_coord {
   int b, h, r;
 };
-__device__ __forceinline__ item_coord item_coords(const flash_params& p, int w, int bm) {
-  const int row_blocks = (p.seqlen_q + bm - 1) / bm;
+__device__ __forceinline__ item_coord item_coords(const flash_params& p, int w, int row_blocks) {
   const int pairs = p.batch * p.num_heads_q, group = p.sm90_group_heads;
   const int g = w / (group * row_blocks), in_group = w - g * group * row_blocks;
   const int size = min(group, pairs - g * group);  // the last group may be smaller
@@ -238,8 +237,8 @@ __device__ __forceinline__ item_coord item_coords(const flash_params& p, int w, 
   return {bh / p.num_heads_q, bh % p.num_heads_q, r};
 }
 __device__ __forceinline__ work_item item_of(const flash_params& p, int w, int bm) {
-  const item_coord c = item_coords(p, w, bm);
   const int row_blocks = (p.seqlen_q + bm - 1) / bm;
+  const item_coord c = item_coords(p, w, row_blocks);
   return {c.b, c.h, p.sm90_row_origin + (row_blocks - 1 - c.r) * bm};
 }
 
@@ -252,7 +251,7 @@ struct seq_item {
 // sequence has the longest one's row blocks in the item order). The row grid of each sequence
 // starts as sm90_row_origin says for its length.
 __device__ __forceinline__ bool varlen_item_of(const flash_params& p, int w, int bm, work_item& it, seq_item& sq) {
-  const item_coord c = item_coords(p, w, bm);
+  const item_coord c = item_coords(p, w, (p.seqlen_q + bm - 1) / bm);
   const int start_q = p.maybe_cu_seqlens_q[c.b], len_q = p.maybe_cu_seqlens_q[c.b + 1] - start_q;
   const int blocks = (len_q + bm - 1) / bm;
   if (c.r >= blocks) return false;
