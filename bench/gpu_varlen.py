@@ -90,6 +90,18 @@ def child(rounds):
     print(json.dumps(res))
 
 
+def without_hopper_kernel(script, rounds):
+    """{shape: ms} from `script --child` run with flash_cuda's Hopper kernel off (the mma.sync kernel);
+    {} when it fails (its stderr is printed)."""
+    env = dict(os.environ, ATTEND_FLASH_CUDA_SM90="0")
+    res = subprocess.run([sys.executable, os.path.abspath(script), "--child", "--rounds", str(rounds)],
+                         env=env, capture_output=True, text=True, timeout=1200)
+    if res.returncode != 0:
+        print(res.stderr[-2000:], file=sys.stderr)
+        return {}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -100,12 +112,7 @@ def main():
         return child(args.rounds)
     import attend
     lens = lengths()
-    env = dict(os.environ, ATTEND_FLASH_CUDA_SM90="0")
-    res = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", "--rounds", str(args.rounds)],
-                         env=env, capture_output=True, text=True, timeout=1200)
-    mma = json.loads(res.stdout.strip().splitlines()[-1]) if res.returncode == 0 else {}
-    if res.returncode != 0:
-        print(res.stderr[-2000:], file=sys.stderr)
+    mma = without_hopper_kernel(__file__, args.rounds)
     cols = ["flash_cuda", "torch_flash_jagged", "flash_cuda_mma_sync", "flash_cuda_dense_same_tokens"]
     rows = []
     for c in shapes():

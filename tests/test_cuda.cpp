@@ -186,6 +186,13 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("varlen-causal-br", [](case_spec& c) { c.varlen_q = {130, 470, 17, 300}; c.varlen_kv = {200, 300, 17, 129}; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
       add("varlen-causal-tl-window", [](case_spec& c) { c.varlen_q = {470, 257, 65}; c.varlen_kv = {470, 300, 400}; c.heads_q = 2; c.causal = true; c.window_left = 100; });
       add("varlen-window", [](case_spec& c) { c.varlen_q = {200, 333}; c.varlen_kv = {333, 200}; c.heads_q = 2; c.window_left = 50; c.window_right = 20; });
+      // Key masks (Note [Hopper key masks]): boolean and additive (with -inf entries), one row per
+      // (batch, head) of which some drop every key, with causal and window bands, GQA, lengths that
+      // are not multiples of the tiles, and more items than SMs.
+      add("key-mask-keep-causal", [](case_spec& c) { c.batch = 2; c.seqlen_q = 470; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; c.mask = at::mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("key-mask-additive", [](case_spec& c) { c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 477; c.heads_q = 2; c.mask = at::mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; });
+      add("key-mask-window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; c.mask = at::mask_type::keep; c.mask_key_only = true; });
+      add("key-mask-many-items", [](case_spec& c) { c.batch = 3; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 40; c.heads_kv = 8; c.mask = at::mask_type::additive; c.mask_key_only = true; c.causal = true; });
       add("varlen-many-items-causal-gqa", [](case_spec& c) {
         for (int i = 0; i < 12; ++i) {
           c.varlen_q.push_back(1 + (i * 97) % 450);
@@ -400,6 +407,22 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.causal = true;
     c.alignment = alignment::bottom_right;
     c.window_left = window;
+    v.push_back(c);
+  }
+  // Key masks (Note [Hopper key masks]): the ring the producer lanes write and every consumer
+  // thread reads, on many items.
+  for (auto [t, d] : {std::pair{dtype::f16, std::int64_t{128}}, {dtype::bf16, std::int64_t{64}}}) {
+    case_spec c = typed_case("sm90-persistent-key-mask-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
+                             seed + v.size());
+    c.batch = 2;
+    c.seqlen_q = 200;
+    c.seqlen_kv = 300;
+    c.heads_q = 70;
+    c.heads_kv = 14;
+    c.causal = true;
+    c.mask = at::mask_type::keep;
+    c.mask_key_only = true;
+    c.fully_masked_rows = true;
     v.push_back(c);
   }
   // Varlen (Note [Hopper varlen]): the V tiles zeroed past a sequence's end (a barrier of their

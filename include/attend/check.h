@@ -41,6 +41,7 @@ struct case_spec {
   std::int64_t window_left = -1, window_right = -1;
   mask_type mask = mask_type::none;
   bool mask_broadcast = false;    // mask [Sq, Skv] shared by batch and heads
+  bool mask_key_only = false;     // mask [B, Hq, 1, Skv]: one row for every query (key padding)
   bool fully_masked_rows = false;  // some rows see no key at all
   double softcap = 0;
   std::optional<double> maybe_scale;  // default 1/sqrt(head_dim_qk)

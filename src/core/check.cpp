@@ -44,6 +44,7 @@ std::string case_spec::describe() const {
   if (causal || window_left >= 0 || window_right >= 0) os << ' ' << to_string(alignment);
   if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
   if (mask_broadcast) os << "[Sq,Skv]";
+  if (mask_key_only) os << "[B,H,1,Skv]";
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
   if (strided) os << " strided";
@@ -75,6 +76,7 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("window-causal-br", [](case_spec& c) { c.seqlen_q = 40; c.seqlen_kv = 97; c.causal = true; c.window_left = 20; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-masked-rows", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 45; c.mask = mask_type::additive; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("keep-mask-broadcast", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 33; c.mask = mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
   add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
   add("varlen", [](case_spec& c) { c.varlen_q = {5, 0, 17, 64}; c.varlen_kv = {7, 3, 0, 64}; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
@@ -202,11 +204,12 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   if (spec.mask != mask_type::none) {
     const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : dtype::f32;
     const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast ? 1 : spec.heads_q;
-    const std::int64_t count = mb * mh * max_q * max_kv;
+    const std::int64_t mq = spec.mask_key_only ? 1 : max_q;  // rows of the mask
+    const std::int64_t count = mb * mh * mq * max_kv;
     m.mask.assign(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * size_bytes(mt), std::byte{0});
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
     std::normal_distribution<double> normal(0.0, 1.0);
-    for (std::int64_t r = 0; r < mb * mh * max_q; ++r) {
+    for (std::int64_t r = 0; r < mb * mh * mq; ++r) {
       const bool row_masked = spec.fully_masked_rows && (r % 5 == 1);
       for (std::int64_t j = 0; j < max_kv; ++j) {
         double value;
@@ -217,8 +220,8 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
         cpu::store(m.mask.data(), mt, r * max_kv + j, value);
       }
     }
-    a.maybe_mask = spec.mask_broadcast ? tensor_view::contiguous(m.mask.data(), mt, {max_q, max_kv})
-                                       : tensor_view::contiguous(m.mask.data(), mt, {mb, mh, max_q, max_kv});
+    a.maybe_mask = spec.mask_broadcast ? tensor_view::contiguous(m.mask.data(), mt, {mq, max_kv})
+                                       : tensor_view::contiguous(m.mask.data(), mt, {mb, mh, mq, max_kv});
   }
 
   // The fp64 oracle.

@@ -157,7 +157,10 @@ bool sm90_disabled() {
 }
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
-  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || pr.maybe_mask != nullptr ||
+  // Masks: only one that is the same for every query row (a key mask, Note [Hopper key masks]),
+  // and not with varlen.
+  const bool key_mask = pr.maybe_mask == nullptr || (!pr.is_varlen && p.mask_stride[2] == 0);
+  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !key_mask ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;

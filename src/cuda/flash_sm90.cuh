@@ -66,10 +66,14 @@ constexpr int k_stages(int width) {
 }
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
+// The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
+constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
 constexpr int smem_bytes(int width) {
   return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
-         1024 /* barriers, item slots */ + 1024 /* alignment slack */;
+         1024 /* barriers, item slots */ + mask_ring_bytes(width) + 1024 /* alignment slack */;
 }
+// What a launch of the kernel handles beyond a dense call (the kernel's template argument).
+enum class mode : std::uint8_t { dense, varlen, key_mask };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ATTEND_SM90_DEVICE 1
@@ -306,6 +310,22 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
     wgmma_rs<T, Width>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
 }
 
+// Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
+// each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
+// then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
+template <int NK>
+__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2) {
+#pragma unroll
+  for (int j = 0; j < NK / 8; ++j) {
+    const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      sc[4 * j + 2 * r] = fmaf(sc[4 * j + 2 * r], scale_log2, m.x);
+      sc[4 * j + 2 * r + 1] = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
+    }
+  }
+}
+
 // Band mask and online softmax of a completed S tile, in place: sc[0, NK / 2) becomes the
 // unnormalised P (fp32, log2 units, ex2.approx); row_m and row_l move to the new row maxima and
 // `alpha` is the factor O must be rescaled by before P V of this tile. Keys [n0, n0 + NK) need no
@@ -477,7 +497,19 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //     run past the end stores its rows in the sequence from the staged tile with 16-byte stores.
 //     (Rows before the start, in the first block of a grid that starts early, are whole 64-row
 //     parts that store nothing, as in a dense call.)
-template <elem E, int Width, bool Varlen>
+//
+// Note [Hopper key masks]: a mask that is the same for every query row (strides 0 over them: a
+// key-padding mask [B, 1 or H, 1, Skv], boolean or additive, as diffusers passes for padded text)
+// runs on this kernel (Mode = key_mask; other masks, and masks with varlen, run the mma.sync
+// kernel). The producer warp writes the mask term of each key of a tile (mask_term, flash_common.cuh:
+// the additive value or -inf for a dropped key, times log2(e); 0 past Skv) into a ring of one float
+// per key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms
+// to S right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale
+// 1) and only then arrives on empty_k. Both directions are one thread's release and another's
+// acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
+// empty_k every consumer thread in this mode, so no thread orders another's ring accesses (the
+// pattern racecheck reports, Note [Hopper scheduler]).
+template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -490,6 +522,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
   constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
   constexpr int stages = k_stages(Width);
+  constexpr bool Varlen = Mode == mode::varlen, KeyMask = Mode == mode::key_mask;
   static_assert(BM == 64 * C && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
 
   extern __shared__ unsigned char smem_raw[];
@@ -524,6 +557,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   // Varlen: the V tile that runs past its sequence lands here first (Note [Hopper varlen]).
   const std::uint32_t bar_v_fill = bar_at(k_slots_first + k_slot_ints + 4, 0);
   static_assert(8 * (k_slots_first + k_slot_ints + 5) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
+  // Key masks: stage s's terms, in log2 units (Note [Hopper key masks]).
+  float* const mask_ring = reinterpret_cast<float*>(base_ptr + (s_bar + 1024 - base));
   // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
   // to issue wgmma (Note [Hopper overlap]).
   constexpr int k_bar_turn = 1 + C;
@@ -538,9 +573,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       mbar_init(bar_slot_empty(qb), 4 * C);  // lane 0 of each consumer warp
     }
     for (int s = 0; s < stages; ++s) {
-      mbar_init(bar_full_k(s), 1);
+      mbar_init(bar_full_k(s), KeyMask ? 32 : 1);  // key masks: every producer lane, after its ring writes
       mbar_init(bar_full_v(s), 1);
-      mbar_init(bar_empty_k(s), 4 * C);
+      mbar_init(bar_empty_k(s), KeyMask ? 128 * C : 4 * C);  // key masks: every consumer thread
       mbar_init(bar_empty_v(s), 4 * C);
     }
     if constexpr (Varlen) mbar_init(bar_v_fill, 1);
@@ -560,32 +595,47 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     int kv = 0;  // key tiles issued so far (ring position across items)
     // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
     int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
-    if constexpr (Varlen) {
-      // Note [Hopper varlen]: the same hand-over and loads, but lane 0 passes over items past their
-      // sequence's end, the slot carries the sequence, and the whole warp runs the tile loop: a V
-      // tile that runs past the sequence lands on bar_v_fill, the warp zeroes its rows past the
-      // end, and lane 0 then completes full_v by a plain arrival.
+    if constexpr (Varlen || KeyMask) {
+      // The same hand-over and loads as the dense loop below, with the whole warp in the tile loop.
+      // Varlen (Note [Hopper varlen]): lane 0 passes over items past their sequence's end, the slot
+      // carries the sequence, and a V tile that runs past the sequence lands on bar_v_fill; the warp
+      // zeroes its rows past the end, and lane 0 then completes full_v by a plain arrival. Key masks
+      // (Note [Hopper key masks]): every lane writes its keys' mask terms into the stage's ring and
+      // arrives on full_k itself.
       std::uint32_t fill_parity = 0;
       for (int j = 0;; ++j) {
         const int qb = j & 1;
         int w = w_next;
         work_item it{-1, 0, 0};
-        seq_item sq{0, 0, 0, 0, {0, 0}};
+        seq_item sq{0, p.seqlen_q, 0, p.seqlen_kv, {p.sm90_band_lo, p.sm90_band_hi}};
         int t_begin = 0, t_end = 0;
         if (tid == 0) {
-          for (; w < items; w = atomicAdd(p.maybe_work_counter, 1))
-            if (varlen_item_of(p, w, BM, it, sq)) break;
+          if constexpr (Varlen) {
+            for (; w < items; w = atomicAdd(p.maybe_work_counter, 1))
+              if (varlen_item_of(p, w, BM, it, sq)) break;
+          } else if (w < items) {
+            it = item_of(p, w, BM);
+          }
           if (w < items) tile_range(sq.off, sq.len_q, sq.len_kv, it.m0, BM, t_begin, t_end);
           if (j >= 2) {  // as below
             const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
             mbar_wait(bar_slot_empty(qb), parity);
             mbar_wait(bar_q_empty(qb), parity);
           }
-          const int fields[k_slot_fields] = {it.b,     it.h,      it.m0,       t_begin,      t_end,    sq.start_q,
-                                             sq.len_q, sq.start_kv, sq.len_kv, sq.off.lo, sq.off.hi};
           volatile int* const slot = item_slot + qb * k_slot_ints;
-#pragma unroll
-          for (int f = 0; f < k_slot_fields; ++f) slot[f] = fields[f];
+          slot[0] = it.b;
+          slot[1] = it.h;
+          slot[2] = it.m0;
+          slot[3] = t_begin;
+          slot[4] = t_end;
+          if constexpr (Varlen) {
+            slot[5] = sq.start_q;
+            slot[6] = sq.len_q;
+            slot[7] = sq.start_kv;
+            slot[8] = sq.len_kv;
+            slot[9] = sq.off.lo;
+            slot[10] = sq.off.hi;
+          }
           mbar_arrive(bar_slot_full(qb));
         }
         w = __shfl_sync(0xffffffffu, w, 0);
@@ -593,34 +643,45 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         t_begin = __shfl_sync(0xffffffffu, t_begin, 0);
         t_end = __shfl_sync(0xffffffffu, t_end, 0);
         const int len_kv = __shfl_sync(0xffffffffu, sq.len_kv, 0);
+        const int mask_b = __shfl_sync(0xffffffffu, it.b, 0), mask_h = __shfl_sync(0xffffffffu, it.h, 0);
         const int hk = it.h / p.group_size;  // lane 0's
+        const int tma_b = Varlen ? 0 : it.b;   // varlen: packed rows, one batch
         if (tid == 0) {
           w_next = atomicAdd(p.maybe_work_counter, 1);
           mbar_expect_tx(bar_q_full(qb), q_bytes);
 #pragma unroll
           for (int c = 0; c < blocks; ++c)
             tma_load(s_q0 + qb * q_bytes + c * tile_bytes(BM, 64), &tm_q, bar_q_full(qb), c * 64, sq.start_q + it.m0,
-                     it.h, 0);
+                     it.h, tma_b);
         }
         for (int t = t_begin; t < t_end; ++t, ++kv) {
           const int s = kv % stages;
           const auto reuse_parity = static_cast<std::uint32_t>((kv / stages - 1) & 1);
           const int valid = len_kv - t * BN;  // keys of the sequence in the tile (>= 1)
+          if constexpr (KeyMask) {
+            if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);  // every consumer thread read the ring
+#pragma unroll
+            for (int i = 0; i < BN / 32; ++i) {
+              const int key = 32 * i + tid;
+              mask_ring[s * BN + key] = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) * k_log2e : 0.0f;
+            }
+            if (tid != 0) mbar_arrive(bar_full_k(s));  // lane 0 arrives with the K tile's bytes
+          }
           if (tid == 0) {
             const int key_row = sq.start_kv + t * BN;
-            if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
+            if (!KeyMask && kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);
             mbar_expect_tx(bar_full_k(s), kv_bytes);
 #pragma unroll
             for (int c = 0; c < blocks; ++c)
-              tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, key_row, hk, 0);
+              tma_load(s_k + s * kv_bytes + c * tile_bytes(BN, 64), &tm_k, bar_full_k(s), c * 64, key_row, hk, tma_b);
             if (kv >= stages) mbar_wait(bar_empty_v(s), reuse_parity);
-            const std::uint32_t v_bar = valid >= BN ? bar_full_v(s) : bar_v_fill;
+            const std::uint32_t v_bar = !Varlen || valid >= BN ? bar_full_v(s) : bar_v_fill;
             mbar_expect_tx(v_bar, kv_bytes);
 #pragma unroll
             for (int c = 0; c < blocks; ++c)
-              tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, v_bar, c * 64, key_row, hk, 0);
+              tma_load(s_v + s * kv_bytes + c * tile_bytes(BN, 64), &tm_v, v_bar, c * 64, key_row, hk, tma_b);
           }
-          if (valid < BN) {
+          if (Varlen && valid < BN) {
             // Rows past the sequence hold the next sequence's V (or the TMA's zeros past the last
             // one); P is 0 there, but 0 x NaN is NaN, so they become zeros before any wgmma reads
             // them. Each column block's rows [valid, BN) are one contiguous range (the swizzle only
@@ -832,9 +893,14 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       else
         wg_wait0();
       reg_fence(sc);
-      release(bar_empty_k(s));
+      if constexpr (KeyMask) {
+        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2);
+        mbar_arrive(bar_empty_k(s));  // each thread, after its reads of the ring (Note [Hopper key masks])
+      } else {
+        release(bar_empty_k(s));
+      }
       float alpha[2];
-      softmax_tile<NK>(sc, row_m, row_l, alpha, n0 + h0, unmasked, lo_r, hi_r, lane, scale_log2);
+      softmax_tile<NK>(sc, row_m, row_l, alpha, n0 + h0, unmasked, lo_r, hi_r, lane, KeyMask ? 1.0f : scale_log2);
       if constexpr (with_pv) {
         wg_wait0();
         reg_fence(o);
@@ -867,7 +933,10 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       pass_turn();
       mbar_wait(bar_full_k(s), parity);
       mbar_wait(bar_full_v(s), parity);
-      release(bar_empty_k(s));
+      if constexpr (KeyMask)
+        mbar_arrive(bar_empty_k(s));  // every consumer thread arrives in this mode
+      else
+        release(bar_empty_k(s));
       release(bar_empty_v(s));
       if constexpr (with_pv) {
         wg_wait0();
@@ -1046,11 +1115,16 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
     return false;
   constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
-  const auto kernel = varlen ? flash_sm90_kernel<E, Width, true> : flash_sm90_kernel<E, Width, false>;
-  if (varlen)
-    allow_dynamic_smem<flash_sm90_kernel<E, Width, true>>(smem);
-  else
-    allow_dynamic_smem<flash_sm90_kernel<E, Width, false>>(smem);
+  // Varlen with a mask never comes here (sm90_kernel_for); a mask here is a key mask.
+  const sm90::mode mode = varlen ? sm90::mode::varlen : p.mask != mask_kind::none ? sm90::mode::key_mask : sm90::mode::dense;
+  const auto kernel = mode == sm90::mode::varlen     ? flash_sm90_kernel<E, Width, sm90::mode::varlen>
+                      : mode == sm90::mode::key_mask ? flash_sm90_kernel<E, Width, sm90::mode::key_mask>
+                                                     : flash_sm90_kernel<E, Width, sm90::mode::dense>;
+  switch (mode) {
+    case sm90::mode::varlen: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::varlen>>(smem); break;
+    case sm90::mode::key_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::key_mask>>(smem); break;
+    case sm90::mode::dense: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::dense>>(smem); break;
+  }
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
   kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);

@@ -64,6 +64,11 @@ CASES: Dict[str, Dict[str, Any]] = {
     "mask_additive_inf_rows": dict(
         shape=dict(B=2, Sq=8, Skv=11, Hq=2, Hkv=2, D=16), opts=dict(mask="additive_inf", causal=True, return_lse=True)
     ),
+    # A key-padding mask [B, 1, 1, Skv] as diffusers passes it (the Hopper kernel's key masks,
+    # Note [Hopper key masks]); one batch drops every key.
+    "mask_key_padding": dict(
+        shape=dict(B=2, Sq=33, Skv=150, Hq=4, Hkv=2, D=64), opts=dict(mask="key_padding", causal=True, return_lse=True)
+    ),
     "softcap": dict(shape=dict(B=1, Sq=10, Skv=10, Hq=2, Hkv=2, D=16), opts=dict(softcap=5.0, causal=True, return_lse=True)),
     "strided": dict(shape=dict(B=2, Sq=9, Skv=13, Hq=4, Hkv=2, D=16), opts=dict(strided=True, return_lse=True)),
 }
@@ -99,6 +104,11 @@ def make_mask(kind: str, batch: int, heads_q: int, seq_q: int, seq_kv: int, gen:
     if kind == "keep_2d":
         keep = gen.random((seq_q, seq_kv)) > 0.3
         keep[2, :] = False  # a fully masked row
+        return keep
+    if kind == "key_padding":
+        keep = np.ones((batch, 1, 1, seq_kv), dtype=bool)
+        keep[0, ..., seq_kv - 37 :] = False
+        keep[1] = False
         return keep
     if kind == "additive_inf":
         m = gen.standard_normal((batch, 1, seq_q, seq_kv)).astype(np.float32)

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Key-padding mask GPU benchmark: flash_cuda with a boolean mask [B, 1, 1, S] (what diffusers
+passes for padded text; Note [Hopper key masks]) against PyTorch SDPA's backends that take a mask
+(cuDNN, efficient) on the same tensors, against flash_cuda with its Hopper kernel off (the mma.sync
+kernel, ATTEND_FLASH_CUDA_SM90=0, in a child process of the same run) and against flash_cuda
+without the mask (an upper bound).
+
+bf16, B = 8, S = 4096, H*D = 2048, head dims 64 and 128, not causal; batch b keeps its first
+S - 256 b keys. TFLOP/s = 4*B*H*S*S*D / time (the masked keys counted, as every backend reads
+them). Timed with bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and
+the attend package built with CUDA.
+
+    python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu import median_or_error, time_cuda  # noqa: E402
+from gpu_varlen import without_hopper_kernel  # noqa: E402
+
+B, S = 8, 4096
+TORCH = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def shapes():
+    return [dict(name=f"bf16-d{d}-s{S}-key-mask", d=d, h=2048 // d) for d in (64, 128)]
+
+
+def inputs(c):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(B, S, c["h"], c["d"], device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    keep = torch.ones(B, 1, 1, S, device="cuda", dtype=torch.bool)
+    for b in range(B):
+        keep[b, ..., S - 256 * b:] = b == 0
+    return q, k, v, keep
+
+
+def time_flash_cuda(attend, data, masked=True):
+    q, k, v, keep = data
+    out = torch.empty_like(q)
+    mask = keep if masked else None
+    return time_cuda(lambda: attend.attention(q, k, v, out=out, backend="flash_cuda", mask=mask))
+
+
+def time_torch(backend, data):
+    q, k, v, keep = data
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+
+    def run():
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=keep)
+    run()
+    return time_cuda(run)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--markdown")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    import attend
+    if args.child:
+        print(json.dumps({c["name"]: median_or_error([time_flash_cuda(attend, inputs(c)) for _ in range(args.rounds)])
+                          for c in shapes()}))
+        return
+    mma = without_hopper_kernel(__file__, args.rounds)
+    cols = ["flash_cuda", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync", "flash_cuda_no_mask"]
+    rows = []
+    for c in shapes():
+        data = inputs(c)
+        fns = {"flash_cuda": lambda: time_flash_cuda(attend, data),
+               "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
+               "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
+               "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}
+        runs = {b: [] for b in fns}
+        for _ in range(args.rounds):
+            for b, fn in fns.items():
+                try:
+                    runs[b].append(fn())
+                except Exception as e:  # noqa: BLE001
+                    runs[b].append(str(e).splitlines()[0][:60])
+        ms = {b: median_or_error(v) for b, v in runs.items()}
+        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
+        rows.append((c, ms))
+        print(c["name"], ms, flush=True)
+
+    def cell(c, ms, col):
+        v = ms.get(col)
+        if not isinstance(v, float):
+            return "n/a" if v in (None, "n/a") else f"error: {v}"
+        return f"{4.0 * B * c['h'] * S * S * c['d'] / (v * 1e-3) / 1e12:.0f}"
+
+    def ratio(ms, col):
+        a, r = ms.get("flash_cuda"), ms.get(col)
+        return f"{r / a:.2f}" if isinstance(a, float) and isinstance(r, float) else "n/a"
+
+    head = ["shape"] + cols + ["flash_cuda / torch_cudnn", "flash_cuda / mma_sync"]
+    lines = [f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
+             f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (bench/gpu_masks.py). Median of {args.rounds} "
+             "interleaved rounds; the mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.",
+             "", "TFLOP/s (4·B·H·S²·D, masked keys counted).", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c, ms in rows:
+        lines.append("| " + " | ".join([c["name"]] + [cell(c, ms, col) for col in cols] +
+                                       [ratio(ms, "torch_cudnn"), ratio(ms, "flash_cuda_mma_sync")]) + " |")
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
