@@ -66,14 +66,15 @@ constexpr int k_stages(int width) {
 }
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
-// The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
-constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
-constexpr int smem_bytes(int width) {
-  return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
-         1024 /* barriers, item slots */ + mask_ring_bytes(width) + 1024 /* alignment slack */;
-}
 // What a launch of the kernel handles beyond a dense call (the kernel's template argument).
 enum class mode : std::uint8_t { dense, varlen, key_mask };
+// The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
+constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
+constexpr int smem_bytes(int width, mode m) {
+  return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
+         1024 /* barriers, item slots */ + (m == mode::key_mask ? mask_ring_bytes(width) : 0) +
+         1024 /* alignment slack */;
+}
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define ATTEND_SM90_DEVICE 1
@@ -1113,13 +1114,13 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
       !sm90::encode_map(&tm_v, E, p.v, p.v_stride, rows_kv, p.num_heads_kv, batch, Width, k_sm90_block_n) ||
       !sm90::encode_map(&tm_o, E, p.out, p.out_stride, rows_q, p.num_heads_q, batch, Width, 64))
     return false;
-  constexpr int smem = sm90::smem_bytes(Width);
   const auto s = static_cast<cudaStream_t>(stream);
   // Varlen with a mask never comes here (sm90_kernel_for); a mask here is a key mask.
   const sm90::mode mode = varlen ? sm90::mode::varlen : p.mask != mask_kind::none ? sm90::mode::key_mask : sm90::mode::dense;
   const auto kernel = mode == sm90::mode::varlen     ? flash_sm90_kernel<E, Width, sm90::mode::varlen>
                       : mode == sm90::mode::key_mask ? flash_sm90_kernel<E, Width, sm90::mode::key_mask>
                                                      : flash_sm90_kernel<E, Width, sm90::mode::dense>;
+  const int smem = sm90::smem_bytes(Width, mode);
   switch (mode) {
     case sm90::mode::varlen: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::varlen>>(smem); break;
     case sm90::mode::key_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::key_mask>>(smem); break;
