@@ -34,7 +34,7 @@
 //     of S = 1024 about 200 more instructions per warp, and the TMA store was 3-5% faster there
 //     on the H100: bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense or varlen (Note
-// [Hopper varlen]), no mask, no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
+// [Hopper varlen]), no mask or a key mask without varlen (Note [Hopper key masks]), no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
 // 2^30 (Note [Hopper 32-bit bands] in flash.h; varlen: 2^29), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
 // Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
