@@ -109,6 +109,51 @@ __device__ __forceinline__ float mask_term(const flash_params& p, int b, int h, 
   return 0.0f;
 }
 
+// The mask terms (as mask_term) of row i at this thread's columns col0 + 8 nb + c (c < 2) of a
+// tile, 0 where there is no mask and at columns >= len_kv (never read there: pass 0 for a row
+// outside the sequence). One 64-bit row offset, and every load of the row issued before any is
+// used, so their latencies overlap (the mma.sync kernel's masked tiles were bound by them).
+template <int NB>
+__device__ __forceinline__ void mask_row_terms(const flash_params& p, int b, int h, std::int64_t i, std::int64_t col0,
+                                               std::int64_t len_kv, float (&add)[NB][2]) {
+  const std::int64_t row = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
+  const std::int64_t js = p.mask_stride[3];
+  auto each = [&](auto load) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+      for (int c = 0; c < 2; ++c) {
+        const std::int64_t j = col0 + 8 * nb + c;
+        add[nb][c] = j < len_kv ? load(row + j * js) : 0.0f;
+      }
+  };
+  switch (p.mask) {
+    case mask_kind::keep_u8: {
+      const auto* m = static_cast<const std::uint8_t*>(p.maybe_mask);
+      each([&](std::int64_t o) { return __ldg(m + o) != 0 ? 0.0f : k_neg_inf; });
+      break;
+    }
+    case mask_kind::add_f32: {
+      const auto* m = static_cast<const float*>(p.maybe_mask);
+      each([&](std::int64_t o) { return __ldg(m + o); });
+      break;
+    }
+    case mask_kind::add_f16: {
+      const auto* m = static_cast<const __half*>(p.maybe_mask);
+      each([&](std::int64_t o) { return __half2float(__ldg(m + o)); });
+      break;
+    }
+    case mask_kind::add_bf16: {
+      const auto* m = static_cast<const __nv_bfloat16*>(p.maybe_mask);
+      each([&](std::int64_t o) { return __bfloat162float(__ldg(m + o)); });
+      break;
+    }
+    case mask_kind::none:
+      each([](std::int64_t) { return 0.0f; });
+      break;
+  }
+}
+
 // Score of a visible pair from the raw dot product, natural-log units.
 __device__ __forceinline__ float score_of(const flash_params& p, float dot, int b, int h, std::int64_t i, std::int64_t j) {
   float s = dot * p.scale;

@@ -101,7 +101,9 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
 // first. Under causal masking the last row block sees the most keys, so the longest CTAs start
 // first and the short ones fill the tail of the last wave; neighbouring CTAs share K/V in L2
 // either way.
-template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
+// Extras: the call has a mask or softcap (score_of's steps beyond the scale), a kernel of its own so
+// that the registers of that path (a row's mask terms, mask_row_terms) do not weigh on the others.
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, bool Extras>
 __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
   using T = typename elem_traits<E>::type;
   constexpr int threads = Warps * 32;
@@ -171,7 +173,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
-  const bool extras = p.softcap > 0.0f || p.mask != mask_kind::none;
+  constexpr bool extras = Extras;
   const float scale_log2 = attend::cuda::scale_log2(p);
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
@@ -265,6 +267,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
             }
         }
     } else {
+      // Mask and/or softcap, as score_of (Note [Score pipeline]), with each row's mask terms loaded
+      // for the whole tile first (mask_row_terms).
 #pragma unroll
       for (int mb = 0; mb < mb_count; ++mb)
 #pragma unroll
@@ -272,13 +276,17 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
           const int i = i_base + 16 * mb + 8 * r;
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           const bool row_ok = i < sb.len_q;
+          float add[nb_count][2];
+          mask_row_terms<nb_count>(p, b, h, i, n0 + (lane & 3) * 2, row_ok ? sb.len_kv : 0, add);
 #pragma unroll
           for (int nb = 0; nb < nb_count; ++nb)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
               const std::int64_t j = n0 + nb * 8 + (lane & 3) * 2 + c;
               float& x = s[mb][nb][2 * r + c];
-              x = row_ok && j >= bd.lo && j < bd.hi ? score_of(p, x, b, h, i, j) * k_log2e : k_neg_inf;
+              float sc = x * p.scale;
+              if (p.softcap > 0.0f) sc = p.softcap * tanhf(sc / p.softcap);
+              x = row_ok && j >= bd.lo && j < bd.hi ? (sc + add[nb][c]) * k_log2e : k_neg_inf;
             }
         }
     }
@@ -405,10 +413,16 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream) {
   constexpr int smem = flash_smem_bytes_for(Width, BlockM, BlockN);
-  allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded>>(smem);
   const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
                   static_cast<unsigned>(p.batch * p.num_splits));
-  flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded><<<grid, Warps * 32, smem, static_cast<cudaStream_t>(stream)>>>(p);
+  const auto s = static_cast<cudaStream_t>(stream);
+  if (p.softcap > 0.0f || p.mask != mask_kind::none) {
+    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, true>>(smem);
+    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, true><<<grid, Warps * 32, smem, s>>>(p);
+  } else {
+    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, false>>(smem);
+    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, false><<<grid, Warps * 32, smem, s>>>(p);
+  }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
 
