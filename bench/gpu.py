@@ -226,10 +226,15 @@ def main():
             if base and isinstance(ms.get("flash_cuda"), float) and isinstance(base.get("flash_cuda"), float):
                 r = (nominal_flops(c) / ms["flash_cuda"]) / (nominal_flops(dict(c, causal=False)) / base["flash_cuda"])
                 lines.append(f"- flash_cuda causal/non-causal TFLOP/s at {c['name']}: {r:.2f}")
+    emit(lines, args.markdown)
+
+
+def emit(lines, markdown=None):
+    """Prints the table's lines, and writes them to `markdown` when given."""
     text = "\n".join(lines)
     print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
+    if markdown:
+        with open(markdown, "w") as f:
             f.write(text + "\n")
 
 

@@ -12,7 +12,6 @@ the attend package built with CUDA.
 
     python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
 """
-import argparse
 import datetime
 import json
 import os
@@ -24,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu import median_or_error, time_cuda  # noqa: E402
-from gpu_varlen import without_hopper_kernel  # noqa: E402
+from gpu_varlen import parse_args, time_rounds, without_hopper_kernel, write_table  # noqa: E402
 
 B, S = 8, 4096
 TORCH = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -62,11 +61,7 @@ def time_torch(backend, data):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--markdown")
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = parse_args()
     import attend
     if args.child:
         print(json.dumps({c["name"]: median_or_error([time_flash_cuda(attend, inputs(c)) for _ in range(args.rounds)])
@@ -77,46 +72,19 @@ def main():
     rows = []
     for c in shapes():
         data = inputs(c)
-        fns = {"flash_cuda": lambda: time_flash_cuda(attend, data),
-               "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
-               "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
-               "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}
-        runs = {b: [] for b in fns}
-        for _ in range(args.rounds):
-            for b, fn in fns.items():
-                try:
-                    runs[b].append(fn())
-                except Exception as e:  # noqa: BLE001
-                    runs[b].append(str(e).splitlines()[0][:60])
-        ms = {b: median_or_error(v) for b, v in runs.items()}
+        ms = time_rounds({"flash_cuda": lambda: time_flash_cuda(attend, data),
+                          "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
+                          "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
+                          "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}, args.rounds)
         ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
         rows.append((c, ms))
         print(c["name"], ms, flush=True)
 
-    def cell(c, ms, col):
-        v = ms.get(col)
-        if not isinstance(v, float):
-            return "n/a" if v in (None, "n/a") else f"error: {v}"
-        return f"{4.0 * B * c['h'] * S * S * c['d'] / (v * 1e-3) / 1e12:.0f}"
-
-    def ratio(ms, col):
-        a, r = ms.get("flash_cuda"), ms.get(col)
-        return f"{r / a:.2f}" if isinstance(a, float) and isinstance(r, float) else "n/a"
-
-    head = ["shape"] + cols + ["flash_cuda / torch_cudnn", "flash_cuda / mma_sync"]
-    lines = [f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
+    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
              f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (bench/gpu_masks.py). Median of {args.rounds} "
-             "interleaved rounds; the mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.",
-             "", "TFLOP/s (4·B·H·S²·D, masked keys counted).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for c, ms in rows:
-        lines.append("| " + " | ".join([c["name"]] + [cell(c, ms, col) for col in cols] +
-                                       [ratio(ms, "torch_cudnn"), ratio(ms, "flash_cuda_mma_sync")]) + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+             "interleaved rounds; the mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.")
+    write_table(rows, cols, "torch_cudnn", lambda c, col: 4.0 * B * c["h"] * S * S * c["d"], intro,
+                "TFLOP/s (4·B·H·S²·D, masked keys counted).", args.markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu import median_or_error, time_cuda  # noqa: E402
+from gpu import emit, median_or_error, time_cuda  # noqa: E402
 
 TOKENS = 32768
 
@@ -102,12 +102,20 @@ def without_hopper_kernel(script, rounds):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main():
+def parse_args():
+    """--rounds, --markdown, and --child (the run without_hopper_kernel starts)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--markdown")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    return args
+
+
+def main():
+    args = parse_args()
     if args.child:
         return child(args.rounds)
     import attend
@@ -117,48 +125,61 @@ def main():
     rows = []
     for c in shapes():
         data = inputs(c, lens)
-        runs = {b: [] for b in cols[:2] + cols[3:]}
-        for _ in range(args.rounds):
-            for b, fn in (("flash_cuda", lambda: time_flash_cuda(attend, c, lens, data)),
-                          ("torch_flash_jagged", lambda: time_torch_jagged(c, lens, data)),
-                          ("flash_cuda_dense_same_tokens", lambda: time_flash_cuda(attend, c, lens, data, dense=True))):
-                try:
-                    runs[b].append(fn())
-                except Exception as e:  # noqa: BLE001
-                    runs[b].append(str(e).splitlines()[0][:60])
-        ms = {b: median_or_error(v) for b, v in runs.items()}
+        ms = time_rounds({"flash_cuda": lambda: time_flash_cuda(attend, c, lens, data),
+                          "torch_flash_jagged": lambda: time_torch_jagged(c, lens, data),
+                          "flash_cuda_dense_same_tokens": lambda: time_flash_cuda(attend, c, lens, data, dense=True)},
+                         args.rounds)
         ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
         rows.append((c, ms))
         print(c["name"], ms, flush=True)
     b = len(lens)
-    dense_flops = lambda c: (4.0 * c["h"] * b * (TOKENS // b) ** 2 * c["d"]) / (2 if c["causal"] else 1)  # noqa: E731
 
+    def flops_of(c, col):
+        if col == "flash_cuda_dense_same_tokens":
+            return 4.0 * c["h"] * b * (TOKENS // b) ** 2 * c["d"] / (2 if c["causal"] else 1)
+        return flops(c, lens)
+
+    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
+             f"{len(lens)} sequences, {TOKENS} tokens, lengths {min(lens)}-{max(lens)} (bench/gpu_varlen.py, seed 0). "
+             f"Median of {args.rounds} interleaved rounds; the mma.sync column from a child process "
+             "(ATTEND_FLASH_CUDA_SM90=0) in the same run.")
+    write_table(rows, cols, "torch_flash_jagged", flops_of, intro,
+                "TFLOP/s (sum over sequences of 4·H·S²·D, halved for causal; the dense column: its own B·S²).",
+                args.markdown)
+
+
+def time_rounds(fns, rounds):
+    """{column: median ms (or the first error)} of fns timed one after another in each of `rounds`
+    rounds."""
+    runs = {b: [] for b in fns}
+    for _ in range(rounds):
+        for b, fn in fns.items():
+            try:
+                runs[b].append(fn())
+            except Exception as e:  # noqa: BLE001
+                runs[b].append(str(e).splitlines()[0][:60])
+    return {b: median_or_error(v) for b, v in runs.items()}
+
+
+def write_table(rows, cols, peer, flops_of, intro, units, markdown):
+    """The table of this benchmark and of gpu_masks.py: TFLOP/s of each column (flops_of(shape,
+    column) / time), then flash_cuda's speed over `peer` and over its mma.sync kernel."""
     def cell(c, ms, col):
         v = ms.get(col)
         if not isinstance(v, float):
             return "n/a" if v in (None, "n/a") else f"error: {v}"
-        f = dense_flops(c) if col == "flash_cuda_dense_same_tokens" else flops(c, lens)
-        return f"{f / (v * 1e-3) / 1e12:.0f}"
+        return f"{flops_of(c, col) / (v * 1e-3) / 1e12:.0f}"
 
     def ratio(ms, col):
         a, r = ms.get("flash_cuda"), ms.get(col)
         return f"{r / a:.2f}" if isinstance(a, float) and isinstance(r, float) else "n/a"
 
-    head = ["shape"] + cols + ["flash_cuda / torch_flash_jagged", "flash_cuda / mma_sync"]
-    lines = [f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             f"{len(lens)} sequences, {TOKENS} tokens, lengths {min(lens)}-{max(lens)} (bench/gpu_varlen.py, seed 0). "
-             f"Median of {args.rounds} interleaved rounds; the mma.sync column from a child process "
-             "(ATTEND_FLASH_CUDA_SM90=0) in the same run.", "",
-             "TFLOP/s (sum over sequences of 4·H·S²·D, halved for causal; the dense column: its own B·S²).", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["shape"] + cols + [f"flash_cuda / {peer}", "flash_cuda / mma_sync"]
+    lines = [intro, "", units, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c, ms in rows:
         lines.append("| " + " | ".join([c["name"]] + [cell(c, ms, col) for col in cols] +
-                                       [ratio(ms, "torch_flash_jagged"), ratio(ms, "flash_cuda_mma_sync")]) + " |")
-    text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(text + "\n")
+                                       [ratio(ms, peer), ratio(ms, "flash_cuda_mma_sync")]) + " |")
+    emit(lines, markdown)
 
 
 if __name__ == "__main__":

@@ -596,6 +596,32 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     int kv = 0;  // key tiles issued so far (ring position across items)
     // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
     int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
+    // Lane 0 hands item j over in its slot (Note [Hopper scheduler]). Item j's slot and Q buffer
+    // were item j - 2's: the slot is reused once every consumer warp read it, the buffer once the
+    // consumers' TMA stores of that item's output read it. Varlen adds the sequence.
+    auto hand_over = [&](int j, const work_item& it, int t_begin, int t_end, const seq_item& sq) {
+      const int qb = j & 1;
+      if (j >= 2) {
+        const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
+        mbar_wait(bar_slot_empty(qb), parity);
+        mbar_wait(bar_q_empty(qb), parity);
+      }
+      volatile int* const slot = item_slot + qb * k_slot_ints;
+      slot[0] = it.b;
+      slot[1] = it.h;
+      slot[2] = it.m0;
+      slot[3] = t_begin;
+      slot[4] = t_end;
+      if constexpr (Varlen) {
+        slot[5] = sq.start_q;
+        slot[6] = sq.len_q;
+        slot[7] = sq.start_kv;
+        slot[8] = sq.len_kv;
+        slot[9] = sq.off.lo;
+        slot[10] = sq.off.hi;
+      }
+      mbar_arrive(bar_slot_full(qb));  // release: the writes above before the consumers' reads
+    };
     if constexpr (Varlen || KeyMask) {
       // The same hand-over and loads as the dense loop below, with the whole warp in the tile loop.
       // Varlen (Note [Hopper varlen]): lane 0 passes over items past their sequence's end, the slot
@@ -618,26 +644,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
             it = item_of(p, w, BM);
           }
           if (w < items) tile_range(sq.off, sq.len_q, sq.len_kv, it.m0, BM, t_begin, t_end);
-          if (j >= 2) {  // as below
-            const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
-            mbar_wait(bar_slot_empty(qb), parity);
-            mbar_wait(bar_q_empty(qb), parity);
-          }
-          volatile int* const slot = item_slot + qb * k_slot_ints;
-          slot[0] = it.b;
-          slot[1] = it.h;
-          slot[2] = it.m0;
-          slot[3] = t_begin;
-          slot[4] = t_end;
-          if constexpr (Varlen) {
-            slot[5] = sq.start_q;
-            slot[6] = sq.len_q;
-            slot[7] = sq.start_kv;
-            slot[8] = sq.len_kv;
-            slot[9] = sq.off.lo;
-            slot[10] = sq.off.hi;
-          }
-          mbar_arrive(bar_slot_full(qb));
+          hand_over(j, it, t_begin, t_end, sq);
         }
         w = __shfl_sync(0xffffffffu, w, 0);
         if (w >= items) break;
@@ -712,20 +719,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
             it = item_of(p, w, BM);
             tile_range({p.sm90_band_lo, p.sm90_band_hi}, p.seqlen_q, p.seqlen_kv, it.m0, BM, t_begin, t_end);
           }
-          // Item j's slot and Q buffer were item j - 2's: the slot is reused once every consumer warp
-          // read it, the buffer once the consumers' TMA stores of that item's output read it.
-          if (j >= 2) {
-            const auto parity = static_cast<std::uint32_t>(((j >> 1) - 1) & 1);
-            mbar_wait(bar_slot_empty(qb), parity);
-            mbar_wait(bar_q_empty(qb), parity);
-          }
-          volatile int* const slot = item_slot + qb * k_slot_ints;
-          slot[0] = it.b;
-          slot[1] = it.h;
-          slot[2] = it.m0;
-          slot[3] = t_begin;
-          slot[4] = t_end;
-          mbar_arrive(bar_slot_full(qb));  // release: the writes above before the consumers' reads
+          hand_over(j, it, t_begin, t_end, seq_item{});
         }
         if (w >= items) break;
         if (tid == 0) {

@@ -1,0 +1,125 @@
+"""bench/gpu_varlen.py and bench/gpu_masks.py without a GPU, as test_bench_gpu.py does for gpu.py:
+each script runs against stand-in `torch` and `attend` modules (and a stand-in for its child
+process with the Hopper kernel off), so a broken harness fails here instead of in a device call.
+Checks which calls each column makes, the interleaved rounds, the FLOP counts behind the table's
+TFLOP/s, and that errors become table cells instead of aborting the run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+from test_bench_gpu import _Tensor, _stand_in_torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+class _Array(_Tensor):
+    """A stand-in tensor with the shape-only operations the two scripts use."""
+
+    def __init__(self, *shape):
+        self.shape = shape
+
+    def __getitem__(self, _):
+        return self
+
+    def __setitem__(self, *_):
+        pass
+
+    def __sub__(self, _):
+        return self
+
+    def view(self, *shape):
+        return _Array(*shape)
+
+    def to(self, *_):
+        return self
+
+
+def _modules(calls, reject=()):
+    mods = _stand_in_torch(calls)
+    torch = mods["torch"]
+    torch.int32, torch.int64, torch.bool = "i32", "i64", "bool"
+    torch.randn = lambda *shape, **_: _Array(*shape)
+    torch.ones = lambda *shape, **_: _Array(*shape)
+    torch.tensor = lambda values, **_: _Array(len(values))
+    torch.empty_like = lambda x: _Array(*getattr(x, "shape", ()))
+    torch.nested = types.SimpleNamespace(nested_tensor_from_jagged=lambda t, offsets: _Array())
+    sdpa = mods["torch.nn.functional"].scaled_dot_product_attention
+
+    def sdpa_with_mask(q, k, v, is_causal=False, enable_gqa=False, attn_mask=None):
+        sdpa(q, k, v, is_causal=is_causal or attn_mask is not None)
+
+    mods["torch.nn.functional"].scaled_dot_product_attention = sdpa_with_mask
+    attend = types.ModuleType("attend")
+
+    def attention(q, k, v, out=None, backend=None, causal=False, mask=None, cu_seqlens_q=None, cu_seqlens_k=None,
+                  max_seqlen_q=None, max_seqlen_k=None):
+        kind = "varlen" if cu_seqlens_q is not None else "mask" if mask is not None else "dense"
+        calls.append((backend, kind))
+        if (backend, kind) in reject:
+            raise ValueError(f"{backend} rejects {kind}\nsecond line")
+
+    attend.attention = attention
+    mods["attend"] = attend
+    return mods
+
+
+def _run(monkeypatch, tmp_path, script, mods, mma_ms):
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    for name in ("gpu", "gpu_varlen", "gpu_masks"):  # imported afresh, with the stand-ins
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(script, BENCH / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "without_hopper_kernel", lambda _file, _rounds: mma_ms)
+    md = tmp_path / "table.md"
+    monkeypatch.setattr(sys, "argv", [script, "--rounds", "2", "--markdown", str(md)])
+    module.main()
+    return module, md.read_text()
+
+
+def _rows(table):
+    return {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in table.splitlines() if line.startswith("| bf16")}
+
+
+def test_varlen_columns_rounds_and_flops(monkeypatch, tmp_path):
+    calls = []
+    mods = _modules(calls, reject={("flash_cuda", "dense")})
+    mma = {"bf16-varlen-d64": 2.0}
+    gpu_varlen, table = _run(monkeypatch, tmp_path, "gpu_varlen", mods, mma)
+    lens = gpu_varlen.lengths()
+    assert sum(lens) == gpu_varlen.TOKENS and all(1 <= n <= 4096 for n in lens)
+    # Each round: flash_cuda varlen, PyTorch's jagged flash, flash_cuda dense on the same tokens.
+    order = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    one_round = [("flash_cuda", "varlen"), ("torch_flash", False), ("flash_cuda", "dense")]
+    assert order[:6] == one_round * 2
+    rows = _rows(table)
+    assert set(rows) == {c["name"] for c in gpu_varlen.shapes()}
+    # The stand-in's events say 50 ms per call: TFLOP/s = the shape's FLOPs / 50 ms.
+    c = gpu_varlen.shapes()[0]
+    assert rows[c["name"]][1] == f"{gpu_varlen.flops(c, lens) / 50e-3 / 1e12:.0f}"
+    assert rows[c["name"]][3] == f"{gpu_varlen.flops(c, lens) / 2e-3 / 1e12:.0f}"  # the child's 2 ms
+    assert rows[c["name"]][4].startswith("error: flash_cuda rejects dense")  # an error is a cell, not a crash
+    causal = next(s for s in gpu_varlen.shapes() if s["causal"])
+    assert gpu_varlen.flops(causal, lens) * 2 == gpu_varlen.flops(dict(causal, causal=False), lens)
+    assert rows[causal["name"]][3] == "n/a"  # no child result for that shape
+
+
+def test_masks_columns_and_flops(monkeypatch, tmp_path):
+    calls = []
+    mods = _modules(calls, reject={("flash_cuda", "dense")})
+    gpu_masks, table = _run(monkeypatch, tmp_path, "gpu_masks", mods, {})
+    order = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    one_round = [("flash_cuda", "mask"), ("torch_cudnn", True), ("torch_efficient", True), ("flash_cuda", "dense")]
+    assert order[:8] == one_round * 2
+    rows = _rows(table)
+    c = gpu_masks.shapes()[1]
+    flops = 4.0 * gpu_masks.B * c["h"] * gpu_masks.S ** 2 * c["d"]
+    assert rows[c["name"]][1] == f"{flops / 50e-3 / 1e12:.0f}"
+    assert rows[c["name"]][-2] == "1.00"  # flash_cuda / torch_cudnn at equal stand-in times
+    assert rows[c["name"]][5].startswith("error: flash_cuda rejects dense")
