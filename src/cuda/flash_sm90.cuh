@@ -592,7 +592,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     else
       asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (tid >= 32) return;
-    // Warp 0: lane 0 takes the items, hands them over and issues the loads.
+    // Warp 0: lane 0 takes the items, hands them over and issues the loads (the other lanes join
+    // the tile loop under varlen and key masks: Note [Hopper varlen], Note [Hopper key masks]).
     int kv = 0;  // key tiles issued so far (ring position across items)
     // The next item is taken one item ahead, so the atomic's latency is not paid at the boundary.
     int w_next = tid == 0 ? atomicAdd(p.maybe_work_counter, 1) : 0;
