@@ -43,8 +43,7 @@ std::string case_spec::describe() const {
   if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
   if (causal || window_left >= 0 || window_right >= 0) os << ' ' << to_string(alignment);
   if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
-  if (mask_broadcast) os << "[Sq,Skv]";
-  if (mask_key_only) os << "[B,H,1,Skv]";
+  if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
   if (strided) os << " strided";

@@ -481,7 +481,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // of the item's last tile, and at S = 1024 one item has only 64 rows, so two consumers have none
 // (the first item, which covers a single key tile, Note [Hopper scheduler]).
 //
-// Note [Hopper varlen]: varlen calls run the same kernel (Varlen = true) over packed rows: the
+// Note [Hopper varlen]: varlen calls run the same kernel (Mode = varlen) over packed rows: the
 // tensor maps span all rows of q/out and k/v as one batch, and the item order is that of a dense
 // call with the longest sequence's row blocks for every sequence; the producer reads each item's
 // sequence from cu_seqlens, passes over the row blocks past its end, and hands the consumers the
