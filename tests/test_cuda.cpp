@@ -191,6 +191,7 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       // are not multiples of the tiles, and more items than SMs.
       add("key-mask-keep-causal", [](case_spec& c) { c.batch = 2; c.seqlen_q = 470; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; c.mask = at::mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.causal = true; c.alignment = alignment::bottom_right; });
       add("key-mask-additive", [](case_spec& c) { c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 477; c.heads_q = 2; c.mask = at::mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; });
+      add("key-mask-additive-own-dtype", [t](case_spec& c) { c.batch = 2; c.seqlen_q = 190; c.seqlen_kv = 260; c.heads_q = 4; c.heads_kv = 1; c.mask = at::mask_type::additive; c.mask_dtype = t; c.mask_key_only = true; c.causal = true; });
       add("key-mask-window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; c.mask = at::mask_type::keep; c.mask_key_only = true; });
       add("key-mask-many-items", [](case_spec& c) { c.batch = 3; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 40; c.heads_kv = 8; c.mask = at::mask_type::additive; c.mask_key_only = true; c.causal = true; });
       add("varlen-many-items-causal-gqa", [](case_spec& c) {

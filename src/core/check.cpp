@@ -43,6 +43,7 @@ std::string case_spec::describe() const {
   if (window_left >= 0 || window_right >= 0) os << " window=(" << window_left << "," << window_right << ")";
   if (causal || window_left >= 0 || window_right >= 0) os << ' ' << to_string(alignment);
   if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
+  if (mask == mask_type::additive && mask_dtype != dtype::f32) os << "(" << to_string(mask_dtype) << ")";
   if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
@@ -75,6 +76,8 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("window-causal-br", [](case_spec& c) { c.seqlen_q = 40; c.seqlen_kv = 97; c.causal = true; c.window_left = 20; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-masked-rows", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 45; c.mask = mask_type::additive; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("keep-mask-broadcast", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 33; c.mask = mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("additive-mask-bf16-key-padding", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 70; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 3; c.head_dim_qk = c.head_dim_v = 64; });
+  add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
   add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
@@ -201,7 +204,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   }
 
   if (spec.mask != mask_type::none) {
-    const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : dtype::f32;
+    const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : spec.mask_dtype;
     const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast ? 1 : spec.heads_q;
     const std::int64_t mq = spec.mask_key_only ? 1 : max_q;  // rows of the mask
     const std::int64_t count = mb * mh * mq * max_kv;
