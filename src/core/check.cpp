@@ -44,6 +44,7 @@ std::string case_spec::describe() const {
   if (causal || window_left >= 0 || window_right >= 0) os << ' ' << to_string(alignment);
   if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
   if (mask == mask_type::additive && mask_dtype != dtype::f32) os << "(" << to_string(mask_dtype) << ")";
+  if (mask == mask_type::additive && mask_lowest) os << "(lowest)";
   if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
@@ -77,6 +78,7 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("additive-mask-masked-rows", [](case_spec& c) { c.seqlen_q = 17; c.seqlen_kv = 45; c.mask = mask_type::additive; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("keep-mask-broadcast", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 33; c.mask = mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-bf16-key-padding", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 70; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 3; c.head_dim_qk = c.head_dim_v = 64; });
+  add("additive-mask-lowest", [](case_spec& c) { c.seqlen_q = 19; c.seqlen_kv = 40; c.mask = mask_type::additive; c.mask_lowest = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
@@ -218,7 +220,10 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
         if (mt == dtype::boolean)
           value = !row_masked && uniform(rng) < 0.8 ? 1.0 : 0.0;
         else
-          value = row_masked || uniform(rng) < 0.1 ? -std::numeric_limits<double>::infinity() : normal(rng);
+          value = row_masked || uniform(rng) < 0.1
+                      ? (spec.mask_lowest ? static_cast<double>(std::numeric_limits<float>::lowest())
+                                          : -std::numeric_limits<double>::infinity())
+                      : normal(rng);
         cpu::store(m.mask.data(), mt, r * max_kv + j, value);
       }
     }

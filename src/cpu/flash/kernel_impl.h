@@ -34,6 +34,9 @@ constexpr float k_ln2 = 0.693147180559945309417f;
 constexpr float k_neg_inf = -__builtin_inff();
 // The lowest natural-units score whose log2-units value (x log2 e) is still finite.
 constexpr float k_lowest_natural = std::numeric_limits<float>::lowest() / k_log2e;
+// That score in log2 units: a row whose running max is at or below it saw only clamped scores
+// (Note [Flash clamped rows]).
+constexpr float k_lowest_log2 = k_lowest_natural * k_log2e;
 constexpr float k_nan = __builtin_nanf("");
 
 std::int64_t imin(std::int64_t a, std::int64_t b) { return a < b ? a : b; }
@@ -706,6 +709,23 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
     }
   }
 
+  // Note [Flash clamped rows]: an additive bias near float's lowest value (the usual padding
+  // value) puts a score below k_lowest_natural, where log2 units would overflow; the score is
+  // clamped there, so such keys keep their (equal) weight and out is the reference's. But a row
+  // whose every visible score was clamped has m at the clamp, not at its true maximum, and
+  // (m + log2 l)·ln 2 would read about -2.36e38 where the reference's lse is near the bias
+  // (-3.4e38 for float's lowest). Its lse is the largest bias over its visible keys plus ln l
+  // instead: at that magnitude the score's own part (|scale·q·k| < 1e31) is below float's ulp, as
+  // it is below double's in the reference, and every clamped key counts once in l.
+  auto clamped_row_lse = [&](std::int64_t h, std::int64_t i, std::int64_t lo, std::int64_t hi, float l) {
+    float bias = k_neg_inf;
+    for (std::int64_t j = lo; j < hi; ++j) {
+      const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
+      bias = mv > bias ? mv : bias;
+    }
+    return bias + __builtin_logf(l);
+  };
+
   // Finalise: out = O / l, lse = (m + log2 l) · ln 2; NaN rows NaN; rows that saw nothing 0, -inf.
   // A row whose largest score is +inf (an inf input, a +inf additive mask, or scores past float's
   // range) is NaN as in the reference: its weights are inf / inf, not "nothing seen".
@@ -721,7 +741,9 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
       if (!is_nan && !(l > 0.0f) && !it.maybe_partial_out && row_has_live_key(p, b, h, i)) is_nan = true;
       const bool empty = !is_nan && !(l > 0.0f);
       const float inv = is_nan ? k_nan : empty ? 0.0f : 1.0f / l;
-      const float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
+      float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
+      if (!is_nan && !empty && p.maybe_mask && p.mask_dtype != dtype::boolean && hp.rs.max_log2[m] <= k_lowest_log2)
+        lse = clamped_row_lse(h, i, hp.rs.lo[m], hp.rs.hi[m], l);  // Note [Flash clamped rows]
       const float* orow = hp.obuf + m * c.dv_pad;
       if (it.maybe_partial_out) {
         float* po = it.maybe_partial_out + (hh * rows + m) * dv;
