@@ -261,7 +261,7 @@ def _prepare(
         # strides that are not whole elements) would only be reported as "not an array". An
         # ml_dtypes bfloat16 array goes as its bits (below) where bfloat16 is taken.
         if isinstance(x, np.ndarray):
-            bf16_ok = what != "cu_seqlens_q" and what != "cu_seqlens_k"
+            bf16_ok = "bfloat16" in takes
             if (x.dtype.kind not in "fiub" and not (bf16_ok and _is_ml_bfloat16(x))) or not x.dtype.isnative:
                 raise TypeError(f"{what}: dtype must be {takes} (native byte order); got {x.dtype}")
             if any(st % x.itemsize for st in x.strides):
@@ -284,9 +284,9 @@ def _prepare(
     lse = _empty(q, lse_shape, True, "lse") if return_lse else None
     on_host = not varlen or _device_kind(q, "q") == "cpu"
     results = (out, lse)
-    bf16_bits = [what for x, what in ((q, "q"), (k, "k"), (v, "v"), (out, "out"), (mask, "mask")) if _is_ml_bfloat16(x)]
-    if bf16_bits:
-        q, k, v, out, mask = (x.view(np.uint16) if _is_ml_bfloat16(x) else x for x in (q, k, v, out, mask))
+    as_bits = [_is_ml_bfloat16(x) for x in (q, k, v, out, mask)]
+    bf16_bits = [what for what, bits in zip(("q", "k", "v", "out", "mask"), as_bits) if bits]
+    q, k, v, out, mask = (x.view(np.uint16) if bits else x for x, bits in zip((q, k, v, out, mask), as_bits))
     args = (q, k, v, out, lse, mask, cu_seqlens_q, cu_seqlens_k)
     kwargs: Dict[str, Any] = dict(
         layout=layout,

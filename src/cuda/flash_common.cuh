@@ -96,14 +96,30 @@ __device__ __forceinline__ band visible(const flash_params& p, std::int64_t i, i
   return key_band_of(i, len_q, len_kv, p.causal, p.bottom_right, p.window_left, p.window_right);
 }
 
+// The mask term at element offset o of a mask of kind K: the additive value, or -inf (0) for a
+// false (true) keep-mask entry; read through the read-only cache (the mask is an input).
+template <mask_kind K>
+__device__ __forceinline__ float mask_term_at(const void* mask, std::int64_t o) {
+  if constexpr (K == mask_kind::keep_u8)
+    return __ldg(static_cast<const std::uint8_t*>(mask) + o) != 0 ? 0.0f : k_neg_inf;
+  else if constexpr (K == mask_kind::add_f32)
+    return __ldg(static_cast<const float*>(mask) + o);
+  else if constexpr (K == mask_kind::add_f16)
+    return __half2float(__ldg(static_cast<const __half*>(mask) + o));
+  else if constexpr (K == mask_kind::add_bf16)
+    return __bfloat162float(__ldg(static_cast<const __nv_bfloat16*>(mask) + o));
+  else
+    return 0.0f;
+}
+
 // Mask value of (b, h, i, j): additive term, or -inf for a false keep-mask entry.
 __device__ __forceinline__ float mask_term(const flash_params& p, int b, int h, std::int64_t i, std::int64_t j) {
   const std::int64_t o = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
   switch (p.mask) {
-    case mask_kind::keep_u8: return static_cast<const std::uint8_t*>(p.maybe_mask)[o] != 0 ? 0.0f : k_neg_inf;
-    case mask_kind::add_f32: return static_cast<const float*>(p.maybe_mask)[o];
-    case mask_kind::add_f16: return __half2float(static_cast<const __half*>(p.maybe_mask)[o]);
-    case mask_kind::add_bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(p.maybe_mask)[o]);
+    case mask_kind::keep_u8: return mask_term_at<mask_kind::keep_u8>(p.maybe_mask, o);
+    case mask_kind::add_f32: return mask_term_at<mask_kind::add_f32>(p.maybe_mask, o);
+    case mask_kind::add_f16: return mask_term_at<mask_kind::add_f16>(p.maybe_mask, o);
+    case mask_kind::add_bf16: return mask_term_at<mask_kind::add_bf16>(p.maybe_mask, o);
     case mask_kind::none: break;
   }
   return 0.0f;
@@ -118,46 +134,36 @@ __device__ __forceinline__ void mask_row_terms(const flash_params& p, int b, int
                                                std::int64_t len_kv, float (&add)[NB][2]) {
   const std::int64_t row = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
   const std::int64_t js = p.mask_stride[3];
-  auto each = [&](auto load) {
+  auto each = [&](auto k) {
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
       for (int c = 0; c < 2; ++c) {
         const std::int64_t j = col0 + 8 * nb + c;
-        add[nb][c] = j < len_kv ? load(row + j * js) : 0.0f;
+        add[nb][c] = j < len_kv ? mask_term_at<decltype(k)::value>(p.maybe_mask, row + j * js) : 0.0f;
       }
   };
+  using K = mask_kind;
   switch (p.mask) {
-    case mask_kind::keep_u8: {
-      const auto* m = static_cast<const std::uint8_t*>(p.maybe_mask);
-      each([&](std::int64_t o) { return __ldg(m + o) != 0 ? 0.0f : k_neg_inf; });
-      break;
-    }
-    case mask_kind::add_f32: {
-      const auto* m = static_cast<const float*>(p.maybe_mask);
-      each([&](std::int64_t o) { return __ldg(m + o); });
-      break;
-    }
-    case mask_kind::add_f16: {
-      const auto* m = static_cast<const __half*>(p.maybe_mask);
-      each([&](std::int64_t o) { return __half2float(__ldg(m + o)); });
-      break;
-    }
-    case mask_kind::add_bf16: {
-      const auto* m = static_cast<const __nv_bfloat16*>(p.maybe_mask);
-      each([&](std::int64_t o) { return __bfloat162float(__ldg(m + o)); });
-      break;
-    }
-    case mask_kind::none:
-      each([](std::int64_t) { return 0.0f; });
-      break;
+    case K::keep_u8: each(std::integral_constant<K, K::keep_u8>{}); break;
+    case K::add_f32: each(std::integral_constant<K, K::add_f32>{}); break;
+    case K::add_f16: each(std::integral_constant<K, K::add_f16>{}); break;
+    case K::add_bf16: each(std::integral_constant<K, K::add_bf16>{}); break;
+    case K::none: each(std::integral_constant<K, K::none>{}); break;
   }
+}
+
+// A raw dot product scaled and soft-capped (Note [Score pipeline]), natural-log units: the score
+// before its mask term.
+__device__ __forceinline__ float scaled_score(const flash_params& p, float dot) {
+  float s = dot * p.scale;
+  if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+  return s;
 }
 
 // Score of a visible pair from the raw dot product, natural-log units.
 __device__ __forceinline__ float score_of(const flash_params& p, float dot, int b, int h, std::int64_t i, std::int64_t j) {
-  float s = dot * p.scale;
-  if (p.softcap > 0.0f) s = p.softcap * tanhf(s / p.softcap);
+  float s = scaled_score(p, dot);
   if (p.mask != mask_kind::none) s += mask_term(p, b, h, i, j);
   return s;
 }

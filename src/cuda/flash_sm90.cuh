@@ -252,6 +252,10 @@ struct seq_item {
   int start_q, len_q, start_kv, len_kv;
   band32 off;
 };
+// A dense call as one such sequence: every row and key, the host's band offsets.
+__device__ __forceinline__ seq_item dense_seq(const flash_params& p) {
+  return {0, p.seqlen_q, 0, p.seqlen_kv, {p.sm90_band_lo, p.sm90_band_hi}};
+}
 // Item w of a varlen call, or false when its row block lies past the end of its sequence (every
 // sequence has the longest one's row blocks in the item order). The row grid of each sequence
 // starts as sm90_row_origin says for its length.
@@ -635,7 +639,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         const int qb = j & 1;
         int w = w_next;
         work_item it{-1, 0, 0};
-        seq_item sq{0, p.seqlen_q, 0, p.seqlen_kv, {p.sm90_band_lo, p.sm90_band_hi}};
+        seq_item sq = dense_seq(p);
         int t_begin = 0, t_end = 0;
         if (tid == 0) {
           if constexpr (Varlen) {
@@ -720,7 +724,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
             it = item_of(p, w, BM);
             tile_range({p.sm90_band_lo, p.sm90_band_hi}, p.seqlen_q, p.seqlen_kv, it.m0, BM, t_begin, t_end);
           }
-          hand_over(j, it, t_begin, t_end, seq_item{});
+          hand_over(j, it, t_begin, t_end, seq_item{});  // a dense item's slot has no sequence
         }
         if (w >= items) break;
         if (tid == 0) {
@@ -794,7 +798,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     // The item's rows and keys: the call's, or under varlen its sequence's (Note [Hopper varlen]).
     int start_q = 0, len_q = p.seqlen_q, len_kv = p.seqlen_kv;
     band32 off{p.sm90_band_lo, p.sm90_band_hi};
-    if constexpr (Varlen) {
+    if constexpr (Varlen) {  // as hand_over wrote them
       start_q = fields[5];
       len_q = fields[6];
       len_kv = fields[8];

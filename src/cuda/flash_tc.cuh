@@ -284,8 +284,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
             for (int c = 0; c < 2; ++c) {
               const std::int64_t j = n0 + nb * 8 + (lane & 3) * 2 + c;
               float& x = s[mb][nb][2 * r + c];
-              float sc = x * p.scale;
-              if (p.softcap > 0.0f) sc = p.softcap * tanhf(sc / p.softcap);
+              const float sc = scaled_score(p, x);  // every element, outside the select (fewer registers)
               x = row_ok && j >= bd.lo && j < bd.hi ? (sc + add[nb][c]) * k_log2e : k_neg_inf;
             }
         }

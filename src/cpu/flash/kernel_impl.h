@@ -654,7 +654,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
             if (cap > 0) s = cap * __builtin_tanhf(s / cap);
             if (p.maybe_mask) {
               const std::int64_t h = hk * gs + m % gs, i = it.q_begin + m / gs, j = j0 + n;
-              const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
+              const float mv = mask_value(p, mask_offset(p, b, h, i, j));
               if (p.mask_dtype == dtype::boolean) {
                 s = mv != 0.0f ? s : k_neg_inf;
               } else {
@@ -720,7 +720,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
   auto clamped_row_lse = [&](std::int64_t h, std::int64_t i, std::int64_t lo, std::int64_t hi, float l) {
     float bias = k_neg_inf;
     for (std::int64_t j = lo; j < hi; ++j) {
-      const float mv = mask_value(p, b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv);
+      const float mv = mask_value(p, mask_offset(p, b, h, i, j));
       bias = mv > bias ? mv : bias;
     }
     return bias + __builtin_logf(l);
