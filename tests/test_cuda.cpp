@@ -508,6 +508,54 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
     }
 }
 
+// A false keep-mask entry drops its key whatever its score (Note [Score pipeline]): with NaN in the
+// K rows of every dropped key, every flash_cuda kernel must still match the reference (which
+// never scores them). Key-only masks, so a key is dropped for all of a head's rows: the Hopper
+// kernel (bf16, head dim 128), the mma.sync kernel (head dim 80) and the scalar kernel (f32).
+TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
+  ATTEND_REQUIRE_GPU();
+  const auto b = registry::global().find("flash_cuda");
+  ASSERT_TRUE(b);
+  const std::uint64_t seed = fresh_seed();
+  int n = 0;
+  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{80}}, {dtype::f32, std::int64_t{64}}}) {
+    case_spec spec = typed_case("keep-nan-k-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d, seed + n++);
+    spec.batch = 2;
+    spec.seqlen_q = 200;
+    spec.seqlen_kv = 300;
+    spec.heads_q = spec.heads_kv = 2;
+    spec.mask = at::mask_type::keep;
+    spec.mask_key_only = true;
+    spec.fully_masked_rows = true;
+    spec.device = k_gpu;
+    const at::case_data data(spec);
+    const attention_params& host = data.params();
+    const auto* keep = static_cast<const std::uint8_t*>(host.maybe_mask.data);  // [B, H, 1, Skv]
+    const std::size_t elem = t == dtype::f32 ? 4 : 2;
+    auto* k = static_cast<unsigned char*>(host.k.data);  // [B, Skv, H, D]
+    int poisoned = 0;
+    for (std::int64_t bb = 0; bb < 2; ++bb)
+      for (std::int64_t h = 0; h < 2; ++h)
+        for (std::int64_t j = 0; j < 300; ++j) {
+          if (keep[(bb * 2 + h) * 300 + j] != 0) continue;
+          ++poisoned;
+          for (std::int64_t e = 0; e < d; ++e) {
+            unsigned char* x = k + elem * static_cast<std::size_t>(bb * host.k.strides[0] + j * host.k.strides[1] +
+                                                                   h * host.k.strides[2] + e * host.k.strides[3]);
+            const std::uint32_t nan32 = 0x7fc00000u;
+            const std::uint16_t nan16 = t == dtype::bf16 ? 0x7fc0 : 0x7e00;
+            if (elem == 4)
+              std::memcpy(x, &nan32, 4);
+            else
+              std::memcpy(x, &nan16, 2);
+          }
+        }
+    ASSERT_GT(poisoned, 0);
+    const at::comparison c = at::check_backend(*b, data);
+    EXPECT_TRUE(c.ok) << spec.name << ": " << c.detail;
+  }
+}
+
 // The Hopper kernel scales scores inside the exponent after the row maximum, which needs
 // scale * log2(e) positive and normal in float (sm90_kernel_for): zero, negative and tiny scales
 // (1e-50 is 0 as a float) must still be right, on the mma.sync kernel, while the same shape with

@@ -161,11 +161,37 @@ __device__ __forceinline__ float scaled_score(const flash_params& p, float dot) 
   return s;
 }
 
+// Score s with its mask term t: a false keep-mask entry (t = -inf) makes it -inf whatever s is (a
+// NaN score there does not reach the row, as in the reference); an additive term is added.
+__device__ __forceinline__ float with_mask_term(float s, float t, bool keep) {
+  return keep && t == k_neg_inf ? k_neg_inf : s + t;
+}
+
 // Score of a visible pair from the raw dot product, natural-log units.
 __device__ __forceinline__ float score_of(const flash_params& p, float dot, int b, int h, std::int64_t i, std::int64_t j) {
   float s = scaled_score(p, dot);
-  if (p.mask != mask_kind::none) s += mask_term(p, b, h, i, j);
+  if (p.mask != mask_kind::none) s = with_mask_term(s, mask_term(p, b, h, i, j), p.mask == mask_kind::keep_u8);
   return s;
+}
+
+// Note [GPU clamped scores] (as Note [Flash clamped rows] on the CPU): the tensor-core kernels
+// work in log2 units, where a natural score below k_lowest_natural (an additive bias near float's
+// lowest value, the usual padding value) would overflow to -inf and read as "no key". It is
+// clamped there instead, so such keys keep their weight; a row whose every visible score was
+// clamped then reports its largest bias plus ln l as lse (clamped_row_lse), the reference's.
+constexpr float k_lowest_natural = -3.40282346638528859812e+38f / k_log2e;
+constexpr float k_lowest_log2 = k_lowest_natural * k_log2e;
+// A natural score in log2 units, clamped as Note [GPU clamped scores] says (-inf and NaN pass).
+__device__ __forceinline__ float to_log2_units(float z) {
+  return (z < k_lowest_natural && z != k_neg_inf ? k_lowest_natural : z) * k_log2e;
+}
+// The lse of a row whose running max is at the clamp: its largest additive bias over keys
+// [lo, hi) (local positions) plus ln l.
+__device__ __forceinline__ float clamped_row_lse(const flash_params& p, int b, int h, std::int64_t i, std::int64_t lo,
+                                                 std::int64_t hi, float l) {
+  float bias = k_neg_inf;
+  for (std::int64_t j = lo; j < hi; ++j) bias = fmaxf(bias, mask_term(p, b, h, i, j));
+  return bias + logf(l);
 }
 
 }  // namespace attend::cuda

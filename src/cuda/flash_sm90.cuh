@@ -318,15 +318,18 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
 // each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
 // then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
+// A keep mask's dropped keys (-inf) are selected, not added, so a NaN score there does not reach
+// the row (score_of, flash_common.cuh).
 template <int NK>
-__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2) {
+__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2, bool keep) {
 #pragma unroll
   for (int j = 0; j < NK / 8; ++j) {
     const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      sc[4 * j + 2 * r] = fmaf(sc[4 * j + 2 * r], scale_log2, m.x);
-      sc[4 * j + 2 * r + 1] = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
+      const float a = fmaf(sc[4 * j + 2 * r], scale_log2, m.x), b = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
+      sc[4 * j + 2 * r] = keep && m.x == k_neg_inf ? k_neg_inf : a;
+      sc[4 * j + 2 * r + 1] = keep && m.y == k_neg_inf ? k_neg_inf : b;
     }
   }
 }
@@ -676,7 +679,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
 #pragma unroll
             for (int i = 0; i < BN / 32; ++i) {
               const int key = 32 * i + tid;
-              mask_ring[s * BN + key] = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) * k_log2e : 0.0f;
+              // log2 units, clamped (Note [GPU clamped scores]); a keep mask's -inf is selected later
+              mask_ring[s * BN + key] = key < valid ? to_log2_units(mask_term(p, mask_b, mask_h, 0, t * BN + key)) : 0.0f;
             }
             if (tid != 0) mbar_arrive(bar_full_k(s));  // lane 0 arrives with the K tile's bytes
           }
@@ -764,6 +768,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
   const float scale_log2 = attend::cuda::scale_log2(p);
+  const bool keep_mask = p.mask == mask_kind::keep_u8;  // key masks (Note [Hopper key masks])
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
   // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on to the next one's.
   auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
@@ -894,7 +899,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         wg_wait0();
       reg_fence(sc);
       if constexpr (KeyMask) {
-        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2);
+        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2, keep_mask);
         mbar_arrive(bar_empty_k(s));  // each thread, after its reads of the ring (Note [Hopper key masks])
       } else {
         release(bar_empty_k(s));
@@ -1000,9 +1005,12 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0
       const int i = i_lo + 8 * r;
-      if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q)
-        p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] =
-            l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
+      if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q) {
+        float lse = l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
+        if (KeyMask && !keep_mask && l > 0.0f && row_m[r] <= k_lowest_log2)  // Note [GPU clamped scores]
+          lse = clamped_row_lse(p, it.b, it.h, i, lo_r[r], hi_r[r], l);
+        p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] = lse;
+      }
       const int rr = 64 * part + 16 * warp + lane / 4 + 8 * r;  // row within the tile
 #pragma unroll
       for (int jd = 0; jd < Width / 8; ++jd) {

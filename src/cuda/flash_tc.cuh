@@ -174,6 +174,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
   constexpr bool extras = Extras;
+  const bool keep_mask = p.mask == mask_kind::keep_u8;
   const float scale_log2 = attend::cuda::scale_log2(p);
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
@@ -285,7 +286,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
               const std::int64_t j = n0 + nb * 8 + (lane & 3) * 2 + c;
               float& x = s[mb][nb][2 * r + c];
               const float sc = scaled_score(p, x);  // every element, outside the select (fewer registers)
-              x = row_ok && j >= bd.lo && j < bd.hi ? (sc + add[nb][c]) * k_log2e : k_neg_inf;
+              // Note [GPU clamped scores]: log2 units, clamped
+              x = row_ok && j >= bd.lo && j < bd.hi ? to_log2_units(with_mask_term(sc, add[nb][c], keep_mask)) : k_neg_inf;
             }
         }
     }
@@ -365,7 +367,15 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       l += __shfl_xor_sync(0xffffffffu, l, 2);
       const int i = i_base + 16 * mb + 8 * r;
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
-      const float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
+      float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
+      if constexpr (Extras) {  // Note [GPU clamped scores]
+        if (l > 0.0f && row_m[mb][r] <= k_lowest_log2 && p.mask != mask_kind::none && !keep_mask && i < sb.len_q) {
+          const band bd = visible(p, i, sb.len_q, sb.len_kv);
+          // the keys of this CTA's tiles (a split's share under split-KV)
+          lse = clamped_row_lse(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
+                                min(bd.hi, std::int64_t{t_end} * BlockN), l);
+        }
+      }
       if (p.num_splits > 1) {
         if (i >= sb.len_q) continue;
         const std::int64_t row = ((static_cast<std::int64_t>(split) * p.batch + b) * p.num_heads_q + h) * p.seqlen_q + i;
