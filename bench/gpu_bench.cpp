@@ -1,13 +1,17 @@
 // attend_gpu_bench: times attend's CUDA backends with CUDA events on random device tensors.
 // Reads one shape per line on stdin:
-//   NAME DTYPE(bf16|f16) B SQ SKV HQ HKV D CAUSAL(0|1) BACKEND
-// and prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
+//   NAME DTYPE(bf16|f16) B SQ SKV HQ HKV D CAUSAL(0|1) BACKEND [MASK(none|key-bool|key-add)]
+// MASK is a key-padding mask [B, 1, 1, SKV] on which batch b drops its last 256 b keys (as
+// bench/gpu_masks.py): boolean (false drops) or additive f32 (-inf drops). It prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
 // "error"}. Layout bshd, contiguous; causal is bottom-right aligned (identical to top-left when
 // Sq == Skv; the KV-cache convention for decode). Used by bench/gpu.py (scripts/gpu-check).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -52,10 +56,11 @@ int main() {
   while (std::getline(std::cin, line)) {
     if (line.empty() || line[0] == '#') continue;
     std::istringstream is(line);
-    std::string name, dt, backend_name;
+    std::string name, dt, backend_name, mask_name = "none";
     std::int64_t b = 0, sq = 0, skv = 0, hq = 0, hkv = 0, d = 0;
     int causal = 0;
     is >> name >> dt >> b >> sq >> skv >> hq >> hkv >> d >> causal >> backend_name;
+    if (!(is >> mask_name)) mask_name = "none";
     std::ostringstream js;
     js << "{\"name\": \"" << name << "\", \"backend\": \"" << backend_name << "\"";
     try {
@@ -76,6 +81,26 @@ int main() {
       a.v = attend::tensor_view::contiguous(v.p, t, {b, skv, hkv, d}, gpu);
       a.out = attend::tensor_view::contiguous(o.p, t, {b, sq, hq, d}, gpu);
       a.causal = causal != 0;
+      std::unique_ptr<buffer> mask;
+      if (mask_name != "none") {
+        const bool keep = mask_name == "key-bool";
+        if (!keep && mask_name != "key-add") throw std::runtime_error("mask must be none, key-bool or key-add; got " + mask_name);
+        const attend::dtype mt = keep ? attend::dtype::boolean : attend::dtype::f32;
+        std::vector<unsigned char> host(static_cast<std::size_t>(b * skv) * attend::size_bytes(mt));
+        for (std::int64_t bi = 0; bi < b; ++bi)
+          for (std::int64_t j = 0; j < skv; ++j) {
+            const bool kept = j < skv - 256 * bi;
+            const std::size_t at = static_cast<std::size_t>(bi * skv + j);
+            if (keep) host[at] = kept ? 1 : 0;
+            else {
+              const float term = kept ? 0.0f : -std::numeric_limits<float>::infinity();
+              std::memcpy(host.data() + at * sizeof(float), &term, sizeof term);
+            }
+          }
+        mask = std::make_unique<buffer>(host.size());
+        CHECK(cudaMemcpy(mask->p, host.data(), host.size(), cudaMemcpyHostToDevice));
+        a.maybe_mask = attend::tensor_view::contiguous(mask->p, mt, {b, 1, 1, skv}, gpu);
+      }
       a.alignment = attend::alignment::bottom_right;
       const attend::problem p = attend::make_problem(a);
       attend::run_options opt;

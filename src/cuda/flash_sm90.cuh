@@ -318,18 +318,31 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
 // each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
 // then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
-// A keep mask's dropped keys (-inf) are selected, not added, so a NaN score there does not reach
-// the row (score_of, flash_common.cuh).
+// A keep mask's ring holds a cap instead, +inf for a kept key and -inf for a dropped one, and S
+// becomes min(scale_log2 * S, cap): a dropped key is -inf whatever its score, so a NaN score there
+// does not reach the row (score_of, flash_common.cuh); fminf's NaN rule turns a kept NaN score into
+// +inf, which makes its row NaN all the same. One instruction per element either way.
 template <int NK>
 __device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2, bool keep) {
+  if (keep) {
 #pragma unroll
-  for (int j = 0; j < NK / 8; ++j) {
-    const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
+    for (int j = 0; j < NK / 8; ++j) {
+      const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const float a = fmaf(sc[4 * j + 2 * r], scale_log2, m.x), b = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
-      sc[4 * j + 2 * r] = keep && m.x == k_neg_inf ? k_neg_inf : a;
-      sc[4 * j + 2 * r + 1] = keep && m.y == k_neg_inf ? k_neg_inf : b;
+      for (int r = 0; r < 2; ++r) {
+        sc[4 * j + 2 * r] = fminf(sc[4 * j + 2 * r] * scale_log2, m.x);
+        sc[4 * j + 2 * r + 1] = fminf(sc[4 * j + 2 * r + 1] * scale_log2, m.y);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < NK / 8; ++j) {
+      const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        sc[4 * j + 2 * r] = fmaf(sc[4 * j + 2 * r], scale_log2, m.x);
+        sc[4 * j + 2 * r + 1] = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
+      }
     }
   }
 }
@@ -509,11 +522,11 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // Note [Hopper key masks]: a mask that is the same for every query row (strides 0 over them: a
 // key-padding mask [B, 1 or H, 1, Skv], boolean or additive, as diffusers passes for padded text)
 // runs on this kernel (Mode = key_mask; other masks, and masks with varlen, run the mma.sync
-// kernel). The producer warp writes the mask term of each key of a tile (mask_term, flash_common.cuh:
-// the additive value or -inf for a dropped key, times log2(e); 0 past Skv) into a ring of one float
-// per key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms
-// to S right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale
-// 1) and only then arrives on empty_k. Both directions are one thread's release and another's
+// kernel). The producer warp writes one float per key of a tile into a ring of one tile per stage
+// (an additive term in log2 units, clamped as Note [GPU clamped scores] says, 0 past Skv; for a
+// boolean mask a cap, +inf kept, -inf dropped), then arrives on the stage's full_k; each consumer
+// thread applies its keys' floats to S right after S completes (apply_key_mask, with the scale:
+// softmax_tile then runs with scale 1) and only then arrives on empty_k. Both directions are one thread's release and another's
 // acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
 // empty_k every consumer thread in this mode, so no thread orders another's ring accesses (the
 // pattern racecheck reports, Note [Hopper scheduler]).
@@ -592,6 +605,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   __syncthreads();
   const int items = static_cast<int>(sm90_item_count(p, Width));  // < 2^30: sm90_kernel_for
 
+  const bool keep_mask = p.mask == mask_kind::keep_u8;  // key masks (Note [Hopper key masks])
   if (warpgroup == 0) {
     // Registers: 65536 per SM = 128 x (producer + C x consumer).
     if constexpr (C == 3)
@@ -679,8 +693,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
 #pragma unroll
             for (int i = 0; i < BN / 32; ++i) {
               const int key = 32 * i + tid;
-              // log2 units, clamped (Note [GPU clamped scores]); a keep mask's -inf is selected later
-              mask_ring[s * BN + key] = key < valid ? to_log2_units(mask_term(p, mask_b, mask_h, 0, t * BN + key)) : 0.0f;
+              // additive: log2 units, clamped (Note [GPU clamped scores]); keep: a cap (apply_key_mask)
+              const float m = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) : 0.0f;
+              mask_ring[s * BN + key] = keep_mask ? (m == 0.0f ? k_pos_inf : k_neg_inf) : to_log2_units(m);
             }
             if (tid != 0) mbar_arrive(bar_full_k(s));  // lane 0 arrives with the K tile's bytes
           }
@@ -768,7 +783,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   const int cw = __shfl_sync(0xffffffffu, warpgroup, 0) - 1;
   const int wtid = tid % 128, warp = wtid / 32, lane = wtid % 32;
   const float scale_log2 = attend::cuda::scale_log2(p);
-  const bool keep_mask = p.mask == mask_kind::keep_u8;  // key masks (Note [Hopper key masks])
   // Turns to issue wgmma alternate between the consumers, consumer 0 first (Note [Hopper
   // overlap]): consumer c waits on barrier k_bar_turn + c and passes the turn on to the next one's.
   auto take_turn = [&] { named_sync(k_bar_turn + cw, 256); };
