@@ -68,8 +68,9 @@ constexpr int k_stages(int width) {
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 // What a launch of the kernel handles beyond a dense call (the kernel's template argument).
 enum class mode : std::uint8_t { dense, varlen, key_mask };
-// The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
-constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
+// The key mask's ring (Note [Hopper key masks]): one float per key of each stage, then one int
+// per stage (16 bytes each) that says whether the stage's floats are caps (apply_key_mask).
+constexpr int mask_ring_bytes(int width) { return k_stages(width) * (k_sm90_block_n * 4 + 16); }
 constexpr int smem_bytes(int width, mode m) {
   return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
          1024 /* barriers, item slots */ + (m == mode::key_mask ? mask_ring_bytes(width) : 0) +
@@ -318,13 +319,16 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
 // each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
 // then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
-// A keep mask's ring holds a cap instead, +inf for a kept key and -inf for a dropped one, and S
-// becomes min(scale_log2 * S, cap): a dropped key is -inf whatever its score, so a NaN score there
-// does not reach the row (score_of, flash_common.cuh); fminf's NaN rule turns a kept NaN score into
-// +inf, which makes its row NaN all the same. One instruction per element either way.
+// A keep mask's tile that drops a key (`caps`, the producer's word) holds caps instead, +inf for a
+// kept key and -inf for a dropped one, and S becomes min(scale_log2 * S, cap): a dropped key is
+// -inf whatever its score, so a NaN score there does not reach the row (score_of,
+// flash_common.cuh); fminf's NaN rule turns a kept NaN score into +inf, which makes its row NaN all
+// the same. A tile whose keys a keep mask all keeps (most tiles of a padding mask) holds zeros and
+// takes the additive path. One instruction per element on every path: the compare and select that
+// selecting -inf per element would take cost the boolean key-mask calls 4% on the H100.
 template <int NK>
-__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2, bool keep) {
-  if (keep) {
+__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2, bool caps) {
+  if (caps) {
 #pragma unroll
     for (int j = 0; j < NK / 8; ++j) {
       const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
@@ -524,7 +528,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // runs on this kernel (Mode = key_mask; other masks, and masks with varlen, run the mma.sync
 // kernel). The producer warp writes one float per key of a tile into a ring of one tile per stage
 // (an additive term in log2 units, clamped as Note [GPU clamped scores] says, 0 past Skv; for a
-// boolean mask a cap, +inf kept, -inf dropped), then arrives on the stage's full_k; each consumer
+// boolean mask 0, or caps, +inf kept and -inf dropped, in a tile that drops a key, with a word that
+// says which), then arrives on the stage's full_k; each consumer
 // thread applies its keys' floats to S right after S completes (apply_key_mask, with the scale:
 // softmax_tile then runs with scale 1) and only then arrives on empty_k. Both directions are one thread's release and another's
 // acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
@@ -580,6 +585,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   static_assert(8 * (k_slots_first + k_slot_ints + 5) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
   // Key masks: stage s's terms, in log2 units (Note [Hopper key masks]).
   float* const mask_ring = reinterpret_cast<float*>(base_ptr + (s_bar + 1024 - base));
+  int* const mask_caps = reinterpret_cast<int*>(mask_ring + stages * BN);  // 4 ints per stage
   // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
   // to issue wgmma (Note [Hopper overlap]).
   constexpr int k_bar_turn = 1 + C;
@@ -690,13 +696,19 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
           const int valid = len_kv - t * BN;  // keys of the sequence in the tile (>= 1)
           if constexpr (KeyMask) {
             if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);  // every consumer thread read the ring
+            float m[BN / 32];
+            bool drops = false;
 #pragma unroll
             for (int i = 0; i < BN / 32; ++i) {
               const int key = 32 * i + tid;
-              // additive: log2 units, clamped (Note [GPU clamped scores]); keep: a cap (apply_key_mask)
-              const float m = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) : 0.0f;
-              mask_ring[s * BN + key] = keep_mask ? (m == 0.0f ? k_pos_inf : k_neg_inf) : to_log2_units(m);
+              m[i] = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) : 0.0f;
+              drops |= m[i] != 0.0f;
             }
+            const bool caps = keep_mask && __any_sync(0xffffffffu, drops);
+#pragma unroll
+            for (int i = 0; i < BN / 32; ++i)  // additive: log2 units, clamped (Note [GPU clamped scores])
+              mask_ring[s * BN + 32 * i + tid] = caps ? (m[i] == 0.0f ? k_pos_inf : k_neg_inf) : to_log2_units(m[i]);
+            if (tid == 0) mask_caps[4 * s] = caps;  // before lane 0's arrival, below
             if (tid != 0) mbar_arrive(bar_full_k(s));  // lane 0 arrives with the K tile's bytes
           }
           if (tid == 0) {
@@ -913,7 +925,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         wg_wait0();
       reg_fence(sc);
       if constexpr (KeyMask) {
-        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2, keep_mask);
+        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2, mask_caps[4 * s] != 0);
         mbar_arrive(bar_empty_k(s));  // each thread, after its reads of the ring (Note [Hopper key masks])
       } else {
         release(bar_empty_k(s));
