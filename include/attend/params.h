@@ -25,11 +25,12 @@
 // non-finite V]). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the
 // NaN, so a non-finite v at a key a row does not see reaches that row there (except keys of
 // another varlen sequence, which flash_cuda zeroes or never loads).
-// flash_cuda also differs in two mask cases, both on its kernels' score arithmetic (log2 units):
-// a false keep-mask entry is added as -inf rather than selected, so a NaN score there (NaN in k)
-// makes the row NaN; and an additive term below -FLT_MAX / log2(e) (a mask filled with float's
-// lowest value, as Hugging Face builds padding masks) becomes -inf, so a row whose every visible
-// key carries one gives out 0 and lse -inf where the reference averages v over those keys.
+// Likewise a non-finite k at a key that a boolean key-padding mask ([B, 1 or H, 1, Skv]) drops
+// reaches the row on flash_cuda's Hopper kernel, which adds that key's -inf instead of selecting it
+// (selecting costs every such call 4-6%); flash_cuda's other kernels select it, as the reference.
+// Additive masks as low as float's lowest value (how Hugging Face builds padding masks) weigh
+// their keys as the reference does on every backend: a row whose every visible key carries one
+// averages v over those keys, with the reference's lse (Note [GPU clamped scores]).
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
 // additive mask, or scale * dot past float's range), and so does a row whose every visible score
 // overflowed float to -inf (it has keys, but a float backend cannot weigh them): never "no visible

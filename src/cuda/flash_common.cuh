@@ -30,7 +30,6 @@ template <> __device__ __forceinline__ __half from_float<__half>(float x) { retu
 template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 
 inline constexpr float k_neg_inf = -__builtin_huge_valf();
-inline constexpr float k_pos_inf = __builtin_huge_valf();
 inline constexpr float k_ln2 = 0.6931471805599453f;
 
 // Where sequence b lives: first packed row and length, for q and kv.

@@ -68,9 +68,8 @@ constexpr int k_stages(int width) {
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 // What a launch of the kernel handles beyond a dense call (the kernel's template argument).
 enum class mode : std::uint8_t { dense, varlen, key_mask };
-// The key mask's ring (Note [Hopper key masks]): one float per key of each stage, then one int
-// per stage (16 bytes each) that says whether the stage's floats are caps (apply_key_mask).
-constexpr int mask_ring_bytes(int width) { return k_stages(width) * (k_sm90_block_n * 4 + 16); }
+// The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
+constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
 constexpr int smem_bytes(int width, mode m) {
   return 2 * tile_bytes(sm90_block_m(width), width) + 2 * k_stages(width) * tile_bytes(k_sm90_block_n, width) +
          1024 /* barriers, item slots */ + (m == mode::key_mask ? mask_ring_bytes(width) : 0) +
@@ -319,34 +318,18 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
 // each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
 // then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
-// A keep mask's tile that drops a key (`caps`, the producer's word) holds caps instead, +inf for a
-// kept key and -inf for a dropped one, and S becomes min(scale_log2 * S, cap): a dropped key is
-// -inf whatever its score, so a NaN score there does not reach the row (score_of,
-// flash_common.cuh); fminf's NaN rule turns a kept NaN score into +inf, which makes its row NaN all
-// the same. A tile whose keys a keep mask all keeps (most tiles of a padding mask) holds zeros and
-// takes the additive path. One instruction per element on every path: the compare and select that
-// selecting -inf per element would take cost the boolean key-mask calls 4% on the H100.
+// A dropped key's -inf is added, not selected as the other kernels do (score_of): selecting costs
+// a compare and select per element, measured at 4-6% of a boolean key-mask call at head dim 64 on
+// the H100, for inputs whose k holds NaN or Inf at a dropped key (attend/params.h).
 template <int NK>
-__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2, bool caps) {
-  if (caps) {
+__device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2) {
 #pragma unroll
-    for (int j = 0; j < NK / 8; ++j) {
-      const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
+  for (int j = 0; j < NK / 8; ++j) {
+    const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        sc[4 * j + 2 * r] = fminf(sc[4 * j + 2 * r] * scale_log2, m.x);
-        sc[4 * j + 2 * r + 1] = fminf(sc[4 * j + 2 * r + 1] * scale_log2, m.y);
-      }
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < NK / 8; ++j) {
-      const float2 m = *reinterpret_cast<const float2*>(ring + 8 * j + 2 * (lane & 3));
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        sc[4 * j + 2 * r] = fmaf(sc[4 * j + 2 * r], scale_log2, m.x);
-        sc[4 * j + 2 * r + 1] = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
-      }
+    for (int r = 0; r < 2; ++r) {
+      sc[4 * j + 2 * r] = fmaf(sc[4 * j + 2 * r], scale_log2, m.x);
+      sc[4 * j + 2 * r + 1] = fmaf(sc[4 * j + 2 * r + 1], scale_log2, m.y);
     }
   }
 }
@@ -526,12 +509,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // Note [Hopper key masks]: a mask that is the same for every query row (strides 0 over them: a
 // key-padding mask [B, 1 or H, 1, Skv], boolean or additive, as diffusers passes for padded text)
 // runs on this kernel (Mode = key_mask; other masks, and masks with varlen, run the mma.sync
-// kernel). The producer warp writes one float per key of a tile into a ring of one tile per stage
-// (an additive term in log2 units, clamped as Note [GPU clamped scores] says, 0 past Skv; for a
-// boolean mask 0, or caps, +inf kept and -inf dropped, in a tile that drops a key, with a word that
-// says which), then arrives on the stage's full_k; each consumer
-// thread applies its keys' floats to S right after S completes (apply_key_mask, with the scale:
-// softmax_tile then runs with scale 1) and only then arrives on empty_k. Both directions are one thread's release and another's
+// kernel). The producer warp writes the mask term of each key of a tile (mask_term, flash_common.cuh:
+// the additive value or -inf for a dropped key, in log2 units clamped as Note [GPU clamped scores]
+// says; 0 past Skv) into a ring of one float
+// per key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms
+// to S right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale
+// 1) and only then arrives on empty_k. Both directions are one thread's release and another's
 // acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
 // empty_k every consumer thread in this mode, so no thread orders another's ring accesses (the
 // pattern racecheck reports, Note [Hopper scheduler]).
@@ -585,7 +568,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   static_assert(8 * (k_slots_first + k_slot_ints + 5) <= 1024, "barriers and slots fit their 1024 bytes (smem_bytes)");
   // Key masks: stage s's terms, in log2 units (Note [Hopper key masks]).
   float* const mask_ring = reinterpret_cast<float*>(base_ptr + (s_bar + 1024 - base));
-  int* const mask_caps = reinterpret_cast<int*>(mask_ring + stages * BN);  // 4 ints per stage
   // Named barriers: 0 is __syncthreads; 1 + c: consumer c's epilogue; 1 + C + c: consumer c's turn
   // to issue wgmma (Note [Hopper overlap]).
   constexpr int k_bar_turn = 1 + C;
@@ -611,7 +593,6 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   __syncthreads();
   const int items = static_cast<int>(sm90_item_count(p, Width));  // < 2^30: sm90_kernel_for
 
-  const bool keep_mask = p.mask == mask_kind::keep_u8;  // key masks (Note [Hopper key masks])
   if (warpgroup == 0) {
     // Registers: 65536 per SM = 128 x (producer + C x consumer).
     if constexpr (C == 3)
@@ -696,19 +677,12 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
           const int valid = len_kv - t * BN;  // keys of the sequence in the tile (>= 1)
           if constexpr (KeyMask) {
             if (kv >= stages) mbar_wait(bar_empty_k(s), reuse_parity);  // every consumer thread read the ring
-            float m[BN / 32];
-            bool drops = false;
 #pragma unroll
             for (int i = 0; i < BN / 32; ++i) {
               const int key = 32 * i + tid;
-              m[i] = key < valid ? mask_term(p, mask_b, mask_h, 0, t * BN + key) : 0.0f;
-              drops |= m[i] != 0.0f;
+              // log2 units, clamped (Note [GPU clamped scores])
+              mask_ring[s * BN + key] = key < valid ? to_log2_units(mask_term(p, mask_b, mask_h, 0, t * BN + key)) : 0.0f;
             }
-            const bool caps = keep_mask && __any_sync(0xffffffffu, drops);
-#pragma unroll
-            for (int i = 0; i < BN / 32; ++i)  // additive: log2 units, clamped (Note [GPU clamped scores])
-              mask_ring[s * BN + 32 * i + tid] = caps ? (m[i] == 0.0f ? k_pos_inf : k_neg_inf) : to_log2_units(m[i]);
-            if (tid == 0) mask_caps[4 * s] = caps;  // before lane 0's arrival, below
             if (tid != 0) mbar_arrive(bar_full_k(s));  // lane 0 arrives with the K tile's bytes
           }
           if (tid == 0) {
@@ -925,7 +899,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         wg_wait0();
       reg_fence(sc);
       if constexpr (KeyMask) {
-        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2, mask_caps[4 * s] != 0);
+        apply_key_mask<NK>(sc, mask_ring + s * BN + h0, lane, scale_log2);
         mbar_arrive(bar_empty_k(s));  // each thread, after its reads of the ring (Note [Hopper key masks])
       } else {
         release(bar_empty_k(s));
@@ -1033,7 +1007,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const int i = i_lo + 8 * r;
       if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q) {
         float lse = l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
-        if (KeyMask && !keep_mask && l > 0.0f && row_m[r] <= k_lowest_log2)  // Note [GPU clamped scores]
+        if (KeyMask && l > 0.0f && row_m[r] <= k_lowest_log2)  // Note [GPU clamped scores]
           lse = clamped_row_lse(p, it.b, it.h, i, lo_r[r], hi_r[r], l);
         p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] = lse;
       }
