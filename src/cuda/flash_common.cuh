@@ -127,29 +127,47 @@ __device__ __forceinline__ float mask_term(const flash_params& p, int b, int h, 
 
 // The mask terms (as mask_term) of row i at this thread's columns col0 + 8 nb + c (c < 2) of a
 // tile, 0 where there is no mask and at columns >= len_kv (never read there: pass 0 for a row
-// outside the sequence). One 64-bit row offset, and every load of the row issued before any is
+// outside the sequence). One 64-bit offset per row, and every load of the row issued before any is
 // used, so their latencies overlap (the mma.sync kernel's masked tiles were bound by them).
+// mask_row_terms_of reads one mask kind K; with Unit (the caller checked that the mask is
+// contiguous along keys, the usual case) at compile-time offsets from the row's first column.
+template <int NB, mask_kind K, bool Unit>
+__device__ __forceinline__ void mask_row_terms_of(const flash_params& p, int b, int h, std::int64_t i, std::int64_t col0,
+                                                  std::int64_t len_kv, float (&add)[NB][2]) {
+  const std::int64_t js = Unit ? 1 : p.mask_stride[3];
+  const std::int64_t row = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + col0 * js;
+  const std::int64_t avail = len_kv - col0;  // offsets below it are keys
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int c = 0; c < 2; ++c) {
+      const int o = 8 * nb + c;
+      add[nb][c] = o < avail ? mask_term_at<K>(p.maybe_mask, row + (Unit ? o : o * js)) : 0.0f;
+    }
+}
 template <int NB>
 __device__ __forceinline__ void mask_row_terms(const flash_params& p, int b, int h, std::int64_t i, std::int64_t col0,
                                                std::int64_t len_kv, float (&add)[NB][2]) {
-  const std::int64_t row = b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2];
-  const std::int64_t js = p.mask_stride[3];
-  auto each = [&](auto k) {
-#pragma unroll
-    for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-      for (int c = 0; c < 2; ++c) {
-        const std::int64_t j = col0 + 8 * nb + c;
-        add[nb][c] = j < len_kv ? mask_term_at<decltype(k)::value>(p.maybe_mask, row + j * js) : 0.0f;
-      }
-  };
   using K = mask_kind;
+  const bool unit = p.mask_stride[3] == 1;
   switch (p.mask) {
-    case K::keep_u8: each(std::integral_constant<K, K::keep_u8>{}); break;
-    case K::add_f32: each(std::integral_constant<K, K::add_f32>{}); break;
-    case K::add_f16: each(std::integral_constant<K, K::add_f16>{}); break;
-    case K::add_bf16: each(std::integral_constant<K, K::add_bf16>{}); break;
-    case K::none: each(std::integral_constant<K, K::none>{}); break;
+    case K::keep_u8:
+      if (unit) mask_row_terms_of<NB, K::keep_u8, true>(p, b, h, i, col0, len_kv, add);
+      else mask_row_terms_of<NB, K::keep_u8, false>(p, b, h, i, col0, len_kv, add);
+      break;
+    case K::add_f32:
+      if (unit) mask_row_terms_of<NB, K::add_f32, true>(p, b, h, i, col0, len_kv, add);
+      else mask_row_terms_of<NB, K::add_f32, false>(p, b, h, i, col0, len_kv, add);
+      break;
+    case K::add_f16:
+      if (unit) mask_row_terms_of<NB, K::add_f16, true>(p, b, h, i, col0, len_kv, add);
+      else mask_row_terms_of<NB, K::add_f16, false>(p, b, h, i, col0, len_kv, add);
+      break;
+    case K::add_bf16:
+      if (unit) mask_row_terms_of<NB, K::add_bf16, true>(p, b, h, i, col0, len_kv, add);
+      else mask_row_terms_of<NB, K::add_bf16, false>(p, b, h, i, col0, len_kv, add);
+      break;
+    case K::none: mask_row_terms_of<NB, K::none, true>(p, b, h, i, col0, len_kv, add); break;
   }
 }
 

@@ -174,7 +174,6 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
   constexpr bool extras = Extras;
-  const bool keep_mask = p.mask == mask_kind::keep_u8;
   const float scale_log2 = attend::cuda::scale_log2(p);
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
@@ -269,7 +268,9 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
         }
     } else {
       // Mask and/or softcap, as score_of (Note [Score pipeline]), with each row's mask terms loaded
-      // for the whole tile first (mask_row_terms).
+      // for the whole tile first (mask_row_terms). Band compares are relative to this thread's
+      // first column, as above (64-bit key indices cost this path registers and spills).
+      const int col_base = n0 + (lane & 3) * 2;
 #pragma unroll
       for (int mb = 0; mb < mb_count; ++mb)
 #pragma unroll
@@ -277,17 +278,18 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
           const int i = i_base + 16 * mb + 8 * r;
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           const bool row_ok = i < sb.len_q;
+          const int lo = row_ok ? static_cast<int>(bd.lo) - col_base : 0;
+          const int hi = row_ok ? static_cast<int>(bd.hi) - col_base : 0;
           float add[nb_count][2];
-          mask_row_terms<nb_count>(p, b, h, i, n0 + (lane & 3) * 2, row_ok ? sb.len_kv : 0, add);
+          mask_row_terms<nb_count>(p, b, h, i, col_base, row_ok ? sb.len_kv : 0, add);
 #pragma unroll
           for (int nb = 0; nb < nb_count; ++nb)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
-              const std::int64_t j = n0 + nb * 8 + (lane & 3) * 2 + c;
               float& x = s[mb][nb][2 * r + c];
-              const float sc = scaled_score(p, x);  // every element, outside the select (fewer registers)
-              // Note [GPU clamped scores]: log2 units, clamped
-              x = row_ok && j >= bd.lo && j < bd.hi ? to_log2_units(with_mask_term(sc, add[nb][c], keep_mask)) : k_neg_inf;
+              // log2 units, clamped (Note [GPU clamped scores]); every element, outside the select
+              const float z = to_log2_units(with_mask_term(scaled_score(p, x), add[nb][c], p.mask == mask_kind::keep_u8));
+              x = nb * 8 + c >= lo && nb * 8 + c < hi ? z : k_neg_inf;
             }
         }
     }
@@ -369,7 +371,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
       if constexpr (Extras) {  // Note [GPU clamped scores]
-        if (l > 0.0f && row_m[mb][r] <= k_lowest_log2 && p.mask != mask_kind::none && !keep_mask && i < sb.len_q) {
+        if (l > 0.0f && row_m[mb][r] <= k_lowest_log2 && p.mask != mask_kind::none && p.mask != mask_kind::keep_u8 && i < sb.len_q) {
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
           lse = clamped_row_lse(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
