@@ -45,6 +45,7 @@ std::string case_spec::describe() const {
   if (mask != mask_type::none) os << (mask == mask_type::keep ? " keep-mask" : " additive-mask");
   if (mask == mask_type::additive && mask_dtype != dtype::f32) os << "(" << to_string(mask_dtype) << ")";
   if (mask == mask_type::additive && mask_lowest) os << "(lowest)";
+  if (mask_keys_outer) os << "(key-major)";
   if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
@@ -79,6 +80,7 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("keep-mask-broadcast", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 33; c.mask = mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-bf16-key-padding", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 70; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 3; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-lowest", [](case_spec& c) { c.seqlen_q = 19; c.seqlen_kv = 40; c.mask = mask_type::additive; c.mask_lowest = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("additive-mask-key-major", [](case_spec& c) { c.seqlen_q = 21; c.seqlen_kv = 150; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
@@ -224,11 +226,19 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
                       ? (spec.mask_lowest ? static_cast<double>(std::numeric_limits<float>::lowest())
                                           : -std::numeric_limits<double>::infinity())
                       : normal(rng);
-        cpu::store(m.mask.data(), mt, r * max_kv + j, value);
+        cpu::store(m.mask.data(), mt, spec.mask_keys_outer ? j * mb * mh * mq + r : r * max_kv + j, value);
       }
     }
     a.maybe_mask = spec.mask_broadcast ? tensor_view::contiguous(m.mask.data(), mt, {mq, max_kv})
                                        : tensor_view::contiguous(m.mask.data(), mt, {mb, mh, mq, max_kv});
+    if (spec.mask_keys_outer) {  // row-major over the leading dims, the key dim outermost
+      std::int64_t stride = 1;
+      for (int d = a.maybe_mask.rank - 2; d >= 0; --d) {
+        a.maybe_mask.strides[static_cast<std::size_t>(d)] = stride;
+        stride *= a.maybe_mask.sizes[static_cast<std::size_t>(d)];
+      }
+      a.maybe_mask.strides[static_cast<std::size_t>(a.maybe_mask.rank - 1)] = stride;
+    }
   }
 
   // The fp64 oracle.
