@@ -150,23 +150,17 @@ __device__ __forceinline__ void mask_row_terms(const flash_params& p, int b, int
                                                std::int64_t len_kv, float (&add)[NB][2]) {
   using K = mask_kind;
   const bool unit = p.mask_stride[3] == 1;
+  auto read = [&](auto k) {
+    if (unit)
+      mask_row_terms_of<NB, decltype(k)::value, true>(p, b, h, i, col0, len_kv, add);
+    else
+      mask_row_terms_of<NB, decltype(k)::value, false>(p, b, h, i, col0, len_kv, add);
+  };
   switch (p.mask) {
-    case K::keep_u8:
-      if (unit) mask_row_terms_of<NB, K::keep_u8, true>(p, b, h, i, col0, len_kv, add);
-      else mask_row_terms_of<NB, K::keep_u8, false>(p, b, h, i, col0, len_kv, add);
-      break;
-    case K::add_f32:
-      if (unit) mask_row_terms_of<NB, K::add_f32, true>(p, b, h, i, col0, len_kv, add);
-      else mask_row_terms_of<NB, K::add_f32, false>(p, b, h, i, col0, len_kv, add);
-      break;
-    case K::add_f16:
-      if (unit) mask_row_terms_of<NB, K::add_f16, true>(p, b, h, i, col0, len_kv, add);
-      else mask_row_terms_of<NB, K::add_f16, false>(p, b, h, i, col0, len_kv, add);
-      break;
-    case K::add_bf16:
-      if (unit) mask_row_terms_of<NB, K::add_bf16, true>(p, b, h, i, col0, len_kv, add);
-      else mask_row_terms_of<NB, K::add_bf16, false>(p, b, h, i, col0, len_kv, add);
-      break;
+    case K::keep_u8: read(std::integral_constant<K, K::keep_u8>{}); break;
+    case K::add_f32: read(std::integral_constant<K, K::add_f32>{}); break;
+    case K::add_f16: read(std::integral_constant<K, K::add_f16>{}); break;
+    case K::add_bf16: read(std::integral_constant<K, K::add_bf16>{}); break;
     case K::none: mask_row_terms_of<NB, K::none, true>(p, b, h, i, col0, len_kv, add); break;
   }
 }
