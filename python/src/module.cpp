@@ -12,6 +12,13 @@
 // layouts reach the kernels unchanged. Inputs are imported read-only; out and lse must be
 // writable.
 //
+// Note [DLPack capsules]: nanobind marks a capsule it is handed as used, but one it gets from
+// __dlpack__() itself it only disarms (it assumes it holds the only reference). A producer that
+// returns the same capsule from every __dlpack__() call, against the protocol, would then have its
+// tensor imported twice by one attend call (describe, then the call) and freed twice: a crash. So
+// arrays other than numpy's and torch's are asked for their capsule here (dlpack_source) and
+// nanobind imports the capsule; a capsule already used is a TypeError naming the argument.
+//
 // Note [numpy bfloat16]: numpy has no bfloat16 of its own; ml_dtypes' (the dtype of JAX's host
 // arrays) can be carried by neither DLPack nor the buffer protocol. The Python layer passes such an
 // array as a uint16 view of the same memory (same shape and strides) and names the argument in
@@ -192,6 +199,40 @@ std::string producer_error(nb::handle h) {
   return "";
 }
 
+// What nanobind imports for `h` (Note [DLPack capsules]): the object itself when it is a numpy
+// array or torch tensor, has no __dlpack__, or its __dlpack__() raises or returns something else
+// (nanobind's own path then reports it); else the fresh capsule __dlpack__() returned, asked for
+// as nanobind would: a versioned one first for a writable argument (only it can say "read-only"),
+// an unversioned one first for an input, the other kind when a producer refuses the first.
+nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
+  const nb::handle type(reinterpret_cast<PyObject*>(Py_TYPE(h.ptr())));
+  const std::string module = nb::hasattr(type, "__module__") ? nb::str(type.attr("__module__")).c_str() : "";
+  if (module.rfind("numpy", 0) == 0 || module.rfind("torch", 0) == 0 || !nb::hasattr(h, "__dlpack__"))
+    return nb::borrow(h);
+  auto ask = [&](bool versioned) -> nb::object {
+    if (!versioned) return h.attr("__dlpack__")();
+    return h.attr("__dlpack__")(nb::arg("max_version") = nb::make_tuple(nb::dlpack::major_version, nb::dlpack::minor_version));
+  };
+  nb::object capsule;
+  try {
+    capsule = ask(writable);
+  } catch (nb::python_error& e) {
+    if (!e.matches(PyExc_BufferError) && !e.matches(PyExc_TypeError)) return nb::borrow(h);
+    try {
+      capsule = ask(!writable);
+    } catch (nb::python_error&) {
+      return nb::borrow(h);
+    }
+  }
+  if (!PyCapsule_CheckExact(capsule.ptr())) return nb::borrow(h);
+  const char* tag = PyCapsule_GetName(capsule.ptr());
+  const std::string capsule_name = tag ? tag : "";
+  if (capsule_name != "dltensor" && capsule_name != "dltensor_versioned")
+    type_error(name + ": its __dlpack__() returned a capsule named '" + capsule_name +
+               "', already imported (a producer must return a new capsule from every call)");
+  return capsule;
+}
+
 // Keeps every imported array alive (and so its memory) for the duration of one call.
 struct imported {
   std::vector<input_array> inputs;
@@ -204,7 +245,7 @@ struct imported {
 
   attend::tensor_view input(nb::handle h, const std::string& name, role r) {
     input_array a;
-    if (!nb::try_cast(h, a, /*convert=*/false))
+    if (!nb::try_cast(dlpack_source(h, name, false), a, /*convert=*/false))
       type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     inputs.push_back(a);
     return view_of(a, name, r, as_bf16(name));
@@ -214,9 +255,9 @@ struct imported {
   }
   attend::tensor_view output(nb::handle h, const std::string& name, role r) {
     output_array a;
-    if (!nb::try_cast(h, a, /*convert=*/false)) {
+    if (!nb::try_cast(dlpack_source(h, name, true), a, /*convert=*/false)) {
       input_array read_only;
-      if (nb::try_cast(h, read_only, false)) value_error(name + ": must be writable; got a read-only array");
+      if (nb::try_cast(dlpack_source(h, name, false), read_only, false)) value_error(name + ": must be writable; got a read-only array");
       type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
     }
     outputs.push_back(a);

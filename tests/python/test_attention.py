@@ -272,3 +272,59 @@ def test_dlpack_only_producer():
     got = attend.attention(Producer(q), Producer(k), Producer(v))
     assert isinstance(got, np.ndarray)
     assert_close(got, reference(q, k, v)[0], "float32")
+
+
+def test_dlpack_producer_returning_one_capsule_is_a_type_error():
+    """A producer that hands out the same capsule on every __dlpack__() call (against the protocol)
+    gets a TypeError on its second import, not a double free (Note [DLPack capsules])."""
+
+    class SameCapsule:
+        def __init__(self, a):
+            self._a, self._capsule = a, a.__dlpack__()
+
+        def __dlpack__(self, **kwargs):
+            return self._capsule
+
+        def __dlpack_device__(self):
+            return self._a.__dlpack_device__()
+
+    gen = rng(7)
+    q, k, v = (gen.standard_normal((1, 4, 2, 8)).astype(np.float32) for _ in range(3))
+    # q is imported twice per call (to allocate out like it, then for the call).
+    with pytest.raises(TypeError, match=r"^q: its __dlpack__\(\) returned a capsule named 'used_dltensor', already imported"):
+        attend.attention(SameCapsule(q), k, v)
+    # Imported once, it works; a second call with the same object is refused.
+    out = np.zeros_like(q)
+    same_out = SameCapsule(out)
+    attend.attention(q, k, v, out=same_out)
+    assert_close(out, reference(q, k, v)[0], "float32")
+    with pytest.raises(TypeError, match=r"^out: its __dlpack__\(\) returned a capsule named 'used_dltensor'"):
+        attend.attention(q, k, v, out=same_out)
+
+
+def test_dlpack_producer_of_read_only_memory_is_not_written():
+    """A producer of immutable memory (as JAX's) can say "read-only" only in a versioned capsule
+    and exports it without complaint in an unversioned one: out asks for a versioned one first."""
+
+    class Immutable:
+        def __init__(self, a):
+            self._a = a  # writable underneath, read-only to its users
+            self._ro = a.view()
+            self._ro.setflags(write=False)
+
+        def __dlpack__(self, max_version=None, **kwargs):
+            if max_version is None:
+                return self._a.__dlpack__(**kwargs)
+            return self._ro.__dlpack__(max_version=max_version, **kwargs)
+
+        def __dlpack_device__(self):
+            return self._a.__dlpack_device__()
+
+    gen = rng(8)
+    q, k, v = (gen.standard_normal((1, 4, 2, 8)).astype(np.float32) for _ in range(3))
+    out = np.zeros_like(q)
+    with pytest.raises(ValueError, match=r"^out: must be writable; got a read-only array"):
+        attend.attention(q, k, v, out=Immutable(out))
+    assert not out.any()
+    # As an input it is read as it is.
+    assert_close(attend.attention(Immutable(q), k, v), reference(q, k, v)[0], "float32")
