@@ -290,7 +290,7 @@ def test_dlpack_producer_returning_one_capsule_is_a_type_error():
 
     gen = rng(7)
     q, k, v = (gen.standard_normal((1, 4, 2, 8)).astype(np.float32) for _ in range(3))
-    # q is imported twice per call (to allocate out like it, then for the call).
+    # q is imported more than once per call (to allocate out like it, then for the call).
     with pytest.raises(TypeError, match=r"^q: its __dlpack__\(\) returned a capsule named 'used_dltensor', already imported"):
         attend.attention(SameCapsule(q), k, v)
     # Imported once, it works; a second call with the same object is refused.
