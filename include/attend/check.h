@@ -44,7 +44,8 @@ struct case_spec {
   bool mask_key_only = false;     // mask [B, Hq, 1, Skv]: one row for every query (key padding)
   attend::dtype mask_dtype = attend::dtype::f32;  // of an additive mask: f32, f16 or bf16
   bool mask_lowest = false;  // an additive mask drops keys with float's lowest value, not -inf (as Hugging Face)
-  bool mask_keys_outer = false;  // the mask stored key-major: its key stride is not 1 (a transposed view)
+  bool mask_keys_outer = false;  // the mask stored key-major (a transposed view): key stride not 1 unless
+                                 // the mask has one row ([1, Skv])
   bool fully_masked_rows = false;  // some rows see no key at all
   double softcap = 0;
   std::optional<double> maybe_scale;  // default 1/sqrt(head_dim_qk)

@@ -30,7 +30,9 @@
 // (selecting costs every such call 4-6%); flash_cuda's other kernels select it, as the reference.
 // Additive masks as low as float's lowest value (how Hugging Face builds padding masks) weigh
 // their keys as the reference does on every backend: a row whose every visible key carries one
-// averages v over those keys, with the reference's lse (Note [GPU clamped scores]).
+// averages v over those keys, with the reference's lse (Note [GPU clamped scores]). Except under
+// split-KV (decode shapes on flash_cpu and flash_cuda): such a row's splits weigh equally, exact
+// only when they hold equally many of its keys (Note [Flash split KV]).
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
 // additive mask, or scale * dot past float's range), and so does a row whose every visible score
 // overflowed float to -inf (it has keys, but a float backend cannot weigh them): never "no visible

@@ -86,7 +86,10 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_generic_kernel(co
 
 // The split-KV merge (Note [Split KV] in flash_backend.cpp): split s of row (b, h, i) wrote its
 // normalised output o_s and lse_s, merged as in Note [LSE merge] (attend/merge.h: the same rule,
-// written again here because .cu files are C++17 and merge.h is C++20).
+// written again here because .cu files are C++17 and merge.h is C++20): weights exp(lse_s - max)
+// normalised by their sum. Normalising matters for a row of only clamped scores (Note [GPU
+// clamped scores]): its lse_s all round to the same float near -FLT_MAX, which has lost log l_s,
+// so the splits weigh equally (as flash_cpu's, Note [Flash split KV]) instead of adding up.
 template <typename T>
 __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(const flash_params p) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -103,13 +106,12 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
     nan = nan || isnan(x);
     lmax = fmaxf(lmax, x);
   }
-  float total_lse;
+  float total_lse, sum = 0.0f;
   if (nan) {
     total_lse = __int_as_float(0x7fc00000);
   } else if (lmax == k_neg_inf) {
     total_lse = k_neg_inf;
   } else {
-    float sum = 0.0f;
     for (int s = 0; s < p.num_splits; ++s) sum += expf(p.maybe_partial_lse[s * split_rows + row] - lmax);
     total_lse = lmax + logf(sum);
   }
@@ -120,9 +122,10 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
       acc = total_lse;
     } else if (total_lse != k_neg_inf) {
       for (int s = 0; s < p.num_splits; ++s) {
-        const float w = expf(p.maybe_partial_lse[s * split_rows + row] - total_lse);
+        const float w = expf(p.maybe_partial_lse[s * split_rows + row] - lmax);
         if (w != 0.0f) acc = fmaf(w, p.maybe_partial_out[(s * split_rows + row) * p.head_dim_v + d], acc);
       }
+      acc /= sum;
     }
     out[d * p.out_stride[3]] = from_float<T>(acc);
   }
