@@ -89,6 +89,9 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
   add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
   add("varlen", [](case_spec& c) { c.varlen_q = {5, 0, 17, 64}; c.varlen_kv = {7, 3, 0, 64}; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  // Decode-shaped varlen: flash_cpu splits the keys of items that hold several KV heads and
+  // fewer queries than a tile (Note [Flash head blocks]).
+  add("varlen-decode-split", [](case_spec& c) { c.varlen_q = {1, 2}; c.varlen_kv = {1024, 1100}; c.heads_q = 2; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 8; });
   add("varlen-mask", [](case_spec& c) { c.varlen_q = {9, 1, 20}; c.varlen_kv = {30, 0, 20}; c.mask = mask_type::keep; c.fully_masked_rows = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("strided-bhsd", [](case_spec& c) { c.layout = layout::bhsd; c.strided = true; c.seqlen_q = 19; c.seqlen_kv = 41; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; c.causal = true; });
   add("strided-bshd", [](case_spec& c) { c.strided = true; c.seqlen_q = c.seqlen_kv = 23; c.heads_q = 2; c.head_dim_qk = 80; c.head_dim_v = 80; c.batch = 2; });

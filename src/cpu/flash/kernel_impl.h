@@ -746,9 +746,11 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         lse = clamped_row_lse(h, i, hp.rs.lo[m], hp.rs.hi[m], l);  // Note [Flash clamped rows]
       const float* orow = hp.obuf + m * c.dv_pad;
       if (it.maybe_partial_out) {
-        float* po = it.maybe_partial_out + (hh * rows + m) * dv;
+        // Laid out per head at the tile's full row count (c.rows), as the merge reads them: an item
+        // with fewer queries (the last tile of a sequence, a short varlen sequence) has fewer rows.
+        float* po = it.maybe_partial_out + (hh * c.rows + m) * dv;
         for (std::int64_t d = 0; d < dv; ++d) po[d] = is_nan ? k_nan : orow[d] * inv;
-        it.maybe_partial_lse[hh * rows + m] = lse;
+        it.maybe_partial_lse[hh * c.rows + m] = lse;
         continue;
       }
       st_t* out = static_cast<st_t*>(a.out.data) + b * p.out.batch + (q_start + i) * p.out.seq + h * p.out.head;

@@ -52,8 +52,8 @@ tile_config make_tile_config(const problem& p, isa target);
 // kernel writes normalised partial rows [rows][head_dim_v] and their LSE instead of p.out.
 struct item {
   std::int64_t b = 0, hk = 0, hk_count = 1, q_begin = 0, q_count = 0, kv_begin = 0, kv_end = 0;
-  float* maybe_partial_out = nullptr;  // [hk_count][rows][head_dim_v]
-  float* maybe_partial_lse = nullptr;  // [hk_count][rows]
+  float* maybe_partial_out = nullptr;  // [hk_count][tile_config::rows][head_dim_v], whatever q_count
+  float* maybe_partial_lse = nullptr;  // [hk_count][tile_config::rows]
 };
 
 // Visible keys of local query row i of sequence b (attend::visible_keys), out of line so the
