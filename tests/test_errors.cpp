@@ -94,6 +94,27 @@ TEST(Errors, HugeSizesOverflowCleanly) {
   expect_invalid(p, "overflows 64 bits");
 }
 
+// A stride-0 key tensor can claim 2^61 keys without memory behind it: every CPU backend refuses it
+// with a reason (the reference's per-thread score row used to overflow its workspace size and
+// write past it), and a call gets attend::unsupported, never a crash.
+TEST(Errors, HugeBroadcastKeysAreRefused) {
+  test::dense_call c(1, 1, 1, 1, 1, 1, 1);
+  attention_params p = c.params;
+  for (tensor_view* t : {&p.k, &p.v}) {
+    t->sizes = {1, std::int64_t{1} << 61, 1, 1};
+    t->strides = {0, 0, 0, 0};
+  }
+  const problem pr = make_problem(p);
+  for (const char* name : {"reference", "flash_cpu", "unfused_cpu"}) {
+    const auto b = registry::global().find(name);
+    ASSERT_TRUE(b) << name;
+    diagnostics diag;
+    EXPECT_FALSE(b->supports(pr, &diag)) << name;
+    EXPECT_NE(diag.joined().find("sequence length"), std::string::npos) << name << ": " << diag.joined();
+  }
+  EXPECT_THROW(attention(p), unsupported);
+}
+
 TEST(Errors, OptionsOutOfRange) {
   test::dense_call c(1, 8, 8, 1, 1, 16, 16);
   attention_params p = c.params;

@@ -145,6 +145,27 @@ TEST(Selection, EnvironmentOverridesName) {
   EXPECT_EQ(attention(c.params, o), "fast_f32");
 }
 
+// A candidate that fails at run time (here: its workspace "cannot be allocated") drops out of a
+// measure instead of failing the call; when every candidate fails, the call does.
+TEST(Selection, MeasureSkipsCandidatesThatFail) {
+  class failing final : public test::cpu_backend {
+   public:
+    failing() : cpu_backend("failing") { traits_.priority = 200; }
+    void run(const problem&, const run_context&) const override { throw runtime_error("host allocation failed"); }
+  };
+  registry r;
+  r.add(std::make_shared<failing>());
+  r.add(cpu::make_unfused_backend());
+  run_options o;
+  o.maybe_registry = &r;
+  o.select.name = "measure";
+  o.select.honour_environment = false;
+  test::dense_call c(1, 16, 16, 1, 1, 8, 8);
+  EXPECT_EQ(attention(c.params, o), "unfused_cpu");
+  o.select.allow = {"failing"};
+  EXPECT_THROW(attention(c.params, o), runtime_error);
+}
+
 TEST(Selection, MeasureTimesCandidatesOnceAndCaches) {
   fixture f;
   test::dense_call c(1, 64, 64, 2, 2, 64, 64);

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <vector>
 
 #include "attend/attend.h"
@@ -116,25 +117,34 @@ std::string attention(const attention_params& params, const run_options& options
   if (measure && r.measured(registry::measure_key(p, options.select)).empty()) {
     // Time every candidate on this very call (one warm-up, best of three) and remember the
     // fastest. The output is recomputed by the winner below.
+    // A candidate that fails at run time (its workspace cannot be allocated, say) drops out; the
+    // call fails only when every candidate does, with the last one's error.
     const auto found = r.candidates(p, options.select);
     double best_seconds = 0;
     std::string best;
+    std::exception_ptr failure;
     for (const auto& b : found) {
       memory_resource* memory = b->memory_for(p.device);
-      run_on(*b, p, options);
       double fastest = 1e300;
-      for (int rep = 0; rep < 3; ++rep) {
-        if (memory) memory->synchronize();
-        const auto t0 = std::chrono::steady_clock::now();
+      try {
         run_on(*b, p, options);
-        if (memory) memory->synchronize();
-        fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        for (int rep = 0; rep < 3; ++rep) {
+          if (memory) memory->synchronize();
+          const auto t0 = std::chrono::steady_clock::now();
+          run_on(*b, p, options);
+          if (memory) memory->synchronize();
+          fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        }
+      } catch (const runtime_error&) {
+        failure = std::current_exception();
+        continue;
       }
       if (best.empty() || fastest < best_seconds) {
         best_seconds = fastest;
         best = std::string(b->name());
       }
     }
+    if (best.empty()) std::rethrow_exception(failure);
     r.remember_measured(registry::measure_key(p, options.select), best);
     const auto winner = r.find(best);
     run_on(*winner, p, options);
