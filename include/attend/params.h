@@ -21,10 +21,12 @@
 //   out_i = sum_j softmax(s)_j v_j;  lse_i = log(sum_j exp(s_j)).
 // A row with no visible key (fully masked) has out_i = 0 and lse_i = -inf on every backend.
 // A key of weight exactly 0 (outside the band, masked, or exp underflow) contributes nothing, even
-// when its v holds NaN/Inf (KV-cache padding): so on the cpu backends (Note [Flash masked
-// non-finite V]). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the
-// NaN, so a non-finite v at a key a row does not see reaches that row there (except keys of
-// another varlen sequence, which flash_cuda zeroes or never loads).
+// when its v holds NaN/Inf (KV-cache padding): so on reference and unfused_cpu, and on flash_cpu
+// for keys outside the band or masked (Note [Flash masked non-finite V]: it scans only tiles that
+// can hold such keys, so a key whose weight underflowed to 0 in a tile with neither passes its
+// NaN on). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the NaN, so
+// a non-finite v at a key a row does not see reaches that row there (except keys of another varlen
+// sequence, which flash_cuda zeroes or never loads).
 // Likewise a non-finite k at a key that a boolean key-padding mask ([B, 1 or H, 1, Skv]) drops
 // reaches the row on flash_cuda's Hopper kernel, which adds that key's -inf instead of selecting it
 // (selecting costs every such call 4-6%); flash_cuda's other kernels select it, as the reference.
