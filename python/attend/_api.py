@@ -167,6 +167,15 @@ def _cuda_stream(q: Array) -> int:
     return 0  # the default stream
 
 
+def _text(s: str, what: str) -> str:
+    """s, or ValueError naming `what` when it cannot be UTF-8 (a lone surrogate): C++ takes UTF-8."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be valid text (no lone surrogates); got {s!r}") from None
+    return s
+
+
 def _int64(x: int, what: str) -> int:
     """x as an int, or ValueError naming `what` when it does not fit attend's 64-bit ints."""
     if not -(2**63) <= int(x) < 2**63:
@@ -216,6 +225,7 @@ def _selection(backend: str) -> _Scoped:
         raise TypeError(f"backend: must be a str (a backend name, 'auto' or 'measure'); got {backend!r}")
     if not backend:
         raise ValueError("backend: the name is empty; give a backend name, 'auto' or 'measure'")
+    _text(backend, "backend:")
     if backend == "auto":
         scoped = _backend_var.get()
         if scoped is not None:
@@ -270,6 +280,7 @@ def _prepare(
         raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
     if not isinstance(causal_align, str):
         raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
+    _text(causal_align, "causal_align:")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"scale: must be a real number or None; got {scale!r}")
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
@@ -469,7 +480,8 @@ def load_plugin(path: Union[str, "os.PathLike[str]"]) -> str:
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike; got {type(path).__name__}")
-    return str(_attend.load_plugin(os.fspath(path)))
+    fs_path = os.fspath(path)
+    return str(_attend.load_plugin(_text(fs_path, "path") if isinstance(fs_path, str) else fs_path))
 
 
 @contextlib.contextmanager
@@ -519,6 +531,9 @@ def forward_context(
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
         raise TypeError(f"forward_context: layer must be an int; got {layer!r}")
     for key, value in extra.items():
+        _text(key, "forward_context: a key")
+        if isinstance(value, str):
+            _text(value, f"forward_context: value of {key!r}")
         if not isinstance(value, (bool, int, float, str)):
             raise TypeError(
                 f"forward_context: value of {key!r} must be int, float, bool or str; got {type(value).__name__}"

@@ -206,7 +206,8 @@ std::string producer_error(nb::handle h) {
 // an unversioned one first for an input, the other kind when a producer refuses the first.
 nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
   const nb::handle type(reinterpret_cast<PyObject*>(Py_TYPE(h.ptr())));
-  const std::string module = nb::hasattr(type, "__module__") ? nb::str(type.attr("__module__")).c_str() : "";
+  const nb::object module_attr = nb::getattr(type, "__module__", nb::none());
+  const std::string module = nb::isinstance<nb::str>(module_attr) ? nb::borrow<nb::str>(module_attr).c_str() : "";
   if (module.rfind("numpy", 0) == 0 || module.rfind("torch", 0) == 0 || !nb::hasattr(h, "__dlpack__"))
     return nb::borrow(h);
   auto ask = [&](bool versioned) -> nb::object {
@@ -217,10 +218,12 @@ nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
   try {
     capsule = ask(writable);
   } catch (nb::python_error& e) {
+    if (!e.matches(PyExc_Exception)) throw;  // KeyboardInterrupt, SystemExit: not an export error
     if (!e.matches(PyExc_BufferError) && !e.matches(PyExc_TypeError)) return nb::borrow(h);
     try {
       capsule = ask(!writable);
-    } catch (nb::python_error&) {
+    } catch (nb::python_error& again) {
+      if (!again.matches(PyExc_Exception)) throw;
       return nb::borrow(h);
     }
   }

@@ -299,6 +299,51 @@ def test_dlpack_producer_errors_are_reported(small_qkv):
     expect(TypeError, r"^v: expected a numpy\.ndarray.*; got str$", attend.attention, q, k, "not an array")
 
 
+def test_dlpack_producer_interrupts_and_odd_types(small_qkv):
+    """A KeyboardInterrupt inside __dlpack__ is not an export error; a type whose __module__ is
+    None is still an array."""
+    q, k, v = small_qkv
+
+    class Interrupted:
+        def __dlpack__(self, **kwargs):
+            raise KeyboardInterrupt
+
+        def __dlpack_device__(self):
+            return (1, 0)
+
+    with pytest.raises(KeyboardInterrupt):
+        attend.attention(q, Interrupted(), v)
+
+    class Producer:
+        def __init__(self, a):
+            self._a = a
+
+        def __dlpack__(self, **kwargs):
+            return self._a.__dlpack__(**kwargs)
+
+        def __dlpack_device__(self):
+            return self._a.__dlpack_device__()
+
+    Producer.__module__ = None
+    assert attend.attention(q, Producer(k), v).shape == q.shape
+
+
+def test_text_arguments_must_be_utf8(small_qkv):
+    """Strings with a lone surrogate cannot reach C++ as UTF-8: ValueError naming the argument,
+    raised where the string is given (a forward_context on entry, not at the next call)."""
+    q, k, v = small_qkv
+    bad = "\ud800"
+    expect(ValueError, r"^backend: must be valid text", attend.attention, q, k, v, backend=bad)
+    expect(ValueError, r"^causal_align: must be valid text", attend.attention, q, k, v, causal_align=bad)
+    expect(ValueError, r"^path must be valid text", attend.load_plugin, bad)
+    with pytest.raises(ValueError, match=r"^forward_context: value of 'tag' must be valid text"):
+        with attend.forward_context(tag=bad):
+            pass
+    with pytest.raises(ValueError, match=r"^forward_context: a key must be valid text"):
+        with attend.forward_context(**{bad: 1}):
+            pass
+
+
 def test_argument_errors_name_the_argument(small_qkv):
     q, k, v = small_qkv
     expect(TypeError, r"^q: expected an array .*; got None", attend.attention, None, k, v)
