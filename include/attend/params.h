@@ -36,9 +36,13 @@
 // split-KV (decode shapes on flash_cpu and flash_cuda): such a row's splits weigh equally, exact
 // only when they hold equally many of its keys (Note [Flash split KV]).
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
-// additive mask, or scale * dot past float's range), and so does a row whose every visible score
+// additive mask, or scale * dot past float's range; past FLT_MAX / log2(e), about 2.36e38, on
+// flash_cpu and flash_cuda, which score in log2 units), and so does a row whose every visible score
 // overflowed float to -inf (it has keys, but a float backend cannot weigh them): never "no visible
 // key" (tested on the cpu backends: tests/test_backends.cpp).
+// Every backend but the reference (fp64) sums a row's weights and weighted values in float: past
+// about 2^24 keys in one row (or one split-KV piece) the sums lose precision, up to ~10% of out at
+// 2^24 keys of equal weight; unfused_cpu's SGEMM blocks its sums and degrades least.
 //
 // Band (Note [Causal alignment]): with offset d = 0 (top_left, PyTorch is_causal) or
 // d = Skv - Sq (bottom_right, FlashAttention / KV cache decode), key j is visible from query i
