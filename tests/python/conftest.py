@@ -181,6 +181,20 @@ def assert_close(got: Any, want: np.ndarray, dtype: str, what: str = "out", lse:
         )
 
 
+class DLPackOnly:
+    """An array that only has __dlpack__ / __dlpack_device__ (no numpy, no buffer protocol),
+    exporting `a`'s memory with a fresh capsule on every call."""
+
+    def __init__(self, a: Any) -> None:
+        self._a = a
+
+    def __dlpack__(self, **kwargs: Any) -> Any:
+        return self._a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self) -> Any:
+        return self._a.__dlpack_device__()
+
+
 def rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 

@@ -18,6 +18,7 @@ import attend
 
 from conftest import (
     HAVE_ML_DTYPES,
+    DLPackOnly,
     HAVE_TORCH,
     NO_TORCH_REASON,
     Framework,
@@ -256,20 +257,9 @@ def test_read_only_inputs_accepted():
 
 def test_dlpack_only_producer():
     """An object that only has __dlpack__ / __dlpack_device__ (no numpy, no buffer protocol)."""
-
-    class Producer:
-        def __init__(self, a):
-            self._a = a
-
-        def __dlpack__(self, **kwargs):
-            return self._a.__dlpack__(**kwargs)
-
-        def __dlpack_device__(self):
-            return self._a.__dlpack_device__()
-
     gen = rng(6)
     q, k, v = (gen.standard_normal((1, 4, 2, 8)).astype(np.float32) for _ in range(3))
-    got = attend.attention(Producer(q), Producer(k), Producer(v))
+    got = attend.attention(DLPackOnly(q), DLPackOnly(k), DLPackOnly(v))
     assert isinstance(got, np.ndarray)
     assert_close(got, reference(q, k, v)[0], "float32")
 
