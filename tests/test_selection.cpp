@@ -146,7 +146,8 @@ TEST(Selection, EnvironmentOverridesName) {
 }
 
 // A candidate that fails at run time (here: its workspace "cannot be allocated") drops out of a
-// measure instead of failing the call; when every candidate fails, the call does.
+// measure instead of failing the call, and the winner is not cached; when every candidate fails,
+// the call does.
 TEST(Selection, MeasureSkipsCandidatesThatFail) {
   class failing final : public test::cpu_backend {
    public:
@@ -162,6 +163,8 @@ TEST(Selection, MeasureSkipsCandidatesThatFail) {
   o.select.honour_environment = false;
   test::dense_call c(1, 16, 16, 1, 1, 8, 8);
   EXPECT_EQ(attention(c.params, o), "unfused_cpu");
+  // Not cached: the failure may have been transient.
+  EXPECT_TRUE(r.measured(registry::measure_key(make_problem(c.params), o.select)).empty());
   o.select.allow = {"failing"};
   EXPECT_THROW(attention(c.params, o), runtime_error);
 }

@@ -208,8 +208,10 @@ nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
   const nb::handle type(reinterpret_cast<PyObject*>(Py_TYPE(h.ptr())));
   const nb::object module_attr = nb::getattr(type, "__module__", nb::none());
   const std::string module = nb::isinstance<nb::str>(module_attr) ? nb::borrow<nb::str>(module_attr).c_str() : "";
-  if (module.rfind("numpy", 0) == 0 || module.rfind("torch", 0) == 0 || !nb::hasattr(h, "__dlpack__"))
-    return nb::borrow(h);
+  auto in_package = [&](const std::string& package) {
+    return module == package || module.rfind(package + ".", 0) == 0;
+  };
+  if (in_package("numpy") || in_package("torch") || !nb::hasattr(h, "__dlpack__")) return nb::borrow(h);
   auto ask = [&](bool versioned) -> nb::object {
     if (!versioned) return h.attr("__dlpack__")();
     return h.attr("__dlpack__")(nb::arg("max_version") = nb::make_tuple(nb::dlpack::major_version, nb::dlpack::minor_version));

@@ -118,7 +118,9 @@ std::string attention(const attention_params& params, const run_options& options
     // Time every candidate on this very call (one warm-up, best of three) and remember the
     // fastest. The output is recomputed by the winner below.
     // A candidate that fails at run time (its workspace cannot be allocated, say) drops out; the
-    // call fails only when every candidate does, with the last one's error.
+    // call fails only when every candidate does, with the first one's error (a CUDA error can
+    // leave the context broken for the candidates after it). A measure with a failure is not
+    // cached: the failure may be transient (memory in use elsewhere).
     const auto found = r.candidates(p, options.select);
     double best_seconds = 0;
     std::string best;
@@ -136,7 +138,7 @@ std::string attention(const attention_params& params, const run_options& options
           fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
       } catch (const runtime_error&) {
-        failure = std::current_exception();
+        if (!failure) failure = std::current_exception();
         continue;
       }
       if (best.empty() || fastest < best_seconds) {
@@ -145,7 +147,7 @@ std::string attention(const attention_params& params, const run_options& options
       }
     }
     if (best.empty()) std::rethrow_exception(failure);
-    r.remember_measured(registry::measure_key(p, options.select), best);
+    if (!failure) r.remember_measured(registry::measure_key(p, options.select), best);
     const auto winner = r.find(best);
     run_on(*winner, p, options);
     return best;

@@ -92,10 +92,11 @@ class reference_backend final : public backend {
   const backend_traits& traits() const override { return traits_; }
 
   // One row of scores in double per thread: keys beyond 2^31 (16 GiB a row) are refused here, which
-  // also keeps workspace_bytes from overflowing (a stride-0 key tensor can claim 2^61 keys).
+  // also keeps workspace_bytes from overflowing (a stride-0 key tensor can claim 2^61 keys; head
+  // dims are at most 2^16).
   bool check_limits(const problem& p, diagnostics& diag) const override {
     constexpr std::int64_t k_max_keys = std::int64_t{1} << 31;
-    if (p.seqlen_kv > k_max_keys - p.head_dim_v)
+    if (p.seqlen_kv > k_max_keys)
       diag.reject("sequence length (keys) must be at most 2^31 (one row of fp64 scores per thread); got " +
                   std::to_string(p.seqlen_kv));
     return diag.ok();

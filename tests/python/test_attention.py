@@ -295,6 +295,10 @@ def test_dlpack_producer_returning_one_capsule_is_a_type_error():
 def test_dlpack_producer_of_read_only_memory_is_not_written():
     """A producer of immutable memory (as JAX's) can say "read-only" only in a versioned capsule
     and exports it without complaint in an unversioned one: out asks for a versioned one first."""
+    try:
+        np.zeros(1).__dlpack__(max_version=(1, 0))
+    except TypeError:
+        pytest.skip("this numpy exports no versioned DLPack capsules (numpy >= 2.1 does)")
 
     class Immutable:
         def __init__(self, a):
