@@ -197,6 +197,11 @@ constexpr float k_lowest_log2 = k_lowest_natural * k_log2e;
 __device__ __forceinline__ float to_log2_units(float z) {
   return (z < k_lowest_natural && z != k_neg_inf ? k_lowest_natural : z) * k_log2e;
 }
+// Whether a row of running max m (log2 units) and sum l saw only clamped scores: an additive mask
+// (only its terms are clamped) and m at the clamp.
+__device__ __forceinline__ bool clamped_row(const flash_params& p, float m, float l) {
+  return l > 0.0f && m <= k_lowest_log2 && p.mask != mask_kind::none && p.mask != mask_kind::keep_u8;
+}
 // The lse of a row whose running max is at the clamp: its largest additive bias over keys
 // [lo, hi) (local positions) plus ln l.
 __device__ __forceinline__ float clamped_row_lse(const flash_params& p, int b, int h, std::int64_t i, std::int64_t lo,

@@ -1007,7 +1007,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       const int i = i_lo + 8 * r;
       if (p.maybe_lse && wg_live && (lane & 3) == 0 && i < len_q) {
         float lse = l == 0.0f ? k_neg_inf : row_m[r] * k_ln2 + logf(l);
-        if (KeyMask && l > 0.0f && row_m[r] <= k_lowest_log2)  // Note [GPU clamped scores]
+        if (KeyMask && clamped_row(p, row_m[r], l))  // Note [GPU clamped scores]
           lse = clamped_row_lse(p, it.b, it.h, i, lo_r[r], hi_r[r], l);
         p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] = lse;
       }

@@ -371,7 +371,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
       if constexpr (Extras) {  // Note [GPU clamped scores]
-        if (l > 0.0f && row_m[mb][r] <= k_lowest_log2 && p.mask != mask_kind::none && p.mask != mask_kind::keep_u8 && i < sb.len_q) {
+        if (clamped_row(p, row_m[mb][r], l) && i < sb.len_q) {
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
           lse = clamped_row_lse(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
