@@ -1,8 +1,10 @@
 // attend_gpu_bench: times attend's CUDA backends with CUDA events on random device tensors.
 // Reads one shape per line on stdin:
-//   NAME DTYPE(bf16|f16) B SQ SKV HQ HKV D CAUSAL(0|1) BACKEND [MASK(none|key-bool|key-add)]
-// MASK is a key-padding mask [B, 1, 1, SKV] on which batch b drops its last 256 b keys (as
-// bench/gpu_masks.py): boolean (false drops) or additive f32 (-inf drops). It prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
+//   NAME DTYPE(bf16|f16) B SQ SKV HQ HKV D CAUSAL(0|1) BACKEND [MASK]
+// MASK (none|key-bool|key-add|row-bool|row-add) is a key-padding mask on which batch b drops its
+// last 256 b keys (as bench/gpu_masks.py), boolean (false drops) or additive f32 (-inf drops):
+// key-* is stored [B, 1, 1, SKV], row-* the same mask materialised [B, 1, SQ, SKV] (one row per
+// query, as Hugging Face builds it), which flash_cuda reads per query row. It prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
 // "error"}. Layout bshd, contiguous; causal is bottom-right aligned (identical to top-left when
 // Sq == Skv; the KV-cache convention for decode). Used by bench/gpu.py (scripts/gpu-check).
 #include <cuda_runtime_api.h>
@@ -83,23 +85,27 @@ int main() {
       a.causal = causal != 0;
       std::unique_ptr<buffer> mask;
       if (mask_name != "none") {
-        const bool keep = mask_name == "key-bool";
-        if (!keep && mask_name != "key-add") throw std::runtime_error("mask must be none, key-bool or key-add; got " + mask_name);
+        const bool keep = mask_name == "key-bool" || mask_name == "row-bool";
+        const bool rows = mask_name.rfind("row-", 0) == 0;
+        if (!keep && mask_name != "key-add" && mask_name != "row-add")
+          throw std::runtime_error("mask must be none, key-bool, key-add, row-bool or row-add; got " + mask_name);
         const attend::dtype mt = keep ? attend::dtype::boolean : attend::dtype::f32;
-        std::vector<unsigned char> host(static_cast<std::size_t>(b * skv) * attend::size_bytes(mt));
+        const std::int64_t mq = rows ? sq : 1;
+        std::vector<unsigned char> host(static_cast<std::size_t>(b * mq * skv) * attend::size_bytes(mt));
         for (std::int64_t bi = 0; bi < b; ++bi)
-          for (std::int64_t j = 0; j < skv; ++j) {
-            const bool kept = j < skv - 256 * bi;
-            const std::size_t at = static_cast<std::size_t>(bi * skv + j);
-            if (keep) host[at] = kept ? 1 : 0;
-            else {
-              const float term = kept ? 0.0f : -std::numeric_limits<float>::infinity();
-              std::memcpy(host.data() + at * sizeof(float), &term, sizeof term);
+          for (std::int64_t i = 0; i < mq; ++i)
+            for (std::int64_t j = 0; j < skv; ++j) {
+              const bool kept = j < skv - 256 * bi;
+              const std::size_t at = static_cast<std::size_t>((bi * mq + i) * skv + j);
+              if (keep) host[at] = kept ? 1 : 0;
+              else {
+                const float term = kept ? 0.0f : -std::numeric_limits<float>::infinity();
+                std::memcpy(host.data() + at * sizeof(float), &term, sizeof term);
+              }
             }
-          }
         mask = std::make_unique<buffer>(host.size());
         CHECK(cudaMemcpy(mask->p, host.data(), host.size(), cudaMemcpyHostToDevice));
-        a.maybe_mask = attend::tensor_view::contiguous(mask->p, mt, {b, 1, 1, skv}, gpu);
+        a.maybe_mask = attend::tensor_view::contiguous(mask->p, mt, {b, 1, mq, skv}, gpu);
       }
       a.alignment = attend::alignment::bottom_right;
       const attend::problem p = attend::make_problem(a);

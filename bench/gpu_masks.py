@@ -6,8 +6,10 @@ kernel, ATTEND_FLASH_CUDA_SM90=0, in a child process of the same run) and agains
 without the mask (an upper bound).
 
 bf16, B = 8, S = 4096, H*D = 2048, head dims 64 and 128, not causal; batch b keeps its first
-S - 256 b keys. TFLOP/s = 4*B*H*S*S*D / time (the masked keys counted, as every backend reads
-them). Timed with bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and
+S - 256 b keys. The `row` shapes pass the same mask materialised [B, 1, S, S] (one row per query,
+as Hugging Face builds attention masks), which flash_cuda reads per query row on its mma.sync
+kernel (the Hopper kernel takes only masks the same for every query row). TFLOP/s =
+4*B*H*S*S*D / time (the masked keys counted, as every backend reads them). Timed with bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and
 the attend package built with CUDA.
 
     python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
@@ -30,7 +32,7 @@ TORCH = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_efficient": SDPBacken
 
 
 def shapes():
-    return [dict(name=f"bf16-d{d}-s{S}-key-mask", d=d, h=2048 // d) for d in (64, 128)]
+    return [dict(name=f"bf16-d{d}-s{S}-{m}-mask", d=d, h=2048 // d, rows=m == "row") for m in ("key", "row") for d in (64, 128)]
 
 
 def inputs(c):
@@ -39,6 +41,8 @@ def inputs(c):
     keep = torch.ones(B, 1, 1, S, device="cuda", dtype=torch.bool)
     for b in range(1, B):
         keep[b, ..., S - 256 * b:] = False
+    if c["rows"]:  # the same mask materialised per query row, as Hugging Face builds it
+        keep = keep.expand(B, 1, S, S).contiguous()
     return q, k, v, keep
 
 
@@ -81,7 +85,8 @@ def main():
         print(c["name"], ms, flush=True)
 
     intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (bench/gpu_masks.py). Median of {args.rounds} "
+             f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (key) or the same mask materialised [B, 1, S, S] "
+             f"(row) (bench/gpu_masks.py). Median of {args.rounds} "
              "interleaved rounds; the mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.")
     write_table(rows, cols, "torch_cudnn", lambda c, col: 4.0 * B * c["h"] * S * S * c["d"], intro,
                 "TFLOP/s (4·B·H·S²·D, masked keys counted).", args.markdown)

@@ -34,6 +34,12 @@ class _Array(_Tensor):
     def view(self, *shape):
         return _Array(*shape)
 
+    def expand(self, *shape):
+        return _Array(*shape)
+
+    def contiguous(self):
+        return self
+
     def to(self, *_):
         return self
 
@@ -118,6 +124,12 @@ def test_masks_columns_and_flops(monkeypatch, tmp_path):
     one_round = [("flash_cuda", "mask"), ("torch_cudnn", True), ("torch_efficient", True), ("flash_cuda", "dense")]
     assert order[:8] == one_round * 2
     rows = _rows(table)
+    assert set(rows) == {c["name"] for c in gpu_masks.shapes()}
+    # Key masks [B, 1, 1, S]; the row shapes pass the same mask materialised [B, 1, S, S].
+    B, S = gpu_masks.B, gpu_masks.S
+    assert {c["name"]: gpu_masks.inputs(c)[3].shape for c in gpu_masks.shapes()} == {
+        c["name"]: (B, 1, S, S) if c["rows"] else (B, 1, 1, S) for c in gpu_masks.shapes()}
+    assert sum(c["rows"] for c in gpu_masks.shapes()) == 2
     c = gpu_masks.shapes()[1]
     flops = 4.0 * gpu_masks.B * c["h"] * gpu_masks.S ** 2 * c["d"]
     assert rows[c["name"]][1] == f"{flops / 50e-3 / 1e12:.0f}"
