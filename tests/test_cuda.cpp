@@ -194,6 +194,13 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("key-mask-additive-own-dtype", [t](case_spec& c) { c.batch = 2; c.seqlen_q = 190; c.seqlen_kv = 260; c.heads_q = 4; c.heads_kv = 1; c.mask = at::mask_type::additive; c.mask_dtype = t; c.mask_key_only = true; c.causal = true; });
       add("key-mask-window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; c.mask = at::mask_type::keep; c.mask_key_only = true; });
       add("key-mask-many-items", [](case_spec& c) { c.batch = 3; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 40; c.heads_kv = 8; c.mask = at::mask_type::additive; c.mask_key_only = true; c.causal = true; });
+      // Boolean masks with a row per query (Note [Hopper row masks]): per (batch, head), shared
+      // [Sq, Skv], stored key-major (key stride not 1), with rows that drop every key, causal and
+      // window bands (half tiles), GQA, lengths that are not multiples of the tiles (the packed
+      // rows' padding) and more items than SMs.
+      add("row-mask-causal-gqa", [](case_spec& c) { c.batch = 2; c.seqlen_q = 470; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; c.mask = at::mask_type::keep; c.fully_masked_rows = true; c.causal = true; c.alignment = alignment::bottom_right; });
+      add("row-mask-shared-window", [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; c.mask = at::mask_type::keep; c.mask_broadcast = true; c.fully_masked_rows = true; });
+      add("row-mask-key-major-many-items", [](case_spec& c) { c.batch = 3; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 40; c.heads_kv = 8; c.mask = at::mask_type::keep; c.mask_keys_outer = true; c.causal = true; });
       add("varlen-many-items-causal-gqa", [](case_spec& c) {
         for (int i = 0; i < 12; ++i) {
           c.varlen_q.push_back(1 + (i * 97) % 450);
@@ -426,6 +433,21 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.fully_masked_rows = true;
     v.push_back(c);
   }
+  // Row masks (Note [Hopper row masks]): the packing kernel and the consumers' loads of the packed
+  // bits, on many items.
+  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{64}}}) {
+    case_spec c = typed_case("sm90-persistent-row-mask-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
+                             seed + v.size());
+    c.batch = 2;
+    c.seqlen_q = 200;
+    c.seqlen_kv = 300;
+    c.heads_q = 70;
+    c.heads_kv = 14;
+    c.causal = true;
+    c.mask = at::mask_type::keep;
+    c.fully_masked_rows = true;
+    v.push_back(c);
+  }
   // Varlen (Note [Hopper varlen]): the V tiles zeroed past a sequence's end (a barrier of their
   // own) and the outputs stored row by row where a part runs past the end, on many items.
   for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{64}}}) {
@@ -510,35 +532,44 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
 
 // A false keep-mask entry drops its key whatever its score (Note [Score pipeline]): with NaN in the
 // K rows of every dropped key, every flash_cuda kernel must still match the reference (which
-// never scores them). Key-only masks, so a key is dropped for all of a head's rows: the mma.sync
-// kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32). Not the Hopper kernel,
-// which adds the -inf (attend/params.h, apply_key_mask in flash_sm90.cuh).
+// never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks on
+// the mma.sync kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32), and masks
+// with a row per query on the Hopper kernel (bf16 head dim 128, f16 head dim 64; Note [Hopper row
+// masks]). Not the Hopper kernel's key masks, which add the -inf (attend/params.h, apply_key_mask
+// in flash_sm90.cuh).
 TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
   ASSERT_TRUE(b);
   const std::uint64_t seed = fresh_seed();
   int n = 0;
-  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{96}}, {dtype::f16, std::int64_t{80}}, {dtype::f32, std::int64_t{64}}}) {
-    case_spec spec = typed_case("keep-nan-k-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d, seed + n++);
+  for (auto [t, d, rows] : {std::tuple{dtype::bf16, std::int64_t{96}, false}, {dtype::f16, std::int64_t{80}, false},
+                            {dtype::f32, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, true},
+                            {dtype::f16, std::int64_t{64}, true}}) {
+    case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
+                                    std::to_string(d),
+                                t, d, seed + n++);
+    constexpr std::int64_t sq = 200, skv = 300;
     spec.batch = 2;
-    spec.seqlen_q = 200;
-    spec.seqlen_kv = 300;
+    spec.seqlen_q = sq;
+    spec.seqlen_kv = skv;
     spec.heads_q = spec.heads_kv = 2;
     spec.mask = at::mask_type::keep;
-    spec.mask_key_only = true;
+    spec.mask_key_only = !rows;
+    spec.mask_rows_repeat = rows;  // [B, H, Sq, Skv], every row of a (batch, head) as its first
     spec.fully_masked_rows = true;
     spec.device = k_gpu;
     const at::case_data data(spec);
     const attention_params& host = data.params();
-    const auto* keep = static_cast<const std::uint8_t*>(host.maybe_mask.data);  // [B, H, 1, Skv]
+    const auto* keep = static_cast<const std::uint8_t*>(host.maybe_mask.data);  // [B, H, 1 or Sq, Skv]
+    const std::int64_t mask_rows = rows ? sq : 1;
     const std::size_t elem = t == dtype::f32 ? 4 : 2;
     auto* k = static_cast<unsigned char*>(host.k.data);  // [B, Skv, H, D]
     int poisoned = 0;
     for (std::int64_t bb = 0; bb < 2; ++bb)
       for (std::int64_t h = 0; h < 2; ++h)
-        for (std::int64_t j = 0; j < 300; ++j) {
-          if (keep[(bb * 2 + h) * 300 + j] != 0) continue;
+        for (std::int64_t j = 0; j < skv; ++j) {
+          if (keep[(bb * 2 + h) * mask_rows * skv + j] != 0) continue;  // the (batch, head)'s first row
           ++poisoned;
           for (std::int64_t e = 0; e < d; ++e) {
             unsigned char* x = k + elem * static_cast<std::size_t>(bb * host.k.strides[0] + j * host.k.strides[1] +
@@ -552,6 +583,11 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
           }
         }
     ASSERT_GT(poisoned, 0);
+#if defined(ATTEND_TEST_HAVE_CUDA)
+    if (rows && cuda::flash_cuda_hopper_available(k_gpu.index)) {
+      EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+    }
+#endif
     const at::comparison c = at::check_backend(*b, data);
     EXPECT_TRUE(c.ok) << spec.name << ": " << c.detail;
   }

@@ -42,6 +42,8 @@ struct case_spec {
   mask_type mask = mask_type::none;
   bool mask_broadcast = false;    // mask [Sq, Skv] shared by batch and heads
   bool mask_key_only = false;     // mask [B, Hq, 1, Skv]: one row for every query (key padding)
+  bool mask_rows_repeat = false;  // every query row of the mask repeats its first: a key-padding mask
+                                  // materialised per query row (as Hugging Face builds it)
   attend::dtype mask_dtype = attend::dtype::f32;  // of an additive mask: f32, f16 or bf16
   bool mask_lowest = false;  // an additive mask drops keys with float's lowest value, not -inf (as Hugging Face)
   bool mask_keys_outer = false;  // the mask stored key-major (a transposed view): key stride not 1 unless

@@ -46,6 +46,7 @@ std::string case_spec::describe() const {
   if (mask == mask_type::additive && mask_dtype != dtype::f32) os << "(" << to_string(mask_dtype) << ")";
   if (mask == mask_type::additive && mask_lowest) os << "(lowest)";
   if (mask_keys_outer) os << "(key-major)";
+  if (mask_rows_repeat) os << "(rows-repeat)";
   if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
@@ -87,6 +88,9 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("additive-mask-key-major", [](case_spec& c) { c.seqlen_q = 21; c.seqlen_kv = 150; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
+  // A key-padding mask materialised per query row, as Hugging Face builds it; two of its
+  // (batch, head) pairs drop every key.
+  add("keep-mask-rows-repeat", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_rows_repeat = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
   add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
   add("varlen", [](case_spec& c) { c.varlen_q = {5, 0, 17, 64}; c.varlen_kv = {7, 3, 0, 64}; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
@@ -225,15 +229,18 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
     for (std::int64_t r = 0; r < mb * mh * mq; ++r) {
       const bool row_masked = spec.fully_masked_rows && (r % 5 == 1);
       for (std::int64_t j = 0; j < max_kv; ++j) {
+        const auto at = [&](std::int64_t row) { return spec.mask_keys_outer ? j * mb * mh * mq + row : row * max_kv + j; };
         double value;
-        if (mt == dtype::boolean)
+        if (spec.mask_rows_repeat && r % mq != 0)
+          value = cpu::load(m.mask.data(), mt, at(r - r % mq));  // the first row of its (batch, head)
+        else if (mt == dtype::boolean)
           value = !row_masked && uniform(rng) < 0.8 ? 1.0 : 0.0;
         else
           value = row_masked || uniform(rng) < 0.1
                       ? (spec.mask_lowest ? static_cast<double>(std::numeric_limits<float>::lowest())
                                           : -std::numeric_limits<double>::infinity())
                       : normal(rng);
-        cpu::store(m.mask.data(), mt, spec.mask_keys_outer ? j * mb * mh * mq + r : r * max_kv + j, value);
+        cpu::store(m.mask.data(), mt, at(r), value);
       }
     }
     a.maybe_mask = spec.mask_broadcast ? tensor_view::contiguous(m.mask.data(), mt, {mq, max_kv})

@@ -72,7 +72,21 @@ struct flash_params {
   // (sm90_varlen_offsets), and the packed rows of q/out and k/v (the tensor maps' extent).
   int sm90_window_left = -1, sm90_window_right = -1;
   int total_q = 0, total_kv = 0;
+  // A boolean mask with a row per query on the Hopper path (Note [Hopper row masks],
+  // flash_sm90.cuh): packed by launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a
+  // row = keep key j; rows of mask_bits_words words (a multiple of 4: 128 keys), word strides over
+  // batch, head and row (0 broadcasts).
+  const std::uint32_t* maybe_mask_bits = nullptr;
+  std::int64_t mask_bits_stride[3]{};
+  int mask_bits_words = 0;
 };
+
+// The packed keep-mask of Note [Hopper row masks]: words per row, and words in all.
+inline int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 128 * 4; }
+inline std::int64_t mask_bits_words_total(const flash_params& p) {
+  const std::int64_t b = p.mask_stride[0] != 0 ? p.batch : 1, h = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
+  return b * h * p.seqlen_q * mask_bits_words_per_row(p.seqlen_kv);
+}
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
 // one (batch, query head); each warp owns block_m / warps consecutive rows (one or two m16 row
@@ -245,5 +259,9 @@ bool launch_flash_sm90(const flash_params& p, void* stream);
 void launch_flash_generic(elem e, const flash_params& p, void* stream);
 // Merges split-KV partials into out / lse.
 void launch_flash_combine(elem e, const flash_params& p, void* stream);
+// Packs p's boolean mask (p.maybe_mask, p.mask_stride) into `bits`, mask_bits_words_total(p)
+// words, and sets p's maybe_mask_bits, mask_bits_stride and mask_bits_words to them (Note [Hopper
+// row masks]).
+void launch_mask_bits(flash_params& p, std::uint32_t* bits, void* stream);
 
 }  // namespace attend::cuda

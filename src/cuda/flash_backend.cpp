@@ -109,12 +109,13 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   return static_cast<int>(std::max<std::int64_t>(splits, 1));
 }
 
-// Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [split-KV partial
-// outputs] [split-KV partial LSEs].
+// Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [a row mask's packed
+// bits (when the Hopper path runs one, Note [Hopper row masks])] [split-KV partial outputs]
+// [split-KV partial LSEs].
 struct workspace_plan {
   int splits = 1;
-  std::size_t counter_bytes = 0, out_bytes = 0, lse_bytes = 0;
-  std::size_t total() const { return counter_bytes + (splits > 1 ? out_bytes + lse_bytes : 0); }
+  std::size_t counter_bytes = 0, bits_bytes = 0, out_bytes = 0, lse_bytes = 0;
+  std::size_t total() const { return counter_bytes + bits_bytes + (splits > 1 ? out_bytes + lse_bytes : 0); }
 };
 workspace_plan plan_splits(const problem& p, const tc_entry* kernel) {
   workspace_plan w;
@@ -136,8 +137,8 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - a compute capability 9.0 device (its code is sm_90a machine code, which no other GPU runs)
 //     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
 //     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
-//   - dense q/k/v (varlen's packed rows would need per-sequence tensor maps);
-//   - no mask tensor and no softcap (only the causal/window band is applied there);
+//   - no mask, or a key mask (the same for every query row, Note [Hopper key masks]) or a boolean
+//     mask (Note [Hopper row masks]), neither with varlen; no softcap;
 //   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
@@ -156,10 +157,15 @@ bool sm90_disabled() {
   return disabled;
 }
 
+// A mask the Hopper path reads as packed bits (Note [Hopper row masks]): boolean, with a row per
+// query (a key mask, the same for every row, takes the ring of Note [Hopper key masks]).
+bool sm90_row_mask(const flash_params& p) { return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0; }
+
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
-  // Masks: only one that is the same for every query row (a key mask, Note [Hopper key masks]),
-  // and not with varlen.
-  const bool key_mask = pr.maybe_mask == nullptr || (!pr.is_varlen && p.mask_stride[2] == 0);
+  // Masks: one that is the same for every query row (a key mask, Note [Hopper key masks]) or a
+  // boolean one (Note [Hopper row masks]), not with varlen.
+  const bool key_mask =
+      pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || p.mask == mask_kind::keep_u8));
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !key_mask ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
@@ -225,7 +231,9 @@ class flash_cuda_backend final : public backend {
       p.sm90_group_heads = sm90_group_heads(p);
       p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
       sm90_band_offsets(p);
+      if (sm90_row_mask(p)) launch_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes), ctx.maybe_cuda_stream);
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
+      p.maybe_mask_bits = nullptr;
     }
     if (p.num_splits > 1) {
       p.maybe_partial_out = reinterpret_cast<float*>(ws + plan.ws.counter_bytes);
@@ -271,7 +279,11 @@ class flash_cuda_backend final : public backend {
     c.params = to_params(pr);
     c.params.num_splits = c.ws.splits;
     c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
-    if (c.hopper != nullptr) c.ws.counter_bytes = 256;
+    if (c.hopper != nullptr) {
+      c.ws.counter_bytes = 256;
+      if (sm90_row_mask(c.params))
+        c.ws.bits_bytes = round_up(static_cast<std::size_t>(mask_bits_words_total(c.params)) * sizeof(std::uint32_t), 256);
+    }
     return c;
   }
 

@@ -2,6 +2,8 @@
 // query row, online softmax over chunks of 32 keys) and the split-KV merge (Note [Split KV]).
 #include <cuda_runtime.h>
 
+#include <algorithm>
+
 #include "cuda/cuda_check.h"
 #include "cuda/flash_common.cuh"
 
@@ -133,6 +135,24 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
     p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = total_lse;
 }
 
+// Note [Hopper row masks]: one warp per 32-key word; lane l reads key 32 w + l of the row (keys
+// past Skv, in the row's padding to 128 keys, are dropped) and the ballot is the word.
+__global__ void mask_bits_kernel(const flash_params p, std::uint32_t* bits, std::int64_t words) {
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
+  const std::int64_t per_row = p.mask_bits_words;
+  const std::int64_t heads = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
+  for (std::int64_t w = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < words; w += warps) {
+    const std::int64_t row = w / per_row, j = (w - row * per_row) * 32 + lane;
+    const std::int64_t i = row % p.seqlen_q, bh = row / p.seqlen_q, h = bh % heads, b = bh / heads;
+    const unsigned char* m = static_cast<const unsigned char*>(p.maybe_mask);
+    const bool keep =
+        j < p.seqlen_kv && m[b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3]] != 0;
+    const unsigned word = __ballot_sync(0xffffffffu, keep);
+    if (lane == 0) bits[w] = word;
+  }
+}
+
 dim3 row_grid(const flash_params& p) {
   return dim3(static_cast<unsigned>((p.seqlen_q + k_rows_per_block - 1) / k_rows_per_block),
               static_cast<unsigned>(p.num_heads_q), static_cast<unsigned>(p.batch));
@@ -147,6 +167,20 @@ void launch_flash_generic(elem e, const flash_params& p, void* stream) {
     case elem::f16: flash_generic_kernel<__half><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
     case elem::bf16: flash_generic_kernel<__nv_bfloat16><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
   }
+  ATTEND_CUDA_CHECK(cudaGetLastError());
+}
+
+void launch_mask_bits(flash_params& p, std::uint32_t* bits, void* stream) {
+  p.mask_bits_words = mask_bits_words_per_row(p.seqlen_kv);
+  const std::int64_t heads = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
+  p.mask_bits_stride[2] = p.mask_bits_words;
+  p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? p.mask_bits_stride[2] * p.seqlen_q : 0;
+  p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? p.mask_bits_stride[2] * p.seqlen_q * heads : 0;
+  p.maybe_mask_bits = bits;
+  const std::int64_t words = mask_bits_words_total(p);
+  constexpr int threads = 256;
+  const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((words + threads / 32 - 1) / (threads / 32), 65536));
+  mask_bits_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(p, bits, words);
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -34,7 +34,8 @@
 //     of S = 1024 about 200 more instructions per warp, and the TMA store was 3-5% faster there
 //     on the H100: bench/RESULTS.md.)
 // Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense or varlen (Note
-// [Hopper varlen]), no mask or a key mask without varlen (Note [Hopper key masks]), no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
+// [Hopper varlen]), no mask, a key mask (Note [Hopper key masks]) or a boolean mask (Note [Hopper
+// row masks]) without varlen, no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
 // 2^30 (Note [Hopper 32-bit bands] in flash.h; varlen: 2^29), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
 // Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
@@ -67,7 +68,7 @@ constexpr int k_stages(int width) {
 // Bytes of one [rows x Width] tile in 64-element column blocks.
 constexpr int tile_bytes(int rows, int width) { return rows * width * 2; }
 // What a launch of the kernel handles beyond a dense call (the kernel's template argument).
-enum class mode : std::uint8_t { dense, varlen, key_mask };
+enum class mode : std::uint8_t { dense, varlen, key_mask, row_mask };
 // The key mask's ring (Note [Hopper key masks]): one float per key of each stage.
 constexpr int mask_ring_bytes(int width) { return k_stages(width) * k_sm90_block_n * 4; }
 constexpr int smem_bytes(int width, mode m) {
@@ -334,6 +335,45 @@ __device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* rin
   }
 }
 
+// Row masks (Note [Hopper row masks]): the packed keep bits of the thread's two rows for the NK
+// keys from key0 (a multiple of 64), from rows `row` of the workspace's bit rows; issued at the
+// start of a step so that their latency runs under the tile's wgmma.
+template <int NK>
+__device__ __forceinline__ void load_row_bits(std::uint32_t (&mb)[2][4], const std::uint32_t* const (&row)[2], int key0) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if constexpr (NK == 128) {
+      const uint4 w = __ldg(reinterpret_cast<const uint4*>(row[r] + key0 / 32));
+      mb[r][0] = w.x;
+      mb[r][1] = w.y;
+      mb[r][2] = w.z;
+      mb[r][3] = w.w;
+    } else {
+      const uint2 w = __ldg(reinterpret_cast<const uint2*>(row[r] + key0 / 32));
+      mb[r][0] = w.x;
+      mb[r][1] = w.y;
+    }
+  }
+}
+// A dropped key's score becomes -inf (selected, so a NaN or Inf in k there does not reach the row).
+// Element e of n8 block j is key 8j + 2(lane%4) + (e&1): bit 8(j%4) + 2(lane%4) + (e&1) of word j/4.
+template <int NK>
+__device__ __forceinline__ void apply_row_bits(float (&sc)[64], const std::uint32_t (&mb)[2][4], int lane) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int q = 0; q < NK / 32; ++q) {
+      const std::uint32_t w = mb[r][q] >> (2 * (lane & 3));
+#pragma unroll
+      for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          float& x = sc[4 * (4 * q + jj) + 2 * r + c];
+          x = (w >> (8 * jj + c)) & 1u ? x : k_neg_inf;
+        }
+    }
+}
+
 // Band mask and online softmax of a completed S tile, in place: sc[0, NK / 2) becomes the
 // unnormalised P (fp32, log2 units, ex2.approx); row_m and row_l move to the new row maxima and
 // `alpha` is the factor O must be rescaled by before P V of this tile. Keys [n0, n0 + NK) need no
@@ -518,6 +558,17 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
 // empty_k every consumer thread in this mode, so no thread orders another's ring accesses (the
 // pattern racecheck reports, Note [Hopper scheduler]).
+//
+// Note [Hopper row masks]: a boolean mask with a row per query ([B or 1, H or 1, Sq, Skv], as
+// Hugging Face materialises padding masks) runs on this kernel too (Mode = row_mask), packed first:
+// launch_mask_bits (flash_generic.cu) writes one bit per key into the workspace (a warp's ballot per
+// 32 keys, rows padded with dropped keys to whole 128-key tiles), an eighth of the mask's bytes, read
+// once per call. Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
+// row, 8 bytes on a half tile) at the start of its step, so the load runs under the tile's wgmma,
+// and selects -inf at the dropped keys right after S completes (apply_row_bits): as the mma.sync and
+// scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. The producer runs the
+// dense loop. Additive masks with a row per query stay on the mma.sync kernel: their values do not
+// pack into bits.
 template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
@@ -531,7 +582,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   constexpr int blocks = Width / 64;  // 64-element (128-byte) column blocks per row
   constexpr int q_bytes = tile_bytes(BM, Width), kv_bytes = tile_bytes(BN, Width);
   constexpr int stages = k_stages(Width);
-  constexpr bool Varlen = Mode == mode::varlen, KeyMask = Mode == mode::key_mask;
+  constexpr bool Varlen = Mode == mode::varlen, KeyMask = Mode == mode::key_mask, RowMask = Mode == mode::row_mask;
   static_assert(BM == 64 * C && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
 
   extern __shared__ unsigned char smem_raw[];
@@ -849,6 +900,16 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       }
     }
 
+    // Row masks: the thread's two rows of packed keep bits (Note [Hopper row masks]); a row outside
+    // the sequence reads a row inside, whose bits its band (empty) overrides.
+    [[maybe_unused]] const std::uint32_t* bits_row[2] = {nullptr, nullptr};
+    if constexpr (RowMask) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        bits_row[r] = p.maybe_mask_bits + it.b * p.mask_bits_stride[0] + it.h * p.mask_bits_stride[1] +
+                      static_cast<std::int64_t>(min(max(i_lo + 8 * r, 0), len_q - 1)) * p.mask_bits_stride[2];
+    }
+
     float o[Width / 2];
 #pragma unroll
     for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
@@ -885,6 +946,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     auto step = [&](auto nk_c, auto with_pv_c, int n0, int s, std::uint32_t parity, int h0, bool unmasked) {
       constexpr int NK = decltype(nk_c)::value;
       constexpr bool with_pv = decltype(with_pv_c)::value;
+      [[maybe_unused]] std::uint32_t mb[2][4];
+      if constexpr (RowMask) load_row_bits<NK>(mb, bits_row, n0 + h0);
       take_turn();
       mbar_wait(bar_full_k(s), parity);
       if constexpr (with_pv) mbar_wait(bar_full_v(pv_stage), pv_parity);
@@ -904,6 +967,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       } else {
         release(bar_empty_k(s));
       }
+      if constexpr (RowMask) apply_row_bits<NK>(sc, mb, lane);
       float alpha[2];
       softmax_tile<NK>(sc, row_m, row_l, alpha, n0 + h0, unmasked, lo_r, hi_r, lane, KeyMask ? 1.0f : scale_log2);
       if constexpr (with_pv) {
@@ -1122,15 +1186,21 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
       !sm90::encode_map(&tm_o, E, p.out, p.out_stride, rows_q, p.num_heads_q, batch, Width, 64))
     return false;
   const auto s = static_cast<cudaStream_t>(stream);
-  // Varlen with a mask never comes here (sm90_kernel_for); a mask here is a key mask.
-  const sm90::mode mode = varlen ? sm90::mode::varlen : p.mask != mask_kind::none ? sm90::mode::key_mask : sm90::mode::dense;
+  // Varlen with a mask never comes here (sm90_kernel_for); a mask here is a key mask or a boolean
+  // mask that the caller packed (Note [Hopper row masks]).
+  const sm90::mode mode = varlen                        ? sm90::mode::varlen
+                          : p.mask == mask_kind::none   ? sm90::mode::dense
+                          : p.maybe_mask_bits != nullptr ? sm90::mode::row_mask
+                                                        : sm90::mode::key_mask;
   const auto kernel = mode == sm90::mode::varlen     ? flash_sm90_kernel<E, Width, sm90::mode::varlen>
                       : mode == sm90::mode::key_mask ? flash_sm90_kernel<E, Width, sm90::mode::key_mask>
+                      : mode == sm90::mode::row_mask ? flash_sm90_kernel<E, Width, sm90::mode::row_mask>
                                                      : flash_sm90_kernel<E, Width, sm90::mode::dense>;
   const int smem = sm90::smem_bytes(Width, mode);
   switch (mode) {
     case sm90::mode::varlen: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::varlen>>(smem); break;
     case sm90::mode::key_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::key_mask>>(smem); break;
+    case sm90::mode::row_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::row_mask>>(smem); break;
     case sm90::mode::dense: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::dense>>(smem); break;
   }
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
