@@ -417,11 +417,14 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.window_left = window;
     v.push_back(c);
   }
-  // Key masks (Note [Hopper key masks]): the ring the producer lanes write and every consumer
-  // thread reads, on many items.
-  for (auto [t, d] : {std::pair{dtype::f16, std::int64_t{128}}, {dtype::bf16, std::int64_t{64}}}) {
-    case_spec c = typed_case("sm90-persistent-key-mask-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
-                             seed + v.size());
+  // Masks on many items: key masks (Note [Hopper key masks]: the ring the producer lanes write and
+  // every consumer thread reads) and masks with a row per query (Note [Hopper row masks]: the
+  // packing kernel and the consumers' loads of the packed bits).
+  for (auto [t, d, key_only] : {std::tuple{dtype::f16, std::int64_t{128}, true}, {dtype::bf16, std::int64_t{64}, true},
+                                {dtype::bf16, std::int64_t{128}, false}, {dtype::f16, std::int64_t{64}, false}}) {
+    case_spec c = typed_case(std::string("sm90-persistent-") + (key_only ? "key" : "row") + "-mask-" +
+                                 std::string(to_string(t)) + "-d" + std::to_string(d),
+                             t, d, seed + v.size());
     c.batch = 2;
     c.seqlen_q = 200;
     c.seqlen_kv = 300;
@@ -429,22 +432,7 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.heads_kv = 14;
     c.causal = true;
     c.mask = at::mask_type::keep;
-    c.mask_key_only = true;
-    c.fully_masked_rows = true;
-    v.push_back(c);
-  }
-  // Row masks (Note [Hopper row masks]): the packing kernel and the consumers' loads of the packed
-  // bits, on many items.
-  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{64}}}) {
-    case_spec c = typed_case("sm90-persistent-row-mask-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
-                             seed + v.size());
-    c.batch = 2;
-    c.seqlen_q = 200;
-    c.seqlen_kv = 300;
-    c.heads_q = 70;
-    c.heads_kv = 14;
-    c.causal = true;
-    c.mask = at::mask_type::keep;
+    c.mask_key_only = key_only;
     c.fully_masked_rows = true;
     v.push_back(c);
   }
