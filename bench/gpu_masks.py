@@ -7,8 +7,8 @@ without the mask (an upper bound).
 
 bf16, B = 8, S = 4096, H*D = 2048, head dims 64 and 128, not causal; batch b keeps its first
 S - 256 b keys. The `row` shapes pass the same mask materialised [B, 1, S, S] (one row per query,
-as Hugging Face builds attention masks), which flash_cuda reads per query row on its mma.sync
-kernel (the Hopper kernel takes only masks the same for every query row). TFLOP/s =
+as Hugging Face builds attention masks), which flash_cuda's Hopper kernel packs to bits first
+(Note [Hopper row masks]). TFLOP/s =
 4*B*H*S*S*D / time (the masked keys counted, as every backend reads them). Timed with bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and
 the attend package built with CUDA.
 

@@ -140,7 +140,8 @@ case_spec typed_case(std::string name, dtype t, std::int64_t d, std::uint64_t se
 }
 
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
-// head dims 64 and 128, dense, no mask or softcap. On a compute capability 9.0 device they run the
+// head dims 64 and 128, no softcap: dense and varlen, no mask, key masks and boolean masks with a
+// row per query (Note [Hopper key masks], [Hopper row masks]). On a compute capability 9.0 device they run the
 // wgmma/TMA kernel (elsewhere the mma.sync kernel; expect_hopper_kernel checks which): sequence
 // lengths that are not multiples of its 192-/128-row and 128-key tiles (under causal masking the
 // row-block grid then starts 64 or 128 rows before row 0, flash.h sm90_row_origin: 470, 777 and
@@ -537,7 +538,9 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
     case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
                                     std::to_string(d),
                                 t, d, seed + n++);
-    constexpr std::int64_t sq = 200, skv = 300;
+    // 201 rows: with rows repeated, the first row of (batch 0, head 1) is mask row 201, which
+    // fully_masked_rows drops whole (r % 5 == 1), as it drops row 1 of the key-only masks.
+    const std::int64_t sq = rows ? 201 : 200, skv = 300;
     spec.batch = 2;
     spec.seqlen_q = sq;
     spec.seqlen_kv = skv;

@@ -42,6 +42,7 @@ struct case_spec {
   mask_type mask = mask_type::none;
   bool mask_broadcast = false;    // mask [Sq, Skv] shared by batch and heads
   bool mask_key_only = false;     // mask [B, Hq, 1, Skv]: one row for every query (key padding)
+  bool mask_one_head = false;     // mask [B, 1, Sq or 1, Skv]: shared by the heads
   bool mask_rows_repeat = false;  // every query row of the mask repeats its first: a key-padding mask
                                   // materialised per query row (as Hugging Face builds it)
   attend::dtype mask_dtype = attend::dtype::f32;  // of an additive mask: f32, f16 or bf16

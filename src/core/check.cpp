@@ -47,6 +47,7 @@ std::string case_spec::describe() const {
   if (mask == mask_type::additive && mask_lowest) os << "(lowest)";
   if (mask_keys_outer) os << "(key-major)";
   if (mask_rows_repeat) os << "(rows-repeat)";
+  if (mask_one_head && !mask_broadcast) os << "(one head)";
   if (mask_broadcast || mask_key_only) os << (!mask_key_only ? "[Sq,Skv]" : mask_broadcast ? "[1,Skv]" : "[B,H,1,Skv]");
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
@@ -88,9 +89,10 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("additive-mask-key-major", [](case_spec& c) { c.seqlen_q = 21; c.seqlen_kv = 150; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });
-  // A key-padding mask materialised per query row, as Hugging Face builds it; two of its
-  // (batch, head) pairs drop every key.
+  // Key-padding masks materialised per query row: per (batch, head), two of whose pairs drop every
+  // key; and [B, 1, Sq, Skv] as Hugging Face builds it, whose second batch drops every key.
   add("keep-mask-rows-repeat", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_rows_repeat = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  add("keep-mask-hf", [](case_spec& c) { c.seqlen_q = 36; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_one_head = true; c.mask_rows_repeat = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("softcap", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 64; c.softcap = 1.5; c.head_dim_qk = c.head_dim_v = 64; c.heads_q = 2; });
   add("dv-differs", [](case_spec& c) { c.seqlen_q = 31; c.seqlen_kv = 47; c.head_dim_qk = 64; c.head_dim_v = 32; c.heads_q = 4; c.heads_kv = 2; });
   add("varlen", [](case_spec& c) { c.varlen_q = {5, 0, 17, 64}; c.varlen_kv = {7, 3, 0, 64}; c.causal = true; c.alignment = alignment::bottom_right; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; });
@@ -220,7 +222,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
 
   if (spec.mask != mask_type::none) {
     const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : spec.mask_dtype;
-    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast ? 1 : spec.heads_q;
+    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast || spec.mask_one_head ? 1 : spec.heads_q;
     const std::int64_t mq = spec.mask_key_only ? 1 : max_q;  // rows of the mask
     const std::int64_t count = mb * mh * mq * max_kv;
     m.mask.assign(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * size_bytes(mt), std::byte{0});

@@ -76,7 +76,7 @@ struct flash_params {
   // flash_sm90.cuh): packed by launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a
   // row = keep key j; rows of mask_bits_words words (a multiple of 4: 128 keys), word strides over
   // batch, head and row (0 broadcasts).
-  const std::uint32_t* maybe_mask_bits = nullptr;
+  std::uint32_t* maybe_mask_bits = nullptr;
   std::int64_t mask_bits_stride[3]{};
   int mask_bits_words = 0;
 };
@@ -86,6 +86,17 @@ inline int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 1
 inline std::int64_t mask_bits_words_total(const flash_params& p) {
   const std::int64_t b = p.mask_stride[0] != 0 ? p.batch : 1, h = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
   return b * h * p.seqlen_q * mask_bits_words_per_row(p.seqlen_kv);
+}
+// Points p's packed mask at `bits` (mask_bits_words_total(p) words, 16-byte aligned) and sets its
+// layout; launch_mask_bits fills it.
+inline void plan_mask_bits(flash_params& p, std::uint32_t* bits) {
+  p.mask_bits_words = mask_bits_words_per_row(p.seqlen_kv);
+  p.mask_bits_stride[2] = p.mask_bits_words;
+  p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? p.mask_bits_stride[2] * p.seqlen_q : 0;
+  p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? (p.mask_stride[1] != 0 ? p.mask_bits_stride[1] * p.num_heads_q
+                                                                         : p.mask_bits_stride[2] * p.seqlen_q)
+                                                : 0;
+  p.maybe_mask_bits = bits;
 }
 
 // Note [Tile sizes]: one CTA of flash_warps(width) warps owns flash_block_m(width) query rows of
@@ -259,9 +270,8 @@ bool launch_flash_sm90(const flash_params& p, void* stream);
 void launch_flash_generic(elem e, const flash_params& p, void* stream);
 // Merges split-KV partials into out / lse.
 void launch_flash_combine(elem e, const flash_params& p, void* stream);
-// Packs p's boolean mask (p.maybe_mask, p.mask_stride) into `bits`, mask_bits_words_total(p)
-// words, and sets p's maybe_mask_bits, mask_bits_stride and mask_bits_words to them (Note [Hopper
-// row masks]).
-void launch_mask_bits(flash_params& p, std::uint32_t* bits, void* stream);
+// Packs p's boolean mask (p.maybe_mask, p.mask_stride) into p.maybe_mask_bits as plan_mask_bits
+// laid it out (Note [Hopper row masks]); launch_flash_sm90 runs it before a row-mask launch.
+void launch_mask_bits(const flash_params& p, void* stream);
 
 }  // namespace attend::cuda

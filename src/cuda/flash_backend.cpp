@@ -138,7 +138,8 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
 //     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
 //   - no mask, or a key mask (the same for every query row, Note [Hopper key masks]) or a boolean
-//     mask (Note [Hopper row masks]), neither with varlen; no softcap;
+//     mask that varies along keys (sm90_row_mask, Note [Hopper row masks]), neither with varlen;
+//     no softcap;
 //   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
@@ -159,13 +160,15 @@ bool sm90_disabled() {
 
 // A mask the Hopper path reads as packed bits (Note [Hopper row masks]): boolean, with a row per
 // query (a key mask, the same for every row, takes the ring of Note [Hopper key masks]).
-bool sm90_row_mask(const flash_params& p) { return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0; }
+// A mask constant along keys (key stride 0) stays off it: its packed bits would outgrow the mask.
+bool sm90_row_mask(const flash_params& p) {
+  return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0 && p.mask_stride[3] != 0 && p.seqlen_kv > 0;
+}
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   // Masks: one that is the same for every query row (a key mask, Note [Hopper key masks]) or a
   // boolean one (Note [Hopper row masks]), not with varlen.
-  const bool key_mask =
-      pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || p.mask == mask_kind::keep_u8));
+  const bool key_mask = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_row_mask(p)));
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !key_mask ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
@@ -231,13 +234,14 @@ class flash_cuda_backend final : public backend {
       p.sm90_group_heads = sm90_group_heads(p);
       p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
       sm90_band_offsets(p);
-      if (sm90_row_mask(p)) launch_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes), ctx.maybe_cuda_stream);
+      if (sm90_row_mask(p)) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
       p.maybe_mask_bits = nullptr;
     }
     if (p.num_splits > 1) {
-      p.maybe_partial_out = reinterpret_cast<float*>(ws + plan.ws.counter_bytes);
-      p.maybe_partial_lse = reinterpret_cast<float*>(ws + plan.ws.counter_bytes + plan.ws.out_bytes);
+      std::byte* const partials = ws + plan.ws.counter_bytes + plan.ws.bits_bytes;
+      p.maybe_partial_out = reinterpret_cast<float*>(partials);
+      p.maybe_partial_lse = reinterpret_cast<float*>(partials + plan.ws.out_bytes);
     }
     if (plan.kernel) {
       plan.kernel->launch(p, ctx.maybe_cuda_stream);

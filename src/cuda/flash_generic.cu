@@ -170,17 +170,12 @@ void launch_flash_generic(elem e, const flash_params& p, void* stream) {
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_mask_bits(flash_params& p, std::uint32_t* bits, void* stream) {
-  p.mask_bits_words = mask_bits_words_per_row(p.seqlen_kv);
-  const std::int64_t heads = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
-  p.mask_bits_stride[2] = p.mask_bits_words;
-  p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? p.mask_bits_stride[2] * p.seqlen_q : 0;
-  p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? p.mask_bits_stride[2] * p.seqlen_q * heads : 0;
-  p.maybe_mask_bits = bits;
+void launch_mask_bits(const flash_params& p, void* stream) {
   const std::int64_t words = mask_bits_words_total(p);
+  if (words == 0) return;  // no keys (or no rows): nothing to pack
   constexpr int threads = 256;
   const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((words + threads / 32 - 1) / (threads / 32), 65536));
-  mask_bits_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(p, bits, words);
+  mask_bits_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(p, p.maybe_mask_bits, words);
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -561,9 +561,10 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //
 // Note [Hopper row masks]: a boolean mask with a row per query ([B or 1, H or 1, Sq, Skv], as
 // Hugging Face materialises padding masks) runs on this kernel too (Mode = row_mask), packed first:
-// launch_mask_bits (flash_generic.cu) writes one bit per key into the workspace (a warp's ballot per
-// 32 keys, rows padded with dropped keys to whole 128-key tiles), an eighth of the mask's bytes, read
-// once per call. Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
+// launch_mask_bits (flash_generic.cu; launched once the tensor maps are encoded) writes one bit per
+// key into the workspace (a warp's ballot per 32 keys, rows padded with dropped keys to whole
+// 128-key tiles), an eighth of the mask's bytes, read once per call (a mask constant along keys,
+// key stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
 // row, 8 bytes on a half tile) at the start of its step, so the load runs under the tile's wgmma,
 // and selects -inf at the dropped keys right after S completes (apply_row_bits): as the mma.sync and
 // scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. The producer runs the
@@ -900,8 +901,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       }
     }
 
-    // Row masks: the thread's two rows of packed keep bits (Note [Hopper row masks]); a row outside
-    // the sequence reads a row inside, whose bits its band (empty) overrides.
+    // Row masks: the thread's two rows of packed keep bits (Note [Hopper row masks]). A row past
+    // the sequence's end reads the last row's bits; whatever it computes is never stored (the TMA
+    // store clips it, its lse is not written).
     [[maybe_unused]] const std::uint32_t* bits_row[2] = {nullptr, nullptr};
     if constexpr (RowMask) {
 #pragma unroll
@@ -1203,6 +1205,7 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
     case sm90::mode::row_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::row_mask>>(smem); break;
     case sm90::mode::dense: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::dense>>(smem); break;
   }
+  if (mode == sm90::mode::row_mask) launch_mask_bits(p, stream);  // Note [Hopper row masks]
   ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
   const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
   kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);
