@@ -564,12 +564,12 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // launch_mask_bits (flash_generic.cu; launched once the tensor maps are encoded) writes one bit per
 // key into the workspace (a warp's ballot per 32 keys, rows padded with dropped keys to whole
 // 128-key tiles), an eighth of the mask's bytes, read once per call (a mask constant along keys,
-// key stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
-// row, 8 bytes on a half tile) at the start of its step, so the load runs under the tile's wgmma,
-// and selects -inf at the dropped keys right after S completes (apply_row_bits): as the mma.sync and
-// scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. The producer runs the
-// dense loop. Additive masks with a row per query stay on the mma.sync kernel: their values do not
-// pack into bits.
+// key stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread
+// then loads its two rows' bits of a tile (one 16-byte load per row, 8 bytes on a half tile) at
+// the start of its step, so the load runs under the tile's wgmma, and selects -inf at the dropped
+// keys right after S completes (apply_row_bits): as on the mma.sync and scalar kernels, a NaN or
+// Inf in k at a dropped key does not reach the row. The producer runs the dense loop. Additive
+// masks with a row per query stay on the mma.sync kernel: their values do not pack into bits.
 template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
