@@ -70,6 +70,14 @@ CASES: Dict[str, Dict[str, Any]] = {
     "mask_key_padding": dict(
         shape=dict(B=2, Sq=33, Skv=150, Hq=4, Hkv=2, D=64), opts=dict(mask="key_padding", causal=True, return_lse=True)
     ),
+    # The same mask materialised [B, 1, Sq, Skv], as Hugging Face builds it (the Hopper kernel packs
+    # it to bits, Note [Hopper row masks]); and such a mask over no keys.
+    "mask_key_padding_rows": dict(
+        shape=dict(B=2, Sq=33, Skv=150, Hq=4, Hkv=2, D=64), opts=dict(mask="key_padding_rows", return_lse=True)
+    ),
+    "mask_rows_no_keys": dict(
+        shape=dict(B=2, Sq=5, Skv=0, Hq=4, Hkv=2, D=64), opts=dict(mask="key_padding_rows", return_lse=True)
+    ),
     "softcap": dict(shape=dict(B=1, Sq=10, Skv=10, Hq=2, Hkv=2, D=16), opts=dict(softcap=5.0, causal=True, return_lse=True)),
     "strided": dict(shape=dict(B=2, Sq=9, Skv=13, Hq=4, Hkv=2, D=16), opts=dict(strided=True, return_lse=True)),
 }
@@ -106,11 +114,11 @@ def make_mask(kind: str, batch: int, heads_q: int, seq_q: int, seq_kv: int, gen:
         keep = gen.random((seq_q, seq_kv)) > 0.3
         keep[2, :] = False  # a fully masked row
         return keep
-    if kind == "key_padding":
+    if kind in ("key_padding", "key_padding_rows"):
         keep = np.ones((batch, 1, 1, seq_kv), dtype=bool)
-        keep[0, ..., seq_kv - 37 :] = False
+        keep[0, ..., max(seq_kv - 37, 0) :] = False
         keep[1] = False
-        return keep
+        return keep if kind == "key_padding" else np.ascontiguousarray(np.broadcast_to(keep, (batch, 1, seq_q, seq_kv)))
     if kind == "additive_inf":
         m = gen.standard_normal((batch, 1, seq_q, seq_kv)).astype(np.float32)
         m[:, :, 3, :] = -np.inf  # fully masked row in every head
@@ -194,7 +202,8 @@ def test_dense(backend, dtype, layout, case):
         assert type(lse) is type(q)
         assert_close(lse, want_lse, dtype, what="lse", lse=True)
         assert to_numpy(lse).dtype == np.float32
-    if case in ("causal_bottom_right_empty_rows", "mask_keep_broadcast_empty_row", "mask_additive_inf_rows"):
+    if case in ("causal_bottom_right_empty_rows", "mask_keep_broadcast_empty_row", "mask_additive_inf_rows",
+                "mask_key_padding_rows", "mask_rows_no_keys"):
         # the case has rows that see no key: assert_close checked out == 0 and lse == -inf there
         assert np.isneginf(want_lse).any() and (want_out == 0).any()
 
