@@ -74,28 +74,27 @@ struct flash_params {
   int total_q = 0, total_kv = 0;
   // A boolean mask with a row per query on the Hopper path (Note [Hopper row masks],
   // flash_sm90.cuh): packed by launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a
-  // row = keep key j; rows of mask_bits_words words (a multiple of 4: 128 keys), word strides over
-  // batch, head and row (0 broadcasts).
+  // row = keep key j; word strides over batch, head and row (0 broadcasts; a row is
+  // mask_bits_words_per_row words, a multiple of 4: 128 keys).
   std::uint32_t* maybe_mask_bits = nullptr;
   std::int64_t mask_bits_stride[3]{};
-  int mask_bits_words = 0;
 };
 
-// The packed keep-mask of Note [Hopper row masks]: words per row, and words in all.
+// The packed keep-mask of Note [Hopper row masks]: words per row, the mask's heads (1 when it
+// broadcasts over them), and words in all.
 inline int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 128 * 4; }
+constexpr std::int64_t mask_heads(const flash_params& p) { return p.mask_stride[1] != 0 ? p.num_heads_q : 1; }
 inline std::int64_t mask_bits_words_total(const flash_params& p) {
-  const std::int64_t b = p.mask_stride[0] != 0 ? p.batch : 1, h = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
-  return b * h * p.seqlen_q * mask_bits_words_per_row(p.seqlen_kv);
+  const std::int64_t batches = p.mask_stride[0] != 0 ? p.batch : 1;
+  return batches * mask_heads(p) * p.seqlen_q * mask_bits_words_per_row(p.seqlen_kv);
 }
 // Points p's packed mask at `bits` (mask_bits_words_total(p) words, 16-byte aligned) and sets its
-// layout; launch_mask_bits fills it.
+// strides; launch_mask_bits fills it.
 inline void plan_mask_bits(flash_params& p, std::uint32_t* bits) {
-  p.mask_bits_words = mask_bits_words_per_row(p.seqlen_kv);
-  p.mask_bits_stride[2] = p.mask_bits_words;
-  p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? p.mask_bits_stride[2] * p.seqlen_q : 0;
-  p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? (p.mask_stride[1] != 0 ? p.mask_bits_stride[1] * p.num_heads_q
-                                                                         : p.mask_bits_stride[2] * p.seqlen_q)
-                                                : 0;
+  const std::int64_t row = mask_bits_words_per_row(p.seqlen_kv), head = row * p.seqlen_q;
+  p.mask_bits_stride[2] = row;
+  p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? head : 0;
+  p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? head * mask_heads(p) : 0;
   p.maybe_mask_bits = bits;
 }
 

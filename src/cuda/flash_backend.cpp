@@ -162,14 +162,14 @@ bool sm90_disabled() {
 // query (a key mask, the same for every row, takes the ring of Note [Hopper key masks]).
 // A mask constant along keys (key stride 0) stays off it: its packed bits would outgrow the mask.
 bool sm90_row_mask(const flash_params& p) {
-  return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0 && p.mask_stride[3] != 0 && p.seqlen_kv > 0;
+  return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0 && p.mask_stride[3] != 0;
 }
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   // Masks: one that is the same for every query row (a key mask, Note [Hopper key masks]) or a
   // boolean one (Note [Hopper row masks]), not with varlen.
-  const bool key_mask = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_row_mask(p)));
-  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !key_mask ||
+  const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_row_mask(p)));
+  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !mask_ok ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
@@ -236,7 +236,6 @@ class flash_cuda_backend final : public backend {
       sm90_band_offsets(p);
       if (sm90_row_mask(p)) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
-      p.maybe_mask_bits = nullptr;
     }
     if (p.num_splits > 1) {
       std::byte* const partials = ws + plan.ws.counter_bytes + plan.ws.bits_bytes;

@@ -137,19 +137,16 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
 
 // Note [Hopper row masks]: one warp per 32-key word; lane l reads key 32 w + l of the row (keys
 // past Skv, in the row's padding to 128 keys, are dropped) and the ballot is the word.
-__global__ void mask_bits_kernel(const flash_params p, std::uint32_t* bits, std::int64_t words) {
+__global__ void mask_bits_kernel(const flash_params p, std::int64_t words) {
   const int lane = static_cast<int>(threadIdx.x % 32);
   const std::int64_t warps = static_cast<std::int64_t>(gridDim.x) * (blockDim.x / 32);
-  const std::int64_t per_row = p.mask_bits_words;
-  const std::int64_t heads = p.mask_stride[1] != 0 ? p.num_heads_q : 1;
+  const std::int64_t per_row = p.mask_bits_stride[2], heads = mask_heads(p);
   for (std::int64_t w = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32; w < words; w += warps) {
     const std::int64_t row = w / per_row, j = (w - row * per_row) * 32 + lane;
-    const std::int64_t i = row % p.seqlen_q, bh = row / p.seqlen_q, h = bh % heads, b = bh / heads;
-    const unsigned char* m = static_cast<const unsigned char*>(p.maybe_mask);
-    const bool keep =
-        j < p.seqlen_kv && m[b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3]] != 0;
+    const std::int64_t i = row % p.seqlen_q, bh = row / p.seqlen_q;
+    const bool keep = j < p.seqlen_kv && mask_term(p, static_cast<int>(bh / heads), static_cast<int>(bh % heads), i, j) == 0.0f;
     const unsigned word = __ballot_sync(0xffffffffu, keep);
-    if (lane == 0) bits[w] = word;
+    if (lane == 0) p.maybe_mask_bits[w] = word;
   }
 }
 
@@ -175,7 +172,7 @@ void launch_mask_bits(const flash_params& p, void* stream) {
   if (words == 0) return;  // no keys (or no rows): nothing to pack
   constexpr int threads = 256;
   const auto blocks = static_cast<unsigned>(std::min<std::int64_t>((words + threads / 32 - 1) / (threads / 32), 65536));
-  mask_bits_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(p, p.maybe_mask_bits, words);
+  mask_bits_kernel<<<blocks, threads, 0, static_cast<cudaStream_t>(stream)>>>(p, words);
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
 
