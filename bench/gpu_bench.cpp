@@ -1,10 +1,13 @@
 // attend_gpu_bench: times attend's CUDA backends with CUDA events on random device tensors.
 // Reads one shape per line on stdin:
 //   NAME DTYPE(bf16|f16) B SQ SKV HQ HKV D CAUSAL(0|1) BACKEND [MASK]
-// MASK (none|key-bool|key-add|row-bool|row-add) is a key-padding mask on which batch b drops its
-// last 256 b keys (as bench/gpu_masks.py), boolean (false drops) or additive f32 (-inf drops):
-// key-* is stored [B, 1, 1, SKV], row-* the same mask materialised [B, 1, SQ, SKV] (one row per
-// query, as Hugging Face builds it), which flash_cuda reads per query row. It prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
+// MASK (none|key-bool|key-add|row-bool|row-add|row-scattered) is a key-padding mask on which batch
+// b drops its last 256 b keys (as bench/gpu_masks.py), boolean (false drops) or additive f32 (-inf
+// drops): key-* is stored [B, 1, 1, SKV], row-* the same mask materialised [B, 1, SQ, SKV] (one row
+// per query, as Hugging Face builds it), which flash_cuda reads per query row. row-scattered is
+// row-bool that also drops key j of row i where (i + j) % 7 == 0, so that no key tile keeps every
+// key (the Hopper row-mask mode's worst case, Note [Hopper row masks]).
+// It prints one JSON object per line: {"name", "backend", "ms" (median), "reps", "tflops",
 // "error"}. Layout bshd, contiguous; causal is bottom-right aligned (identical to top-left when
 // Sq == Skv; the KV-cache convention for decode). Used by bench/gpu.py (scripts/gpu-check).
 #include <cuda_runtime_api.h>
@@ -85,17 +88,19 @@ int main() {
       a.causal = causal != 0;
       std::unique_ptr<buffer> mask;
       if (mask_name != "none") {
-        const bool keep = mask_name == "key-bool" || mask_name == "row-bool";
+        const bool scattered = mask_name == "row-scattered";
+        const bool keep = mask_name == "key-bool" || mask_name == "row-bool" || scattered;
         const bool rows = mask_name.rfind("row-", 0) == 0;
         if (!keep && mask_name != "key-add" && mask_name != "row-add")
-          throw std::runtime_error("mask must be none, key-bool, key-add, row-bool or row-add; got " + mask_name);
+          throw std::runtime_error("mask must be none, key-bool, key-add, row-bool, row-add or row-scattered; got " +
+                                   mask_name);
         const attend::dtype mt = keep ? attend::dtype::boolean : attend::dtype::f32;
         const std::int64_t mq = rows ? sq : 1;
         std::vector<unsigned char> host(static_cast<std::size_t>(b * mq * skv) * attend::size_bytes(mt));
         for (std::int64_t bi = 0; bi < b; ++bi)
           for (std::int64_t i = 0; i < mq; ++i)
             for (std::int64_t j = 0; j < skv; ++j) {
-              const bool kept = j < skv - 256 * bi;
+              const bool kept = j < skv - 256 * bi && !(scattered && (i + j) % 7 == 0);
               const std::size_t at = static_cast<std::size_t>((bi * mq + i) * skv + j);
               if (keep) host[at] = kept ? 1 : 0;
               else {

@@ -357,8 +357,16 @@ __device__ __forceinline__ void load_row_bits(std::uint32_t (&mb)[2][4], const s
 }
 // A dropped key's score becomes -inf (selected, so a NaN or Inf in k there does not reach the row).
 // Element e of n8 block j is key 8j + 2(lane%4) + (e&1): bit 8(j%4) + 2(lane%4) + (e&1) of word j/4.
+// A tile whose bits keep every key for all of the warp's rows (most tiles of a padding mask) skips
+// the selects: the test is a warp vote, so the branch is uniform (Note [Hopper row masks]).
 template <int NK>
 __device__ __forceinline__ void apply_row_bits(float (&sc)[64], const std::uint32_t (&mb)[2][4], int lane) {
+  std::uint32_t kept = ~0u;
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int q = 0; q < NK / 32; ++q) kept &= mb[r][q];
+  if (__all_sync(0xffffffffu, kept == ~0u)) return;
 #pragma unroll
   for (int r = 0; r < 2; ++r)
 #pragma unroll
