@@ -123,9 +123,12 @@ std::vector<case_spec> big_cases(std::uint64_t seed) {
     add("d192-dv128-window", t, [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 700; c.heads_q = 2; c.head_dim_qk = 192; c.head_dim_v = 128; c.window_left = 100; c.window_right = 50; });
     add("decode-split", t, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1; c.seqlen_kv = 20000; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; c.alignment = alignment::bottom_right; });
     add("decode-split-masked", t, [](case_spec& c) { c.seqlen_q = 4; c.seqlen_kv = 5000; c.heads_q = 4; c.heads_kv = 1; c.head_dim_qk = c.head_dim_v = 64; c.mask = at::mask_type::keep; c.fully_masked_rows = true; });
-    // A boolean mask per (batch, head) of 1.6M packed words, more than one pass of the packer's
-    // grid (Note [Hopper row masks]); on the Hopper kernel at head dim 64.
+    // Boolean masks per (batch, head) on the Hopper kernel at head dim 64, through both of the
+    // packer's reads (Note [Hopper row masks]): 1.6M packed words whose rows start 16-byte aligned
+    // one time in four (Skv = 2100), and 72000 rows (more than the packer's grid has) of 272 keys,
+    // every row aligned, its last word half a word.
     add("row-mask-many-words", t, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1500; c.seqlen_kv = 2100; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; c.mask = at::mask_type::keep; c.fully_masked_rows = true; });
+    add("row-mask-many-rows", t, [](case_spec& c) { c.batch = 2; c.seqlen_q = 4500; c.seqlen_kv = 272; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; c.mask = at::mask_type::keep; c.fully_masked_rows = true; });
     add("varlen-long", t, [](case_spec& c) { c.varlen_q = {700, 1, 130}; c.varlen_kv = {900, 2000, 0}; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; c.alignment = alignment::bottom_right; });
   }
   add("f32-s700-softcap", dtype::f32, [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 700; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 128; c.softcap = 20; c.causal = true; });
