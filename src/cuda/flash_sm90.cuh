@@ -570,14 +570,16 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // Note [Hopper row masks]: a boolean mask with a row per query ([B or 1, H or 1, Sq, Skv], as
 // Hugging Face materialises padding masks) runs on this kernel too (Mode = row_mask), packed first:
 // launch_mask_bits (flash_generic.cu; launched once the tensor maps are encoded) writes one bit per
-// key into the workspace (a warp's ballot per 32 keys, rows padded with dropped keys to whole
-// 128-key tiles), an eighth of the mask's bytes, read once per call (a mask constant along keys,
-// key stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread
-// then loads its two rows' bits of a tile (one 16-byte load per row, 8 bytes on a half tile) at
-// the start of its step, so the load runs under the tile's wgmma, and selects -inf at the dropped
-// keys right after S completes (apply_row_bits): as on the mma.sync and scalar kernels, a NaN or
-// Inf in k at a dropped key does not reach the row. The producer runs the dense loop. Additive
-// masks with a row per query stay on the mma.sync kernel: their values do not pack into bits.
+// key into the workspace (a thread per 32-key word, rows padded with dropped keys to whole 128-key
+// tiles), an eighth of the mask's bytes, read once per call (a mask constant along keys, key
+// stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread then
+// loads its two rows' bits of a tile (one 16-byte load per row, 8 bytes on a half tile) at the
+// start of its step, so the load runs under the tile's wgmma, and selects -inf at the dropped keys
+// right after S completes (apply_row_bits): as on the mma.sync and scalar kernels, a NaN or Inf in
+// k at a dropped key does not reach the row. A warp whose rows keep every key of the tile (a warp
+// vote; most tiles of a padding mask) skips the selects. The producer runs the dense loop.
+// Additive masks with a row per query stay on the mma.sync kernel: their values do not pack into
+// bits. Measured (bench/RESULTS.md): 6-7% below the unmasked kernel on a padding mask.
 template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
