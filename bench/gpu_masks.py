@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Key-padding mask GPU benchmark: flash_cuda with a boolean mask [B, 1, 1, S] (what diffusers
-passes for padded text; Note [Hopper key masks]) against PyTorch SDPA's backends that take a mask
+passes for padded text; packed to bits on the Hopper kernel, Note [Hopper row masks]) against PyTorch SDPA's backends that take a mask
 (cuDNN, efficient) on the same tensors, against flash_cuda with its Hopper kernel off (the mma.sync
 kernel, ATTEND_FLASH_CUDA_SM90=0, in a child process of the same run) and against flash_cuda
 without the mask (an upper bound).

@@ -193,12 +193,13 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("varlen-causal-br", [](case_spec& c) { c.varlen_q = {130, 470, 17, 300}; c.varlen_kv = {200, 300, 17, 129}; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
       add("varlen-causal-tl-window", [](case_spec& c) { c.varlen_q = {470, 257, 65}; c.varlen_kv = {470, 300, 400}; c.heads_q = 2; c.causal = true; c.window_left = 100; });
       add("varlen-window", [](case_spec& c) { c.varlen_q = {200, 333}; c.varlen_kv = {333, 200}; c.heads_q = 2; c.window_left = 50; c.window_right = 20; });
-      // Key masks (Note [Hopper key masks]): boolean and additive (with -inf entries), one row per
-      // (batch, head) of which some drop every key, with causal and window bands, GQA, lengths that
+      // Key masks, boolean (packed bits, Note [Hopper row masks]) and additive (with -inf entries;
+      // Note [Hopper key masks]), one row per (batch, head) of which some drop every key, with causal and window bands, GQA, lengths that
       // are not multiples of the tiles, and more items than SMs.
       add("key-mask-keep-causal", [](case_spec& c) { c.batch = 2; c.seqlen_q = 470; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; c.mask = at::mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.causal = true; c.alignment = alignment::bottom_right; });
       add("key-mask-additive", [](case_spec& c) { c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 477; c.heads_q = 2; c.mask = at::mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; });
       add("key-mask-additive-own-dtype", [t](case_spec& c) { c.batch = 2; c.seqlen_q = 190; c.seqlen_kv = 260; c.heads_q = 4; c.heads_kv = 1; c.mask = at::mask_type::additive; c.mask_dtype = t; c.mask_key_only = true; c.causal = true; });
+      add("key-mask-keep-one-head", [](case_spec& c) { c.batch = 3; c.seqlen_q = 300; c.seqlen_kv = 1000; c.heads_q = 8; c.heads_kv = 2; c.mask = at::mask_type::keep; c.mask_key_only = true; c.mask_one_head = true; c.fully_masked_rows = true; });
       add("key-mask-window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; c.mask = at::mask_type::keep; c.mask_key_only = true; });
       add("key-mask-many-items", [](case_spec& c) { c.batch = 3; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 40; c.heads_kv = 8; c.mask = at::mask_type::additive; c.mask_key_only = true; c.causal = true; });
       // Boolean masks with a row per query (Note [Hopper row masks]): per (batch, head), shared
@@ -528,10 +529,9 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
 // A false keep-mask entry drops its key whatever its score (Note [Score pipeline]): with NaN in the
 // K rows of every dropped key, every flash_cuda kernel must still match the reference (which
 // never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks on
-// the mma.sync kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32), and masks
-// with a row per query on the Hopper kernel (bf16 head dim 128, f16 head dim 64; Note [Hopper row
-// masks]). Not the Hopper kernel's key masks, which add the -inf (attend/params.h, apply_key_mask
-// in flash_sm90.cuh).
+// the mma.sync kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32), and both
+// key-only masks and masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head
+// dim 64; packed bits, Note [Hopper row masks]).
 TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
@@ -539,7 +539,8 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   const std::uint64_t seed = fresh_seed();
   int n = 0;
   for (auto [t, d, rows] : {std::tuple{dtype::bf16, std::int64_t{96}, false}, {dtype::f16, std::int64_t{80}, false},
-                            {dtype::f32, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, true},
+                            {dtype::f32, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, false},
+                            {dtype::f16, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, true},
                             {dtype::f16, std::int64_t{64}, true}}) {
     case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
                                     std::to_string(d),
@@ -581,7 +582,7 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
         }
     ASSERT_GT(poisoned, 0);
 #if defined(ATTEND_TEST_HAVE_CUDA)
-    if (rows && cuda::flash_cuda_hopper_available(k_gpu.index)) {
+    if (t != dtype::f32 && (d == 64 || d == 128) && cuda::flash_cuda_hopper_available(k_gpu.index)) {
       EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
     }
 #endif

@@ -27,9 +27,9 @@
 // NaN on). Not yet on flash_cuda and cudnn: their tensor-core P·V multiplies the 0 by the NaN, so
 // a non-finite v at a key a row does not see reaches that row there (except keys of another varlen
 // sequence, which flash_cuda zeroes or never loads).
-// Likewise a non-finite k at a key that a boolean key-padding mask ([B, 1 or H, 1, Skv]) drops
-// reaches the row on flash_cuda's Hopper kernel, which adds that key's -inf instead of selecting it
-// (selecting costs every such call 4-6%); flash_cuda's other kernels select it, as the reference.
+// A non-finite k at a key that a boolean mask drops never reaches the row, on the reference and
+// on every flash_cuda kernel (the score is selected, not added: test_cuda.cpp's
+// flash_cuda_keep_mask_ignores_nan_scores).
 // Additive masks as low as float's lowest value (how Hugging Face builds padding masks) weigh
 // their keys as the reference does on every backend: a row whose every visible key carries one
 // averages v over those keys, with the reference's lse (Note [GPU clamped scores]). Except under

@@ -72,27 +72,28 @@ struct flash_params {
   // (sm90_varlen_offsets), and the packed rows of q/out and k/v (the tensor maps' extent).
   int sm90_window_left = -1, sm90_window_right = -1;
   int total_q = 0, total_kv = 0;
-  // A boolean mask with a row per query on the Hopper path (Note [Hopper row masks],
-  // flash_sm90.cuh): packed by launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a
-  // row = keep key j; word strides over batch, head and row (0 broadcasts; a row is
+  // A boolean mask on the Hopper path (Note [Hopper row masks], flash_sm90.cuh): packed by
+  // launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a row = keep key j; word
+  // strides over batch, head and row (0 broadcasts, as the mask does; a row is
   // mask_bits_words_per_row words, a multiple of 4: 128 keys).
   std::uint32_t* maybe_mask_bits = nullptr;
   std::int64_t mask_bits_stride[3]{};
 };
 
-// The packed keep-mask of Note [Hopper row masks]: words per row, the mask's heads (1 when it
-// broadcasts over them), and words in all.
-inline int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 128 * 4; }
+// The packed keep-mask of Note [Hopper row masks]: words per row, the mask's heads and rows per
+// head (1 where it broadcasts over them: a key-padding mask has one row), and words in all.
+constexpr int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 128 * 4; }
 constexpr std::int64_t mask_heads(const flash_params& p) { return p.mask_stride[1] != 0 ? p.num_heads_q : 1; }
+constexpr std::int64_t mask_rows(const flash_params& p) { return p.mask_stride[2] != 0 ? p.seqlen_q : 1; }
 inline std::int64_t mask_bits_words_total(const flash_params& p) {
   const std::int64_t batches = p.mask_stride[0] != 0 ? p.batch : 1;
-  return batches * mask_heads(p) * p.seqlen_q * mask_bits_words_per_row(p.seqlen_kv);
+  return batches * mask_heads(p) * mask_rows(p) * mask_bits_words_per_row(p.seqlen_kv);
 }
 // Points p's packed mask at `bits` (mask_bits_words_total(p) words, 16-byte aligned) and sets its
 // strides; launch_mask_bits fills it.
 inline void plan_mask_bits(flash_params& p, std::uint32_t* bits) {
-  const std::int64_t row = mask_bits_words_per_row(p.seqlen_kv), head = row * p.seqlen_q;
-  p.mask_bits_stride[2] = row;
+  const std::int64_t row = mask_bits_words_per_row(p.seqlen_kv), head = row * mask_rows(p);
+  p.mask_bits_stride[2] = p.mask_stride[2] != 0 ? row : 0;
   p.mask_bits_stride[1] = p.mask_stride[1] != 0 ? head : 0;
   p.mask_bits_stride[0] = p.mask_stride[0] != 0 ? head * mask_heads(p) : 0;
   p.maybe_mask_bits = bits;

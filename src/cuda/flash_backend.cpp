@@ -109,8 +109,8 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   return static_cast<int>(std::max<std::int64_t>(splits, 1));
 }
 
-// Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [a row mask's packed
-// bits (when the Hopper path runs one, Note [Hopper row masks])] [split-KV partial outputs]
+// Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [a boolean mask's
+// packed bits (when the Hopper path runs one, Note [Hopper row masks])] [split-KV partial outputs]
 // [split-KV partial LSEs].
 struct workspace_plan {
   int splits = 1;
@@ -137,8 +137,9 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - a compute capability 9.0 device (its code is sm_90a machine code, which no other GPU runs)
 //     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
 //     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
-//   - no mask, or a key mask (the same for every query row, Note [Hopper key masks]) or a boolean
-//     mask that varies along keys (sm90_row_mask, Note [Hopper row masks]), neither with varlen;
+//   - no mask, or a boolean mask that varies along keys (sm90_packed_mask, Note [Hopper row masks])
+//     or another mask that is the same for every query row (additive key masks, Note [Hopper key
+//     masks]), neither with varlen;
 //     no softcap;
 //   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
@@ -159,16 +160,15 @@ bool sm90_disabled() {
 }
 
 // A mask the Hopper path reads as packed bits (Note [Hopper row masks]): boolean, with a row per
-// query (a key mask, the same for every row, takes the ring of Note [Hopper key masks]).
+// query or one for all of them (a key-padding mask: measured faster than the ring of Note [Hopper
+// key masks], which additive key masks take, and a dropped key's -inf is selected, not added).
 // A mask constant along keys (key stride 0) stays off it: its packed bits would outgrow the mask.
-bool sm90_row_mask(const flash_params& p) {
-  return p.mask == mask_kind::keep_u8 && p.mask_stride[2] != 0 && p.mask_stride[3] != 0;
-}
+bool sm90_packed_mask(const flash_params& p) { return p.mask == mask_kind::keep_u8 && p.mask_stride[3] != 0; }
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
-  // Masks: one that is the same for every query row (a key mask, Note [Hopper key masks]) or a
-  // boolean one (Note [Hopper row masks]), not with varlen.
-  const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_row_mask(p)));
+  // Masks: a boolean one (Note [Hopper row masks]) or one that is the same for every query row
+  // (Note [Hopper key masks]), not with varlen.
+  const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_packed_mask(p)));
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !mask_ok ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
@@ -234,7 +234,7 @@ class flash_cuda_backend final : public backend {
       p.sm90_group_heads = sm90_group_heads(p);
       p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
       sm90_band_offsets(p);
-      if (sm90_row_mask(p)) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
+      if (sm90_packed_mask(p)) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
       if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
     if (p.num_splits > 1) {
@@ -284,7 +284,7 @@ class flash_cuda_backend final : public backend {
     c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
     if (c.hopper != nullptr) {
       c.ws.counter_bytes = 256;
-      if (sm90_row_mask(c.params))
+      if (sm90_packed_mask(c.params))
         c.ws.bits_bytes = round_up(static_cast<std::size_t>(mask_bits_words_total(c.params)) * sizeof(std::uint32_t), 256);
     }
     return c;

@@ -136,7 +136,8 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
 }
 
 // Note [Hopper row masks], the packing: one thread per 32-key word of a row, blockIdx.y (striding)
-// over the mask's rows, so a row's (batch, head, query) is decoded once per block and not per word.
+// over the mask's rows (one per (batch, head) of a key-padding mask), so a row's (batch, head,
+// query) is decoded once per block and not per word.
 // A row contiguous along keys with a 16-byte aligned start (the usual case) is read 16 keys per
 // load, each byte's "!= 0" gathered into bits by a compare and a multiply; any other row, and the
 // row's last partial word, key by key through mask_term_at. Keys past Skv, in the row's padding to
@@ -152,13 +153,13 @@ __device__ __forceinline__ std::uint32_t nonzero_byte_bits(const uint4& v) {
          nonzero_byte_bits(v.w) << 12;
 }
 __global__ void mask_bits_kernel(const flash_params p, std::int64_t rows) {
-  const std::int64_t per_row = p.mask_bits_stride[2], heads = mask_heads(p);
+  const std::int64_t per_row = mask_bits_words_per_row(p.seqlen_kv), heads = mask_heads(p), rows_per_head = mask_rows(p);
   const std::int64_t word = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (word >= per_row) return;
   const std::int64_t j0 = word * 32;
   const auto* mask = static_cast<const std::uint8_t*>(p.maybe_mask);
   for (std::int64_t row = blockIdx.y; row < rows; row += gridDim.y) {
-    const std::int64_t i = row % p.seqlen_q, bh = row / p.seqlen_q;
+    const std::int64_t i = row % rows_per_head, bh = row / rows_per_head;
     const std::uint8_t* src = mask + (bh / heads) * p.mask_stride[0] + (bh % heads) * p.mask_stride[1] + i * p.mask_stride[2];
     std::uint32_t bits = 0;
     if (p.mask_stride[3] == 1 && j0 + 32 <= p.seqlen_kv && reinterpret_cast<std::uintptr_t>(src) % 16 == 0) {
@@ -193,7 +194,7 @@ void launch_flash_generic(elem e, const flash_params& p, void* stream) {
 void launch_mask_bits(const flash_params& p, void* stream) {
   const std::int64_t words = mask_bits_words_total(p);
   if (words == 0) return;  // no keys (or no rows): nothing to pack
-  const std::int64_t per_row = p.mask_bits_stride[2], rows = words / per_row;
+  const std::int64_t per_row = mask_bits_words_per_row(p.seqlen_kv), rows = words / per_row;
   // Short rows (few words) get a narrow block, so most of its threads have a word.
   const int threads = static_cast<int>(std::min<std::int64_t>(128, (per_row + 31) / 32 * 32));
   const dim3 grid(static_cast<unsigned>((per_row + threads - 1) / threads), static_cast<unsigned>(std::min<std::int64_t>(rows, 65535)));

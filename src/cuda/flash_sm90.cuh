@@ -554,32 +554,35 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //     (Rows before the start, in the first block of a grid that starts early, are whole 64-row
 //     parts that store nothing, as in a dense call.)
 //
-// Note [Hopper key masks]: a mask that is the same for every query row (strides 0 over them: a
-// key-padding mask [B, 1 or H, 1, Skv], boolean or additive, as diffusers passes for padded text)
-// runs on this kernel (Mode = key_mask; other masks, and masks with varlen, run the mma.sync
-// kernel). The producer warp writes the mask term of each key of a tile (mask_term, flash_common.cuh:
-// the additive value or -inf for a dropped key, in log2 units clamped as Note [GPU clamped scores]
-// says; 0 past Skv) into a ring of one float
-// per key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms
-// to S right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale
-// 1) and only then arrives on empty_k. Both directions are one thread's release and another's
-// acquire: full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and
-// empty_k every consumer thread in this mode, so no thread orders another's ring accesses (the
-// pattern racecheck reports, Note [Hopper scheduler]).
+// Note [Hopper key masks]: an additive mask that is the same for every query row (strides 0 over
+// them: a key-padding mask [B, 1 or H, 1, Skv], as diffusers passes for padded text) runs on this
+// kernel (Mode = key_mask), and so does a boolean mask constant along rows and keys ([B, H, 1, 1]);
+// a boolean key-padding mask takes the packed bits of Note [Hopper row masks] instead (measured
+// faster, bench/RESULTS.md, and it selects a dropped key's -inf where this mode adds it); other
+// masks, and masks with varlen, run the mma.sync kernel. The producer warp writes the mask term of
+// each key of a tile (mask_term, flash_common.cuh: the additive value or -inf for a dropped key, in
+// log2 units clamped as Note [GPU clamped scores] says; 0 past Skv) into a ring of one float per
+// key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms to S
+// right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale 1) and
+// only then arrives on empty_k. Both directions are one thread's release and another's acquire:
+// full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and empty_k
+// every consumer thread in this mode, so no thread orders another's ring accesses (the pattern
+// racecheck reports, Note [Hopper scheduler]).
 //
-// Note [Hopper row masks]: a boolean mask with a row per query ([B or 1, H or 1, Sq, Skv], as
-// Hugging Face materialises padding masks) runs on this kernel too (Mode = row_mask), packed first:
-// launch_mask_bits (flash_generic.cu; launched once the tensor maps are encoded) writes one bit per
-// key into the workspace (a thread per 32-key word, rows padded with dropped keys to whole 128-key
-// tiles), an eighth of the mask's bytes, read once per call (a mask constant along keys, key
-// stride 0, stays on the mma.sync kernel: its bits would outgrow it). Each consumer thread then
-// loads its two rows' bits of a tile (one 16-byte load per row, 8 bytes on a half tile) at the
-// start of its step, so the load runs under the tile's wgmma, and selects -inf at the dropped keys
-// right after S completes (apply_row_bits): as on the mma.sync and scalar kernels, a NaN or Inf in
-// k at a dropped key does not reach the row. A warp whose rows keep every key of the tile (a warp
-// vote; most tiles of a padding mask) skips the selects. The producer runs the dense loop.
-// Additive masks with a row per query stay on the mma.sync kernel: their values do not pack into
-// bits. Measured (bench/RESULTS.md): 6-7% below the unmasked kernel on a padding mask.
+// Note [Hopper row masks]: a boolean mask ([B or 1, H or 1, Sq or 1, Skv]: with a row per query, as
+// Hugging Face materialises padding masks, or one row for all, a key-padding mask) runs on this
+// kernel too (Mode = row_mask), packed first: launch_mask_bits (flash_generic.cu; launched once the
+// tensor maps are encoded) writes one bit per key into the workspace (a thread per 32-key word,
+// rows padded with dropped keys to whole 128-key tiles), an eighth of the mask's bytes, read once
+// per call (a mask constant along keys, key stride 0, stays on the mma.sync kernel: its bits would
+// outgrow it). Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
+// row, 8 bytes on a half tile) at the start of its step, so the load runs under the tile's wgmma,
+// and selects -inf at the dropped keys right after S completes (apply_row_bits): as on the mma.sync
+// and scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. A warp whose rows
+// keep every key of the tile (a warp vote; most tiles of a padding mask) skips the selects. The
+// producer runs the dense loop. Additive masks with a row per query stay on the mma.sync kernel:
+// their values do not pack into bits. Measured (bench/RESULTS.md): 6-7% below the unmasked kernel
+// on a padding mask.
 template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
