@@ -581,7 +581,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // and scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. A warp whose rows
 // keep every key of the tile (a warp vote; most tiles of a padding mask) skips the selects. The
 // producer runs the dense loop. Additive masks with a row per query stay on the mma.sync kernel:
-// their values do not pack into bits. Measured (bench/RESULTS.md): 6-7% below the unmasked kernel
+// their values do not pack into bits. Measured (bench/RESULTS.md): 6-9% below the unmasked kernel
 // on a padding mask.
 template <elem E, int Width, sm90::mode Mode>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
