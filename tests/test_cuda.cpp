@@ -531,23 +531,26 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
 // never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks on
 // the mma.sync kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32), and both
 // key-only masks and masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head
-// dim 64; packed bits, Note [Hopper row masks]).
+// dim 64; packed bits, Note [Hopper row masks]), the key-only one also over a single key (a mask
+// constant along keys: stride 0).
 TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
   ASSERT_TRUE(b);
   const std::uint64_t seed = fresh_seed();
   int n = 0;
-  for (auto [t, d, rows] : {std::tuple{dtype::bf16, std::int64_t{96}, false}, {dtype::f16, std::int64_t{80}, false},
-                            {dtype::f32, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, false},
-                            {dtype::f16, std::int64_t{64}, false}, {dtype::bf16, std::int64_t{128}, true},
-                            {dtype::f16, std::int64_t{64}, true}}) {
+  using i64 = std::int64_t;
+  for (auto [t, d, rows, skv] :
+       {std::tuple{dtype::bf16, i64{96}, false, i64{300}}, {dtype::f16, i64{80}, false, i64{300}},
+        {dtype::f32, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{300}},
+        {dtype::f16, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{1}},
+        {dtype::bf16, i64{128}, true, i64{300}}, {dtype::f16, i64{64}, true, i64{300}}}) {
     case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
-                                    std::to_string(d),
+                                    std::to_string(d) + "-skv" + std::to_string(skv),
                                 t, d, seed + n++);
     // 201 rows: with rows repeated, the first row of (batch 0, head 1) is mask row 201, which
     // fully_masked_rows drops whole (r % 5 == 1), as it drops row 1 of the key-only masks.
-    const std::int64_t sq = rows ? 201 : 200, skv = 300;
+    const std::int64_t sq = rows ? 201 : 200;
     spec.batch = 2;
     spec.seqlen_q = sq;
     spec.seqlen_kv = skv;

@@ -159,11 +159,15 @@ bool sm90_disabled() {
   return disabled;
 }
 
-// A mask the Hopper path reads as packed bits (Note [Hopper row masks]): boolean, with a row per
-// query or one for all of them (a key-padding mask: measured faster than the ring of Note [Hopper
-// key masks], which additive key masks take, and a dropped key's -inf is selected, not added).
-// A mask constant along keys (key stride 0) stays off it: its packed bits would outgrow the mask.
-bool sm90_packed_mask(const flash_params& p) { return p.mask == mask_kind::keep_u8 && p.mask_stride[3] != 0; }
+// A mask the Hopper path reads as packed bits (Note [Hopper row masks]): every boolean mask it
+// takes, with a row per query or one for all of them (a key-padding mask: measured faster than the
+// ring of Note [Hopper key masks], which only additive key masks take, and a dropped key's -inf is
+// selected, not added, so a NaN in k there never reaches the row). A mask constant along keys but
+// with a row per query ([B, H, Sq, 1]) stays off the Hopper path: its packed bits would outgrow it.
+// (A size-1 dimension has stride 0: a key-padding mask over Skv = 1 is constant along both.)
+bool sm90_packed_mask(const flash_params& p) {
+  return p.mask == mask_kind::keep_u8 && (p.mask_stride[3] != 0 || p.mask_stride[2] == 0);
+}
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   // Masks: a boolean one (Note [Hopper row masks]) or one that is the same for every query row

@@ -319,9 +319,8 @@ __device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
 // each key in log2 units from the stage's ring (`ring`: the tile's first used key), so softmax_tile
 // then runs with a scale of 1. Element e of n8 block j is key 8j + 2(lane%4) + (e&1) (as below).
-// A dropped key's -inf is added, not selected as the other kernels do (score_of): selecting costs
-// a compare and select per element, measured at 4-6% of a boolean key-mask call at head dim 64 on
-// the H100, for inputs whose k holds NaN or Inf at a dropped key (attend/params.h).
+// Only additive masks come here (boolean ones take the packed bits, which select), so the term is
+// added as the mask's definition says.
 template <int NK>
 __device__ __forceinline__ void apply_key_mask(float (&sc)[64], const float* ring, int lane, float scale_log2) {
 #pragma unroll
@@ -556,10 +555,10 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //
 // Note [Hopper key masks]: an additive mask that is the same for every query row (strides 0 over
 // them: a key-padding mask [B, 1 or H, 1, Skv], as diffusers passes for padded text) runs on this
-// kernel (Mode = key_mask), and so does a boolean mask constant along rows and keys ([B, H, 1, 1]);
-// a boolean key-padding mask takes the packed bits of Note [Hopper row masks] instead (measured
-// faster, bench/RESULTS.md, and it selects a dropped key's -inf where this mode adds it); other
-// masks, and masks with varlen, run the mma.sync kernel. The producer warp writes the mask term of
+// kernel (Mode = key_mask); boolean key-padding masks (and boolean masks constant along rows and
+// keys, [B, H, 1, 1]) take the packed bits of Note [Hopper row masks] instead (measured faster,
+// bench/RESULTS.md, and a dropped key's -inf is selected there, not added: a NaN or Inf in k at it
+// never reaches the row); other masks, and masks with varlen, run the mma.sync kernel. The producer warp writes the mask term of
 // each key of a tile (mask_term, flash_common.cuh: the additive value or -inf for a dropped key, in
 // log2 units clamped as Note [GPU clamped scores] says; 0 past Skv) into a ring of one float per
 // key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms to S
@@ -574,8 +573,8 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // kernel too (Mode = row_mask), packed first: launch_mask_bits (flash_generic.cu; launched once the
 // tensor maps are encoded) writes one bit per key into the workspace (a thread per 32-key word,
 // rows padded with dropped keys to whole 128-key tiles), an eighth of the mask's bytes, read once
-// per call (a mask constant along keys, key stride 0, stays on the mma.sync kernel: its bits would
-// outgrow it). Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
+// per call (a mask constant along keys but not along rows, [B, H, Sq, 1], stays on the mma.sync
+// kernel: its bits would outgrow it; one constant along both packs to a row per (batch, head)). Each consumer thread then loads its two rows' bits of a tile (one 16-byte load per
 // row, 8 bytes on a half tile) at the start of its step, so the load runs under the tile's wgmma,
 // and selects -inf at the dropped keys right after S completes (apply_row_bits): as on the mma.sync
 // and scalar kernels, a NaN or Inf in k at a dropped key does not reach the row. A warp whose rows
