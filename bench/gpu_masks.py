@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Key-padding mask GPU benchmark: flash_cuda with a boolean mask [B, 1, 1, S] (what diffusers
-passes for padded text; packed to bits on the Hopper kernel, Note [Hopper row masks]) against PyTorch SDPA's backends that take a mask
-(cuDNN, efficient) on the same tensors, against flash_cuda with its Hopper kernel off (the mma.sync
-kernel, ATTEND_FLASH_CUDA_SM90=0, in a child process of the same run) and against flash_cuda
-without the mask (an upper bound).
+passes for padded text; packed to bits on the Hopper kernel, Note [Hopper row masks]) against
+PyTorch SDPA's backends that take a mask (cuDNN, efficient) on the same tensors, against
+flash_cuda with its Hopper kernel off (the mma.sync kernel, ATTEND_FLASH_CUDA_SM90=0, in a child
+process of the same run) and against flash_cuda without the mask (an upper bound).
 
 bf16, B = 8, S = 4096, H*D = 2048, head dims 64 and 128, not causal; batch b keeps its first
-S - 256 b keys. The `row` shapes pass the same mask materialised [B, 1, S, S] (one row per query,
-as Hugging Face builds attention masks), which flash_cuda's Hopper kernel packs to bits first
-(Note [Hopper row masks]). TFLOP/s =
-4*B*H*S*S*D / time (the masked keys counted, as every backend reads them). Timed with bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and
-the attend package built with CUDA.
+S - 256 b keys. The `row` shapes pass the same mask materialised [B, 1, S, S] (one row per query, as
+Hugging Face builds attention masks), which flash_cuda's Hopper kernel packs to bits first. TFLOP/s
+= 4*B*H*S*S*D / time (the masked keys counted, as every backend reads them). Timed with
+bench/gpu.py's method in --rounds interleaved rounds. Needs torch with CUDA and the attend package
+built with CUDA.
 
     python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
 """

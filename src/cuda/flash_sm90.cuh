@@ -555,18 +555,17 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 //
 // Note [Hopper key masks]: an additive mask that is the same for every query row (strides 0 over
 // them: a key-padding mask [B, 1 or H, 1, Skv], as diffusers passes for padded text) runs on this
-// kernel (Mode = key_mask); boolean key-padding masks (and boolean masks constant along rows and
-// keys, [B, H, 1, 1]) take the packed bits of Note [Hopper row masks] instead (measured faster,
-// bench/RESULTS.md, and a dropped key's -inf is selected there, not added: a NaN or Inf in k at it
-// never reaches the row); other masks, and masks with varlen, run the mma.sync kernel. The producer warp writes the mask term of
-// each key of a tile (mask_term, flash_common.cuh: the additive value or -inf for a dropped key, in
-// log2 units clamped as Note [GPU clamped scores] says; 0 past Skv) into a ring of one float per
-// key per stage, then arrives on the stage's full_k; each consumer thread adds its keys' terms to S
-// right after S completes (apply_key_mask, with the scale: softmax_tile then runs with scale 1) and
-// only then arrives on empty_k. Both directions are one thread's release and another's acquire:
-// full_k counts the 32 producer lanes (lane 0's arrival carries the K tile's bytes) and empty_k
-// every consumer thread in this mode, so no thread orders another's ring accesses (the pattern
-// racecheck reports, Note [Hopper scheduler]).
+// kernel (Mode = key_mask). Boolean masks never come here: they take the packed bits of Note
+// [Hopper row masks] (sm90_packed_mask), measured faster, and a dropped key's -inf is selected
+// there, not added, so a NaN or Inf in k at it never reaches the row. Other masks, and masks with
+// varlen, run the mma.sync kernel. The producer warp writes the additive term of each key of a tile
+// (mask_term, flash_common.cuh, in log2 units clamped as Note [GPU clamped scores] says; 0 past
+// Skv) into a ring of one float per key per stage, then arrives on the stage's full_k; each
+// consumer thread adds its keys' terms to S right after S completes (apply_key_mask, with the
+// scale: softmax_tile then runs with scale 1) and only then arrives on empty_k. Both directions are
+// one thread's release and another's acquire: full_k counts the 32 producer lanes (lane 0's arrival
+// carries the K tile's bytes) and empty_k every consumer thread in this mode, so no thread orders
+// another's ring accesses (the pattern racecheck reports, Note [Hopper scheduler]).
 //
 // Note [Hopper row masks]: a boolean mask ([B or 1, H or 1, Sq or 1, Skv]: with a row per query, as
 // Hugging Face materialises padding masks, or one row for all, a key-padding mask) runs on this
