@@ -528,11 +528,12 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
 
 // A false keep-mask entry drops its key whatever its score (Note [Score pipeline]): with NaN in the
 // K rows of every dropped key, every flash_cuda kernel must still match the reference (which
-// never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks on
-// the mma.sync kernel (bf16 head dim 96, f16 head dim 80) and the scalar kernel (f32), and both
-// key-only masks and masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head
-// dim 64; packed bits, Note [Hopper row masks]), the key-only one also over a single key (a mask
-// constant along keys: stride 0).
+// never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks and
+// a mask with a row per query on the mma.sync kernel (bf16 head dim 96, f16 head dim 80, bf16 80;
+// packed bits, Note [mma.sync mask bits]) and the scalar kernel (f32), and both key-only masks and
+// masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head dim 64; packed bits,
+// Note [Hopper row masks]), the key-only one also over a single key (a mask constant along keys:
+// stride 0).
 TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
@@ -544,7 +545,8 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
        {std::tuple{dtype::bf16, i64{96}, false, i64{300}}, {dtype::f16, i64{80}, false, i64{300}},
         {dtype::f32, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{300}},
         {dtype::f16, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{1}},
-        {dtype::bf16, i64{128}, true, i64{300}}, {dtype::f16, i64{64}, true, i64{300}}}) {
+        {dtype::bf16, i64{128}, true, i64{300}}, {dtype::f16, i64{64}, true, i64{300}},
+        {dtype::bf16, i64{80}, true, i64{300}}}) {
     case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
                                     std::to_string(d) + "-skv" + std::to_string(skv),
                                 t, d, seed + n++);
@@ -592,6 +594,51 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
     const at::comparison c = at::check_backend(*b, data);
     EXPECT_TRUE(c.ok) << spec.name << ": " << c.detail;
   }
+}
+
+// Masks on the mma.sync kernel, at shapes the Hopper kernel does not take (head dims other than 64
+// and 128, head_dim_v != head_dim_qk, varlen with a mask, split-KV decode), so that they run it on
+// every GPU: boolean masks read as packed bits (Note [mma.sync mask bits]) with a row per query,
+// one row for all (key padding) and one for all heads and batches, stored key-major (the packer's
+// key-by-key reads), under causal and window bands, with rows that drop every key, rows past the
+// sequence in the last row block, GQA, split-KV and varlen; and the masks its extras path reads
+// element by element (additive ones, a boolean one with softcap).
+TEST(cuda, flash_cuda_mma_sync_masks) {
+  ATTEND_REQUIRE_GPU();
+  std::vector<case_spec> v;
+  const std::uint64_t seed = fresh_seed();
+  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
+    case_spec c = typed_case("mma-sync-" + name, t, d, seed * 7919u + v.size());
+    c.mask = at::mask_type::keep;
+    c.fully_masked_rows = true;
+    edit(c);
+    v.push_back(std::move(c));
+  };
+  using at::mask_type;
+  add("row-mask-d80-causal-br-gqa", dtype::bf16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("row-mask-hf-d96", dtype::f16, 96, [](case_spec& c) { c.batch = 2; c.seqlen_q = 200; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 1; c.mask_one_head = true; c.mask_rows_repeat = true; });
+  add("key-mask-d256-window", dtype::bf16, 256, [](case_spec& c) { c.batch = 2; c.seqlen_q = 150; c.seqlen_kv = 520; c.heads_q = 2; c.mask_key_only = true; c.window_left = 100; c.window_right = 30; });
+  add("row-mask-key-major-d32", dtype::f16, 32, [](case_spec& c) { c.batch = 2; c.seqlen_q = 77; c.seqlen_kv = 90; c.heads_q = 2; c.mask_keys_outer = true; });
+  add("row-mask-shared-dv64-causal", dtype::bf16, 128, [](case_spec& c) { c.head_dim_v = 64; c.batch = 2; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 2; c.mask_broadcast = true; c.causal = true; });
+  add("row-mask-many-blocks-d80", dtype::f16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1000; c.seqlen_kv = 701; c.heads_q = 8; c.heads_kv = 2; });
+  add("key-mask-decode-split-d80", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 1; c.mask_key_only = true; });
+  add("row-mask-decode-split-d96", dtype::f16, 96, [](case_spec& c) { c.seqlen_q = 3; c.seqlen_kv = 2500; c.heads_q = 2; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("varlen-row-mask-d64", dtype::bf16, 64, [](case_spec& c) { c.varlen_q = {200, 1, 0, 77}; c.varlen_kv = {130, 300, 5, 77}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("varlen-key-mask-d128", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {33, 140}; c.varlen_kv = {250, 64}; c.heads_q = 2; c.mask_key_only = true; });
+  add("keep-mask-softcap-d80", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.heads_q = 2; c.softcap = 5.0; });
+  add("additive-row-d80-causal", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
+  add("additive-bf16-key-major-d96", dtype::bf16, 96, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.seqlen_q = 90; c.seqlen_kv = 200; c.heads_q = 2; });
+  add("additive-f16-lowest-d112", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 333; c.heads_q = 2; });
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  for (const case_spec& spec : v) {
+    const std::string kernel = planned_kernel(spec);
+    EXPECT_TRUE(kernel == "tc" || kernel == "tc-split") << spec.name << " plans " << kernel;
+    if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
+      EXPECT_EQ(kernel, "tc-split") << spec.name;
+    }
+  }
+#endif
+  check_cases("flash_cuda", v, true);
 }
 
 // The Hopper kernel scales scores inside the exponent after the row maximum, which needs

@@ -72,7 +72,8 @@ struct flash_params {
   // (sm90_varlen_offsets), and the packed rows of q/out and k/v (the tensor maps' extent).
   int sm90_window_left = -1, sm90_window_right = -1;
   int total_q = 0, total_kv = 0;
-  // A boolean mask on the Hopper path (Note [Hopper row masks], flash_sm90.cuh): packed by
+  // A boolean mask that a tensor-core kernel reads packed (packed_mask in flash_backend.cpp; Note
+  // [Hopper row masks] in flash_sm90.cuh, Note [mma.sync mask bits] in flash_tc.cuh): packed by
   // launch_mask_bits into the workspace, bit j % 32 of word j / 32 of a row = keep key j; word
   // strides over batch, head and row (0 broadcasts, as the mask does; a row is
   // mask_bits_words_per_row words, a multiple of 4: 128 keys).
@@ -271,7 +272,8 @@ void launch_flash_generic(elem e, const flash_params& p, void* stream);
 // Merges split-KV partials into out / lse.
 void launch_flash_combine(elem e, const flash_params& p, void* stream);
 // Packs p's boolean mask (p.maybe_mask, p.mask_stride) into p.maybe_mask_bits as plan_mask_bits
-// laid it out (Note [Hopper row masks]); launch_flash_sm90 runs it before a row-mask launch.
+// laid it out (Note [Hopper row masks]); launch_flash_sm90 and launch_flash_tc run it before a
+// kernel that reads the bits.
 void launch_mask_bits(const flash_params& p, void* stream);
 
 }  // namespace attend::cuda

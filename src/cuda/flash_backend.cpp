@@ -110,7 +110,7 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
 }
 
 // Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [a boolean mask's
-// packed bits (when the Hopper path runs one, Note [Hopper row masks])] [split-KV partial outputs]
+// packed bits (when a tensor-core kernel reads them: packed_mask)] [split-KV partial outputs]
 // [split-KV partial LSEs].
 struct workspace_plan {
   int splits = 1;
@@ -137,7 +137,7 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - a compute capability 9.0 device (its code is sm_90a machine code, which no other GPU runs)
 //     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
 //     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
-//   - no mask, or a boolean mask that varies along keys (sm90_packed_mask, Note [Hopper row masks])
+//   - no mask, or a boolean mask that varies along keys (packed_mask, Note [Hopper row masks])
 //     or another mask that is the same for every query row (additive key masks, Note [Hopper key
 //     masks]), neither with varlen;
 //     no softcap;
@@ -159,20 +159,23 @@ bool sm90_disabled() {
   return disabled;
 }
 
-// A mask the Hopper path reads as packed bits (Note [Hopper row masks]): every boolean mask it
-// takes, with a row per query or one for all of them (a key-padding mask: measured faster than the
-// ring of Note [Hopper key masks], which only additive key masks take, and a dropped key's -inf is
-// selected, not added, so a NaN in k there never reaches the row). A mask constant along keys but
-// with a row per query ([B, H, Sq, 1]) stays off the Hopper path: its packed bits would outgrow it.
-// (A size-1 dimension has stride 0: a key-padding mask over Skv = 1 is constant along both.)
-bool sm90_packed_mask(const flash_params& p) {
-  return p.mask == mask_kind::keep_u8 && (p.mask_stride[3] != 0 || p.mask_stride[2] == 0);
+// A mask both tensor-core kernels read as packed bits (Note [Hopper row masks], Note [mma.sync mask
+// bits]): a boolean mask with a row per query or one for all of them (a key-padding mask), without
+// softcap. On the Hopper path this is every boolean mask it takes (for a key-padding mask, measured
+// faster than the ring of Note [Hopper key masks], which only additive key masks take), and on
+// both a dropped key's -inf is selected, not added, so a NaN in k there never reaches the
+// row. A mask constant along keys but with a row per query ([B, H, Sq, 1]) is read as it is (off
+// the Hopper path): its packed bits would outgrow it. (A size-1 dimension has stride 0: a
+// key-padding mask over Skv = 1 is constant along both.) With softcap, the mma.sync kernel's
+// extras path reads the mask's bytes.
+bool packed_mask(const flash_params& p) {
+  return p.mask == mask_kind::keep_u8 && (p.mask_stride[3] != 0 || p.mask_stride[2] == 0) && p.softcap == 0.0f;
 }
 
 const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   // Masks: a boolean one (Note [Hopper row masks]) or one that is the same for every query row
   // (Note [Hopper key masks]), not with varlen.
-  const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || sm90_packed_mask(p)));
+  const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || packed_mask(p)));
   if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !mask_ok ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
@@ -238,9 +241,10 @@ class flash_cuda_backend final : public backend {
       p.sm90_group_heads = sm90_group_heads(p);
       p.sm90_row_origin = sm90_row_origin(p, plan.hopper->width);
       sm90_band_offsets(p);
-      if (sm90_packed_mask(p)) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
-      if (plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     }
+    // Both tensor-core launchers pack the mask into these bits before their kernel runs.
+    if (plan.ws.bits_bytes > 0) plan_mask_bits(p, reinterpret_cast<std::uint32_t*>(ws + plan.ws.counter_bytes));
+    if (plan.hopper != nullptr && plan.hopper->launch(p, ctx.maybe_cuda_stream)) return;
     if (p.num_splits > 1) {
       std::byte* const partials = ws + plan.ws.counter_bytes + plan.ws.bits_bytes;
       p.maybe_partial_out = reinterpret_cast<float*>(partials);
@@ -286,11 +290,9 @@ class flash_cuda_backend final : public backend {
     c.params = to_params(pr);
     c.params.num_splits = c.ws.splits;
     c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
-    if (c.hopper != nullptr) {
-      c.ws.counter_bytes = 256;
-      if (sm90_packed_mask(c.params))
-        c.ws.bits_bytes = round_up(static_cast<std::size_t>(mask_bits_words_total(c.params)) * sizeof(std::uint32_t), 256);
-    }
+    if (c.hopper != nullptr) c.ws.counter_bytes = 256;
+    if (c.kernel != nullptr && packed_mask(c.params))
+      c.ws.bits_bytes = round_up(static_cast<std::size_t>(mask_bits_words_total(c.params)) * sizeof(std::uint32_t), 256);
     return c;
   }
 

@@ -556,7 +556,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // Note [Hopper key masks]: an additive mask that is the same for every query row (strides 0 over
 // them: a key-padding mask [B, 1 or H, 1, Skv], as diffusers passes for padded text) runs on this
 // kernel (Mode = key_mask). Boolean masks never come here: they take the packed bits of Note
-// [Hopper row masks] (sm90_packed_mask), measured faster, and a dropped key's -inf is selected
+// [Hopper row masks] (packed_mask), measured faster, and a dropped key's -inf is selected
 // there, not added, so a NaN or Inf in k at it never reaches the row. Other masks, and masks with
 // varlen, run the mma.sync kernel. The producer warp writes the additive term of each key of a tile
 // (mask_term, flash_common.cuh, in log2 units clamped as Note [GPU clamped scores] says; 0 past

@@ -97,13 +97,26 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
 
 }  // namespace tc
 
+// The score paths of flash_tc_kernel, one instantiation each.
+enum class tc_mode : std::uint8_t { plain, bits, extras };
+
+// Note [mma.sync mask bits]: a boolean mask (without softcap) reaches this kernel packed, as the
+// Hopper kernel reads it (Note [Hopper row masks], flash_sm90.cuh; the same launch_mask_bits and
+// workspace layout, bit j % 32 of word j / 32 of a row = keep key j, rows padded to 128 keys). Each
+// thread loads its rows' words of a tile (one or two per row) before the tile's S = Q K^T, so their
+// latency runs under the MMAs, and selects -inf at the dropped keys in the band path. A tile that
+// is inside every row's band and whose bits keep every key of the warp's rows (a warp vote) takes
+// the unmasked path. Reading the bytes element by element instead (the extras path, which a
+// boolean mask with softcap still takes) left the kernel stalled on the mask loads (bench/RESULTS.md).
 // Note [CTA order]: blockIdx.x walks the row blocks of one (head, batch) from the last to the
 // first. Under causal masking the last row block sees the most keys, so the longest CTAs start
 // first and the short ones fill the tail of the last wave; neighbouring CTAs share K/V in L2
 // either way.
-// Extras: the call has a mask or softcap (score_of's steps beyond the scale), a kernel of its own so
-// that the registers of that path (a row's mask terms, mask_row_terms) do not weigh on the others.
-template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, bool Extras>
+// Mode (tc_mode), a kernel of its own each, so that the registers of one path do not weigh on the
+// others: plain (the band only), bits (a boolean mask read from its packed bits, Note [mma.sync
+// mask bits]) and extras (any other mask or softcap: score_of's steps beyond the scale, a row's
+// mask terms read element by element, mask_row_terms).
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, tc_mode Mode>
 __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
   using T = typename elem_traits<E>::type;
   constexpr int threads = Warps * 32;
@@ -173,7 +186,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
-  constexpr bool extras = Extras;
+  constexpr bool extras = Mode == tc_mode::extras, packed = Mode == tc_mode::bits;
+  static_assert(!packed || BlockN % 32 == 0, "a tile covers whole 32-key words of the packed mask");
   const float scale_log2 = attend::cuda::scale_log2(p);
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
@@ -182,6 +196,13 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   const int warp_row_last = min(m0 + warp_row0 + rows, sb.len_q) - 1;
   const int warp_key_lo = static_cast<int>(visible(p, m0 + warp_row0, sb.len_q, sb.len_kv).lo);
   const int warp_key_hi = static_cast<int>(visible(p, warp_row_last, sb.len_q, sb.len_kv).hi);
+  // Note [mma.sync mask bits]: the packed row of this thread's first row; its others are 8, 16 and
+  // 24 rows on (a row past the sequence reads the last row's; the band drops it anyway). Those
+  // offsets fit an int: a row has at most 2^26 words (Skv < 2^31).
+  const int bits_r0 = min(i_base, sb.len_q - 1);
+  const std::uint32_t* bits_row0 = nullptr;
+  if constexpr (packed)
+    bits_row0 = p.maybe_mask_bits + b * p.mask_bits_stride[0] + h * p.mask_bits_stride[1] + bits_r0 * p.mask_bits_stride[2];
 
   for (int t = t_begin; t < t_end; ++t) {
     tc::cp_async_wait_all();
@@ -203,6 +224,27 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
     }
     const int n0 = t * BlockN;
     if (n0 >= warp_key_hi || n0 + BlockN <= warp_key_lo) continue;  // no row of this warp sees the tile
+
+    // Packed keep bits of the tile for this thread's rows, loaded before the MMAs so that their
+    // latency runs under them (Note [mma.sync mask bits]).
+    std::uint32_t tb[packed ? mb_count : 1][2][packed ? BlockN / 32 : 1];
+    if constexpr (packed) {
+      const int row_words = static_cast<int>(p.mask_bits_stride[2]);
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const std::uint32_t* row = bits_row0 + (min(i_base + 16 * mb + 8 * r, sb.len_q - 1) - bits_r0) * row_words;
+          if constexpr (BlockN == 64) {
+            const uint2 w = __ldg(reinterpret_cast<const uint2*>(row + n0 / 32));
+            tb[mb][r][0] = w.x;
+            tb[mb][r][1] = w.y;
+          } else {
+#pragma unroll
+            for (int w = 0; w < BlockN / 32; ++w) tb[mb][r][w] = __ldg(row + n0 / 32 + w);
+          }
+        }
+    }
 
     float s[mb_count][nb_count][4];
 #pragma unroll
@@ -236,7 +278,17 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       }
     }
 
-    const bool full = !extras && n0 >= full_lo && n0 + BlockN <= full_hi;
+    bool full = !extras && n0 >= full_lo && n0 + BlockN <= full_hi;
+    if constexpr (packed) {  // and every bit of the warp's rows set: a warp vote, so the branch is uniform
+      std::uint32_t kept = ~0u;
+#pragma unroll
+      for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+          for (int w = 0; w < BlockN / 32; ++w) kept &= tb[mb][r][w];
+      full = __all_sync(0xffffffffu, full && kept == ~0u);
+    }
     if (full) {
 #pragma unroll
       for (int mb = 0; mb < mb_count; ++mb)
@@ -247,7 +299,10 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
     } else if (!extras) {
       // Band only (causal diagonal, window edges, the last partial tile, rows past the sequence):
       // per row, the visible columns relative to this thread's first column, so each element is
-      // two compares against compile-time offsets.
+      // two compares against compile-time offsets. With packed bits, also the key's bit: element c
+      // of n8 block nb is key 8 nb + 2 (lane % 4) + c of the tile, bit 8 (nb % 4) + c of word nb / 4
+      // shifted right by 2 (lane % 4). A dropped key's -inf is selected, so a NaN or Inf in k
+      // there does not reach the row.
       const int col_base = n0 + (lane & 3) * 2;
 #pragma unroll
       for (int mb = 0; mb < mb_count; ++mb)
@@ -263,7 +318,9 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
               float& x = s[mb][nb][2 * r + c];
-              x = nb * 8 + c >= lo && nb * 8 + c < hi ? x * scale_log2 : k_neg_inf;
+              bool keep = nb * 8 + c >= lo && nb * 8 + c < hi;
+              if constexpr (packed) keep = keep && ((tb[mb][r][nb / 4] >> (2 * (lane & 3) + 8 * (nb % 4) + c)) & 1u);
+              x = keep ? x * scale_log2 : k_neg_inf;
             }
         }
     } else {
@@ -370,7 +427,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       const int i = i_base + 16 * mb + 8 * r;
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
-      if constexpr (Extras) {  // Note [GPU clamped scores]
+      if constexpr (extras) {  // Note [GPU clamped scores]
         if (clamped_row(p, row_m[mb][r], l) && i < sb.len_q) {
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
@@ -427,12 +484,19 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
   const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
                   static_cast<unsigned>(p.batch * p.num_splits));
   const auto s = static_cast<cudaStream_t>(stream);
-  if (p.softcap > 0.0f || p.mask != mask_kind::none) {
-    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, true>>(smem);
-    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, true><<<grid, Warps * 32, smem, s>>>(p);
+  auto launch = [&](auto mode) {
+    constexpr tc_mode M = decltype(mode)::value;
+    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(smem);
+    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, smem, s>>>(p);
+  };
+  // Packed bits (Note [mma.sync mask bits]) only without softcap, whose path is the extras one.
+  if (p.maybe_mask_bits != nullptr && p.softcap == 0.0f) {
+    launch_mask_bits(p, stream);
+    launch(std::integral_constant<tc_mode, tc_mode::bits>{});
+  } else if (p.softcap > 0.0f || p.mask != mask_kind::none) {
+    launch(std::integral_constant<tc_mode, tc_mode::extras>{});
   } else {
-    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, false>>(smem);
-    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, false><<<grid, Warps * 32, smem, s>>>(p);
+    launch(std::integral_constant<tc_mode, tc_mode::plain>{});
   }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
