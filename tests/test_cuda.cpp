@@ -369,6 +369,12 @@ const char* planned_kernel(case_spec spec) {
   const at::case_data data(spec);
   return cuda::flash_cuda_kernel(make_problem(gpu_probe(data)));
 }
+// The mma.sync kernel's score path for the case on the GPU (cuda::flash_cuda_tc_mode).
+std::string planned_tc_mode(case_spec spec) {
+  spec.device = k_gpu;
+  const at::case_data data(spec);
+  return cuda::flash_cuda_tc_mode(make_problem(gpu_probe(data)));
+}
 #endif
 
 // The Hopper cases must reach the Hopper kernel where it can run: a dispatch change that sends
@@ -598,11 +604,14 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
 
 // Masks on the mma.sync kernel, at shapes the Hopper kernel does not take (head dims other than 64
 // and 128, head_dim_v != head_dim_qk, varlen with a mask, split-KV decode), so that they run it on
-// every GPU: boolean masks read as packed bits (Note [mma.sync mask bits]) with a row per query,
-// one row for all (key padding) and one for all heads and batches, stored key-major (the packer's
-// key-by-key reads), under causal and window bands, with rows that drop every key, rows past the
-// sequence in the last row block, GQA, split-KV and varlen; and the masks its extras path reads
-// element by element (additive ones, a boolean one with softcap).
+// every GPU, each checked to take the score path it was written for (the last word of its name):
+// boolean masks read as packed bits (Note [mma.sync mask bits]) with a row per query, one row for
+// all (key padding) and one for all heads and batches, stored key-major (the packer's key-by-key
+// reads); additive masks of each dtype staged through shared memory (Note [mma.sync staged masks]),
+// with a varlen sequence of an odd number of keys (a half pair at its end); and the masks the
+// extras path reads element by element (additive ones with odd strides or stored key-major, a
+// boolean one with softcap). Under causal and window bands, with rows that drop every key, rows
+// past the sequence in the last row block, GQA, split-KV and varlen.
 TEST(cuda, flash_cuda_mma_sync_masks) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
@@ -615,24 +624,32 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
     v.push_back(std::move(c));
   };
   using at::mask_type;
-  add("row-mask-d80-causal-br-gqa", dtype::bf16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
-  add("row-mask-hf-d96", dtype::f16, 96, [](case_spec& c) { c.batch = 2; c.seqlen_q = 200; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 1; c.mask_one_head = true; c.mask_rows_repeat = true; });
-  add("key-mask-d256-window", dtype::bf16, 256, [](case_spec& c) { c.batch = 2; c.seqlen_q = 150; c.seqlen_kv = 520; c.heads_q = 2; c.mask_key_only = true; c.window_left = 100; c.window_right = 30; });
-  add("row-mask-key-major-d32", dtype::f16, 32, [](case_spec& c) { c.batch = 2; c.seqlen_q = 77; c.seqlen_kv = 90; c.heads_q = 2; c.mask_keys_outer = true; });
-  add("row-mask-shared-dv64-causal", dtype::bf16, 128, [](case_spec& c) { c.head_dim_v = 64; c.batch = 2; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 2; c.mask_broadcast = true; c.causal = true; });
-  add("row-mask-many-blocks-d80", dtype::f16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1000; c.seqlen_kv = 701; c.heads_q = 8; c.heads_kv = 2; });
-  add("key-mask-decode-split-d80", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 1; c.mask_key_only = true; });
-  add("row-mask-decode-split-d96", dtype::f16, 96, [](case_spec& c) { c.seqlen_q = 3; c.seqlen_kv = 2500; c.heads_q = 2; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
-  add("varlen-row-mask-d64", dtype::bf16, 64, [](case_spec& c) { c.varlen_q = {200, 1, 0, 77}; c.varlen_kv = {130, 300, 5, 77}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
-  add("varlen-key-mask-d128", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {33, 140}; c.varlen_kv = {250, 64}; c.heads_q = 2; c.mask_key_only = true; });
-  add("keep-mask-softcap-d80", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.heads_q = 2; c.softcap = 5.0; });
-  add("additive-row-d80-causal", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
-  add("additive-bf16-key-major-d96", dtype::bf16, 96, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.seqlen_q = 90; c.seqlen_kv = 200; c.heads_q = 2; });
-  add("additive-f16-lowest-d112", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 333; c.heads_q = 2; });
+  add("row-mask-d80-causal-br-gqa-bits", dtype::bf16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("row-mask-hf-d96-bits", dtype::f16, 96, [](case_spec& c) { c.batch = 2; c.seqlen_q = 200; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 1; c.mask_one_head = true; c.mask_rows_repeat = true; });
+  add("key-mask-d256-window-bits", dtype::bf16, 256, [](case_spec& c) { c.batch = 2; c.seqlen_q = 150; c.seqlen_kv = 520; c.heads_q = 2; c.mask_key_only = true; c.window_left = 100; c.window_right = 30; });
+  add("row-mask-key-major-d32-bits", dtype::f16, 32, [](case_spec& c) { c.batch = 2; c.seqlen_q = 77; c.seqlen_kv = 90; c.heads_q = 2; c.mask_keys_outer = true; });
+  add("row-mask-shared-dv64-causal-bits", dtype::bf16, 128, [](case_spec& c) { c.head_dim_v = 64; c.batch = 2; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 2; c.mask_broadcast = true; c.causal = true; });
+  add("row-mask-many-blocks-d80-bits", dtype::f16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 1000; c.seqlen_kv = 701; c.heads_q = 8; c.heads_kv = 2; });
+  add("key-mask-decode-split-d80-bits", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 1; c.mask_key_only = true; });
+  add("row-mask-decode-split-d96-bits", dtype::f16, 96, [](case_spec& c) { c.seqlen_q = 3; c.seqlen_kv = 2500; c.heads_q = 2; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("varlen-row-mask-d64-bits", dtype::bf16, 64, [](case_spec& c) { c.varlen_q = {200, 1, 0, 77}; c.varlen_kv = {130, 300, 5, 77}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("varlen-key-mask-d128-bits", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {33, 140}; c.varlen_kv = {250, 64}; c.heads_q = 2; c.mask_key_only = true; });
+  add("additive-f32-d80-causal-br-gqa-staged", dtype::bf16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 300; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("additive-bf16-d96-window-staged", dtype::bf16, 96, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.batch = 2; c.seqlen_q = 200; c.seqlen_kv = 334; c.heads_q = 2; c.window_left = 90; c.window_right = 20; });
+  add("additive-f16-lowest-d112-staged", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 332; c.heads_q = 2; });
+  add("additive-bf16-key-d256-staged", dtype::bf16, 256, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.batch = 2; c.seqlen_q = 150; c.seqlen_kv = 520; c.heads_q = 2; c.causal = true; });
+  add("additive-f32-decode-split-d80-staged", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.seqlen_q = 2; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 1; });
+  add("varlen-additive-f16-d64-staged", dtype::f16, 64, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.varlen_q = {70, 1, 33}; c.varlen_kv = {129, 200, 3}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("keep-mask-softcap-d80-extras", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.heads_q = 2; c.softcap = 5.0; });
+  add("additive-odd-row-d80-causal-extras", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
+  add("additive-bf16-key-major-d96-extras", dtype::bf16, 96, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.seqlen_q = 90; c.seqlen_kv = 200; c.heads_q = 2; });
+  add("additive-f16-lowest-d112-extras", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 333; c.heads_q = 2; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {
     const std::string kernel = planned_kernel(spec);
     EXPECT_TRUE(kernel == "tc" || kernel == "tc-split") << spec.name << " plans " << kernel;
+    const std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
+    EXPECT_EQ(planned_tc_mode(spec), mode) << spec.name;
     if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
       EXPECT_EQ(kernel, "tc-split") << spec.name;
     }

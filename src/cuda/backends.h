@@ -16,6 +16,9 @@ std::shared_ptr<const backend> make_cudnn_backend();
 // wgmma/TMA kernel, Note [Hopper path]), "tc" (mma.sync), "tc-split" (mma.sync, split-KV) or
 // "generic" (scalar fp32). Tests use it to know a case reached the kernel it was written for.
 const char* flash_cuda_kernel(const problem& p);
+// The score path of flash_cuda's mma.sync kernel for `p` (cuda::tc_mode_for, on the current
+// device): "plain", "bits", "staged" or "extras"; "" when the plan runs another kernel.
+const char* flash_cuda_tc_mode(const problem& p);
 // Whether flash_cuda can run its Hopper kernels on device `index`: the build's architectures
 // include sm_90a, the device has compute capability 9.0 and ATTEND_FLASH_CUDA_SM90 is not 0.
 bool flash_cuda_hopper_available(int device_index);

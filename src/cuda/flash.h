@@ -31,6 +31,9 @@ struct flash_params {
   std::int64_t lse_batch_stride = 0, lse_head_stride = 0, lse_seq_stride = 0;
   std::int64_t mask_stride[4]{};  // batch, head, q, kv (0 broadcasts)
   mask_kind mask = mask_kind::none;
+  // An additive mask whose keys pair into aligned copy units: contiguous along keys, even strides,
+  // base aligned to two elements (the mma.sync kernel's staged masks, Note [mma.sync staged masks]).
+  bool mask_pairs = false;
 
   int batch = 0, seqlen_q = 0, seqlen_kv = 0;  // varlen: max over sequences
   int num_heads_q = 0, num_heads_kv = 0, group_size = 1;
@@ -148,6 +151,33 @@ constexpr bool flash_skip_padded_steps(int width) {
 }
 constexpr int flash_smem_bytes_for(int width, int block_m, int block_n) { return (block_m + 4 * block_n) * width * 2; }
 constexpr int flash_smem_bytes(int width) { return flash_smem_bytes_for(width, flash_block_m(width), flash_block_n(width)); }
+// The score paths of the mma.sync kernel (flash_tc.cuh), one instantiation each: plain (the band
+// only), bits (a boolean mask read from its packed bits, Note [mma.sync mask bits]), staged (an
+// additive mask through shared memory, Note [mma.sync staged masks]) and extras (any other mask or
+// softcap, the mask read element by element).
+enum class tc_mode : std::uint8_t { plain, bits, staged, extras };
+constexpr int tc_mask_pair_bytes(mask_kind m) { return m == mask_kind::add_f32 ? 8 : 4; }
+// One stage of staged mask terms (Note [mma.sync staged masks]): a pair of keys per n8 block per
+// row of each thread, at `pair_bytes` each.
+constexpr int tc_staged_stage_bytes(int warps, int block_m, int block_n, int pair_bytes) {
+  return warps * 32 * (block_m / warps / 16) * 2 * (block_n / 8) * pair_bytes;
+}
+// Whether two CTAs with `bytes` of shared memory each fit an SM of the current device
+// (flash_backend.cpp).
+bool tc_two_ctas_fit(int bytes);
+// The mma.sync kernel's score path for p at a tile shape, its launcher's decision; `bits`: p's
+// boolean mask is packed (p.maybe_mask_bits; the backend plans it where packed_mask allows). Packed
+// bits and staged masks only without softcap (whose path is extras), and staging only where two
+// CTAs per SM still fit: it may not cost occupancy.
+inline tc_mode tc_mode_for(const flash_params& p, bool bits, int width, int warps, int block_m, int block_n) {
+  if (bits && p.softcap == 0.0f) return tc_mode::bits;
+  const bool additive = p.mask == mask_kind::add_f32 || p.mask == mask_kind::add_f16 || p.mask == mask_kind::add_bf16;
+  if (additive && p.mask_pairs && p.softcap == 0.0f &&
+      tc_two_ctas_fit(flash_smem_bytes_for(width, block_m, block_n) +
+                      2 * tc_staged_stage_bytes(warps, block_m, block_n, tc_mask_pair_bytes(p.mask))))
+    return tc_mode::staged;
+  return p.softcap > 0.0f || p.mask != mask_kind::none ? tc_mode::extras : tc_mode::plain;
+}
 constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
 
 // The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): one consumer warpgroup per 64 query

@@ -258,6 +258,21 @@ class flash_cuda_backend final : public backend {
     }
   }
 
+  // flash_cuda_tc_mode (cuda/backends.h): the mma.sync kernel's score path for `pr`.
+  static const char* tc_mode_name(const problem& pr) {
+    const call_plan plan = plan_call(pr);
+    if (plan.hopper != nullptr || plan.kernel == nullptr) return "";
+    const device_guard guard(pr.device.index);
+    const int w = plan.kernel->width;
+    switch (tc_mode_for(plan.params, plan.ws.bits_bytes > 0, w, flash_warps(w), flash_block_m(w), flash_block_n(w))) {
+      case tc_mode::plain: return "plain";
+      case tc_mode::bits: return "bits";
+      case tc_mode::staged: return "staged";
+      case tc_mode::extras: return "extras";
+    }
+    return "";
+  }
+
   // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
   static const char* kernel_name(const problem& pr) {
     const call_plan plan = plan_call(pr);
@@ -325,6 +340,10 @@ class flash_cuda_backend final : public backend {
         case dtype::bf16: p.mask = mask_kind::add_bf16; break;
         default: p.mask = mask_kind::add_f32; break;
       }
+      // Note [mma.sync staged masks]: pairs of keys as aligned copy units.
+      const auto pair = static_cast<std::int64_t>(2 * size_bytes(pr.mask_dtype));
+      p.mask_pairs = p.mask != mask_kind::keep_u8 && pr.mask.kv == 1 && pr.mask.batch % 2 == 0 && pr.mask.head % 2 == 0 &&
+                     pr.mask.q % 2 == 0 && reinterpret_cast<std::uintptr_t>(pr.maybe_mask) % static_cast<std::uintptr_t>(pair) == 0;
     }
     if (pr.is_varlen) {  // packed rows; rows past 2^31 saturate (sm90_kernel_for refuses them)
       auto rows = [](std::int64_t n) { return static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max())); };
@@ -360,6 +379,16 @@ class flash_cuda_backend final : public backend {
 std::shared_ptr<const backend> make_flash_cuda_backend() { return std::make_shared<flash_cuda_backend>(); }
 
 const char* flash_cuda_kernel(const problem& p) { return flash_cuda_backend::kernel_name(p); }
+
+const char* flash_cuda_tc_mode(const problem& p) { return flash_cuda_backend::tc_mode_name(p); }
+
+bool tc_two_ctas_fit(int bytes) {
+  int dev = 0;
+  ATTEND_CUDA_CHECK(cudaGetDevice(&dev));
+  const int per_sm = device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(dev);
+  const int reserved = device_attribute<cudaDevAttrReservedSharedMemoryPerBlock>(dev);
+  return bytes <= device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(dev) && 2 * (bytes + reserved) <= per_sm;
+}
 
 bool flash_cuda_hopper_available(int device_index) {
   if (sm90_disabled() || compute_capability(device_index) != 90) return false;

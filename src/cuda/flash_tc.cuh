@@ -29,6 +29,11 @@ namespace tc {
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
+// cp.async of Bytes (4 or 8) bytes of which the first src_bytes are read and the rest zero-filled.
+template <int Bytes>
+__device__ __forceinline__ void cp_async_zfill(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(smem_addr(dst)), "l"(src), "n"(Bytes), "r"(src_bytes));
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
@@ -95,10 +100,46 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
   }
 }
 
+// The staged mask terms of one row of a tile (Note [mma.sync staged masks]): pair nb of this
+// thread's row at `src` (its slot of the row's first pair; pairs are Threads slots apart).
+template <int NB, int Threads>
+__device__ __forceinline__ void staged_terms(const unsigned char* src, mask_kind kind, float (&add)[NB][2]) {
+  if (kind == mask_kind::add_f32) {
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const float2 v = *reinterpret_cast<const float2*>(src + nb * Threads * 8);
+      add[nb][0] = v.x;
+      add[nb][1] = v.y;
+    }
+  } else {
+    const bool bf = kind == mask_kind::add_bf16;
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) {
+      const std::uint32_t w = *reinterpret_cast<const std::uint32_t*>(src + nb * Threads * 4);
+      if (bf) {
+        add[nb][0] = __uint_as_float(w << 16);
+        add[nb][1] = __uint_as_float(w & 0xffff0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w));
+        add[nb][0] = f.x;
+        add[nb][1] = f.y;
+      }
+    }
+  }
+}
+
 }  // namespace tc
 
-// The score paths of flash_tc_kernel, one instantiation each.
-enum class tc_mode : std::uint8_t { plain, bits, extras };
+// Note [mma.sync staged masks]: an additive mask without softcap whose key pairs are aligned copy
+// units (p.mask_pairs: contiguous along keys, even strides, base aligned to a pair) reaches the
+// scores through shared memory: with each K/V tile, every thread copies the mask terms of its own
+// rows and columns (two keys per copy: 8 bytes of f32, 4 of f16/bf16) with cp.async into its own
+// slots of the tile's stage, so the loads run under the previous tile's work, off the critical
+// path, and no other thread reads them (the wait before the tile's __syncthreads orders them). The
+// slots are laid out [pair][thread], so a warp's reads of one pair are consecutive words. Keys past
+// len_kv are zero-filled (never read: the band drops them). Reading the terms from global memory
+// after S = Q K^T instead (the extras path, which other masks still take) left the kernel stalled
+// on them (bench/RESULTS.md). Only where two CTAs per SM still fit (tc_mode_for, flash.h).
 
 // Note [mma.sync mask bits]: a boolean mask (without softcap) reaches this kernel packed, as the
 // Hopper kernel reads it (Note [Hopper row masks], flash_sm90.cuh; the same launch_mask_bits and
@@ -114,8 +155,9 @@ enum class tc_mode : std::uint8_t { plain, bits, extras };
 // either way.
 // Mode (tc_mode), a kernel of its own each, so that the registers of one path do not weigh on the
 // others: plain (the band only), bits (a boolean mask read from its packed bits, Note [mma.sync
-// mask bits]) and extras (any other mask or softcap: score_of's steps beyond the scale, a row's
-// mask terms read element by element, mask_row_terms).
+// mask bits]), staged (an additive mask through shared memory, Note [mma.sync staged masks]) and
+// extras (any other mask or softcap: score_of's steps beyond the scale, a row's mask terms read
+// element by element, mask_row_terms).
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, tc_mode Mode>
 __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
   using T = typename elem_traits<E>::type;
@@ -128,10 +170,13 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   constexpr bool q_regs = flash_q_in_registers(Width, rows, BlockN);
   static_assert(Width % 64 == 0, "the swizzle needs at least 8 chunks of 16 bytes per row");
   static_assert(BlockN % 16 == 0 && rows % 16 == 0 && (mb_count == 1 || mb_count == 2), "tile shape");
+  constexpr bool extras = Mode == tc_mode::extras, packed = Mode == tc_mode::bits, staged = Mode == tc_mode::staged;
+  constexpr bool terms = extras || staged;  // every tile takes the per-element score path
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);
   T* s_k = s_q + BlockM * Width;        // 2 stages
   T* s_v = s_k + 2 * BlockN * Width;    // 2 stages
+  unsigned char* s_m = reinterpret_cast<unsigned char*>(s_v + 2 * BlockN * Width);  // staged: 2 stages
 
   const int h = static_cast<int>(blockIdx.y);
   const int b = static_cast<int>(blockIdx.z) / p.num_splits, split = static_cast<int>(blockIdx.z) % p.num_splits;
@@ -166,7 +211,33 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + sb.start_kv * p.v_stride[1] + hk * p.v_stride[2];
 
   tc::load_tile<BlockM, Width, threads>(s_q, q, p.q_stride[1], p.q_stride[3], sb.len_q - m0, p.head_dim_qk, p.q_vec);
+  const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
+  // Note [mma.sync staged masks]: pair bytes, one stage's bytes, and this thread's first slot.
+  const int pair_bytes = tc_mask_pair_bytes(p.mask);
+  const int m_stage_bytes = tc_staged_stage_bytes(Warps, BlockM, BlockN, pair_bytes);
+  unsigned char* const m_slot = s_m + threadIdx.x * pair_bytes;
+  auto load_mask = [&](int t, int stage) {
+    const int es = pair_bytes / 2, col0 = t * BlockN + (lane & 3) * 2;
+    const char* const base = static_cast<const char*>(p.maybe_mask) + (b * p.mask_stride[0] + h * p.mask_stride[1]) * es;
+#pragma unroll
+    for (int mb = 0; mb < mb_count; ++mb)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const char* row = base + min(i_base + 16 * mb + 8 * r, sb.len_q - 1) * p.mask_stride[2] * es;
+#pragma unroll
+        for (int nb = 0; nb < nb_count; ++nb) {
+          const int col = col0 + nb * 8, keys = min(max(sb.len_kv - col, 0), 2);
+          unsigned char* dst = m_slot + stage * m_stage_bytes + ((mb * 2 + r) * nb_count + nb) * threads * pair_bytes;
+          const char* src = keys > 0 ? row + static_cast<std::int64_t>(col) * es : row;
+          if (pair_bytes == 8)
+            tc::cp_async_zfill<8>(dst, src, keys * es);
+          else
+            tc::cp_async_zfill<4>(dst, src, keys * es);
+        }
+      }
+  };
   auto load_kv = [&](int t, int stage) {
+    if constexpr (staged) load_mask(t, stage);
     const std::int64_t n0 = static_cast<std::int64_t>(t) * BlockN;
     const int valid = static_cast<int>(sb.len_kv - n0);
     tc::load_tile<BlockN, Width, threads>(s_k + stage * BlockN * Width, k + n0 * p.k_stride[1], p.k_stride[1],
@@ -186,10 +257,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
   for (int mb = 0; mb < mb_count; ++mb) row_m[mb][0] = row_m[mb][1] = k_neg_inf, row_l[mb][0] = row_l[mb][1] = 0.0f;
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
-  constexpr bool extras = Mode == tc_mode::extras, packed = Mode == tc_mode::bits;
   static_assert(!packed || BlockN % 32 == 0, "a tile covers whole 32-key words of the packed mask");
   const float scale_log2 = attend::cuda::scale_log2(p);
-  const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
   // Keys any row of this warp sees (bands are monotone in the row): a tile outside them is skipped
   // by the warp, e.g. the upper half of a causal diagonal tile pair for the CTA's first warps.
@@ -278,7 +347,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       }
     }
 
-    bool full = !extras && n0 >= full_lo && n0 + BlockN <= full_hi;
+    bool full = !terms && n0 >= full_lo && n0 + BlockN <= full_hi;
     if constexpr (packed) {  // and every bit of the warp's rows set: a warp vote, so the branch is uniform
       std::uint32_t kept = ~0u;
 #pragma unroll
@@ -296,7 +365,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
         for (int nb = 0; nb < nb_count; ++nb)
 #pragma unroll
           for (int e = 0; e < 4; ++e) s[mb][nb][e] *= scale_log2;
-    } else if (!extras) {
+    } else if (!terms) {
       // Band only (causal diagonal, window edges, the last partial tile, rows past the sequence):
       // per row, the visible columns relative to this thread's first column, so each element is
       // two compares against compile-time offsets. With packed bits, also the key's bit: element c
@@ -338,14 +407,20 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
           const int lo = row_ok ? static_cast<int>(bd.lo) - col_base : 0;
           const int hi = row_ok ? static_cast<int>(bd.hi) - col_base : 0;
           float add[nb_count][2];
-          mask_row_terms<nb_count>(p, b, h, i, col_base, row_ok ? sb.len_kv : 0, add);
+          if constexpr (staged) {  // this thread's own slots (Note [mma.sync staged masks])
+            const unsigned char* src = m_slot + stage * m_stage_bytes + (mb * 2 + r) * nb_count * threads * pair_bytes;
+            tc::staged_terms<nb_count, threads>(src, p.mask, add);
+          } else {
+            mask_row_terms<nb_count>(p, b, h, i, col_base, row_ok ? sb.len_kv : 0, add);
+          }
 #pragma unroll
           for (int nb = 0; nb < nb_count; ++nb)
 #pragma unroll
             for (int c = 0; c < 2; ++c) {
               float& x = s[mb][nb][2 * r + c];
               // log2 units, clamped (Note [GPU clamped scores]); every element, outside the select
-              const float z = to_log2_units(with_mask_term(scaled_score(p, x), add[nb][c], p.mask == mask_kind::keep_u8));
+              const float z = staged ? to_log2_units(x * p.scale + add[nb][c])  // additive, no softcap
+                                     : to_log2_units(with_mask_term(scaled_score(p, x), add[nb][c], p.mask == mask_kind::keep_u8));
               x = nb * 8 + c >= lo && nb * 8 + c < hi ? z : k_neg_inf;
             }
         }
@@ -427,7 +502,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       const int i = i_base + 16 * mb + 8 * r;
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
-      if constexpr (extras) {  // Note [GPU clamped scores]
+      if constexpr (terms) {  // Note [GPU clamped scores]
         if (clamped_row(p, row_m[mb][r], l) && i < sb.len_q) {
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
@@ -489,14 +564,21 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
     allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(smem);
     flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, smem, s>>>(p);
   };
-  // Packed bits (Note [mma.sync mask bits]) only without softcap, whose path is the extras one.
-  if (p.maybe_mask_bits != nullptr && p.softcap == 0.0f) {
-    launch_mask_bits(p, stream);
-    launch(std::integral_constant<tc_mode, tc_mode::bits>{});
-  } else if (p.softcap > 0.0f || p.mask != mask_kind::none) {
-    launch(std::integral_constant<tc_mode, tc_mode::extras>{});
-  } else {
-    launch(std::integral_constant<tc_mode, tc_mode::plain>{});
+  switch (tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN)) {
+    case tc_mode::bits:
+      launch_mask_bits(p, stream);  // Note [mma.sync mask bits]
+      launch(std::integral_constant<tc_mode, tc_mode::bits>{});
+      break;
+    case tc_mode::staged: {  // Note [mma.sync staged masks]: the f32 size is the largest
+      constexpr tc_mode M = tc_mode::staged;
+      allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(
+          smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, 8));
+      flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>
+          <<<grid, Warps * 32, smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, tc_mask_pair_bytes(p.mask)), s>>>(p);
+      break;
+    }
+    case tc_mode::extras: launch(std::integral_constant<tc_mode, tc_mode::extras>{}); break;
+    case tc_mode::plain: launch(std::integral_constant<tc_mode, tc_mode::plain>{}); break;
   }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
