@@ -56,8 +56,8 @@ elem elem_of(dtype t) { return t == dtype::f16 ? elem::f16 : t == dtype::bf16 ? 
 
 // The narrowest instantiated width covering both head dims, or nullptr (scalar path). Dispatch
 // decision: every feature (masks, windows, softcap, GQA, varlen, LSE, head_dim_v != head_dim_qk,
-// any strides, split-KV) runs on the tensor-core kernel; masks and softcap take its per-element
-// score path (flash_tc.cuh), causal/window edges its band-only path. Only fp32 inputs take the
+// any strides, split-KV) runs on the tensor-core kernel; masks and softcap take one of its masked
+// score paths (tc_mode_for, flash.h), causal/window edges its band-only path. Only fp32 inputs take the
 // scalar kernel (flash_generic.cu): mma.sync has no fp32 operands, and tf32 would not be exact
 // fp32 arithmetic.
 const tc_entry* tc_kernel_for(const problem& p) {

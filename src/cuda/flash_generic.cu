@@ -135,9 +135,9 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
     p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = total_lse;
 }
 
-// Note [Hopper row masks], the packing: one thread per 32-key word of a row, blockIdx.y (striding)
-// over the mask's rows (one per (batch, head) of a key-padding mask), so a row's (batch, head,
-// query) is decoded once per block and not per word.
+// Note [Hopper row masks], the packing (which Note [mma.sync mask bits] reads too): one thread per
+// 32-key word of a row, blockIdx.y (striding) over the mask's rows (one per (batch, head) of a
+// key-padding mask), so a row's (batch, head, query) is decoded once per block and not per word.
 // A row contiguous along keys with a 16-byte aligned start (the usual case) is read 16 keys per
 // load, each byte's "!= 0" gathered into bits by a compare and a multiply; any other row, and the
 // row's last partial word, key by key through mask_term_at. Keys past Skv, in the row's padding to
