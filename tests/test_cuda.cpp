@@ -375,6 +375,11 @@ std::string planned_tc_mode(case_spec spec) {
   const at::case_data data(spec);
   return cuda::flash_cuda_tc_mode(make_problem(gpu_probe(data)));
 }
+bool staged_fits(case_spec spec) {
+  spec.device = k_gpu;
+  const at::case_data data(spec);
+  return cuda::flash_cuda_tc_staged_fits(make_problem(gpu_probe(data)));
+}
 #endif
 
 // The Hopper cases must reach the Hopper kernel where it can run: a dispatch change that sends
@@ -604,7 +609,8 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
 
 // Masks on the mma.sync kernel, at shapes the Hopper kernel does not take (head dims other than 64
 // and 128, head_dim_v != head_dim_qk, varlen with a mask, split-KV decode), so that they run it on
-// every GPU, each checked to take the score path it was written for (the last word of its name):
+// every GPU, each checked to take the score path it was written for (the last word of its name;
+// a staged case takes extras on a GPU where staging would cost occupancy, tc_staged_fits):
 // boolean masks read as packed bits (Note [mma.sync mask bits]) with a row per query, one row for
 // all (key padding) and one for all heads and batches, stored key-major (the packer's key-by-key
 // reads); additive masks of each dtype staged through shared memory (Note [mma.sync staged masks]),
@@ -648,7 +654,11 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   for (const case_spec& spec : v) {
     const std::string kernel = planned_kernel(spec);
     EXPECT_TRUE(kernel == "tc" || kernel == "tc-split") << spec.name << " plans " << kernel;
-    const std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
+    std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
+    if (mode == "staged" && !staged_fits(spec)) {  // a GPU with less shared memory per SM than the H100
+      std::cout << "[   INFO   ] " << spec.name << ": staging does not fit two CTAs per SM here; expecting extras" << std::endl;
+      mode = "extras";
+    }
     EXPECT_EQ(planned_tc_mode(spec), mode) << spec.name;
     if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
       EXPECT_EQ(kernel, "tc-split") << spec.name;

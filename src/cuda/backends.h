@@ -19,6 +19,9 @@ const char* flash_cuda_kernel(const problem& p);
 // The score path of flash_cuda's mma.sync kernel for `p` (cuda::tc_mode_for, on the current
 // device): "plain", "bits", "staged" or "extras"; "" when the plan runs another kernel.
 const char* flash_cuda_tc_mode(const problem& p);
+// Whether staging p's additive mask through shared memory leaves room for two CTAs per SM of the
+// mma.sync kernel on p's device (cuda::tc_staged_fits): where not, such masks take "extras".
+bool flash_cuda_tc_staged_fits(const problem& p);
 // Whether flash_cuda can run its Hopper kernels on device `index`: the build's architectures
 // include sm_90a, the device has compute capability 9.0 and ATTEND_FLASH_CUDA_SM90 is not 0.
 bool flash_cuda_hopper_available(int device_index);

@@ -86,7 +86,9 @@ struct flash_params {
 
 // The packed keep-mask of Note [Hopper row masks]: words per row, the mask's heads and rows per
 // head (1 where it broadcasts over them: a key-padding mask has one row), and words in all.
-constexpr int mask_bits_words_per_row(int seqlen_kv) { return (seqlen_kv + 127) / 128 * 4; }
+constexpr int mask_bits_words_per_row(int seqlen_kv) {  // 64-bit: no overflow near INT_MAX keys
+  return static_cast<int>((std::int64_t{seqlen_kv} + 127) / 128 * 4);
+}
 constexpr std::int64_t mask_heads(const flash_params& p) { return p.mask_stride[1] != 0 ? p.num_heads_q : 1; }
 constexpr std::int64_t mask_rows(const flash_params& p) { return p.mask_stride[2] != 0 ? p.seqlen_q : 1; }
 inline std::int64_t mask_bits_words_total(const flash_params& p) {
@@ -165,16 +167,22 @@ constexpr int tc_staged_stage_bytes(int warps, int block_m, int block_n, int pai
 // Whether two CTAs with `bytes` of shared memory each fit an SM of the current device
 // (flash_backend.cpp).
 bool tc_two_ctas_fit(int bytes);
+// Whether the staged mask terms of `mask` (Note [mma.sync staged masks]) leave room for two CTAs
+// per SM at this tile shape: staging may not cost occupancy. (The launcher sets the kernel's
+// shared-memory limit once, at the f32 size, which is at most twice the 16-bit size and so fits
+// a block whenever the 16-bit size fits two per SM.)
+inline bool tc_staged_fits(mask_kind mask, int width, int warps, int block_m, int block_n) {
+  return tc_two_ctas_fit(flash_smem_bytes_for(width, block_m, block_n) +
+                         2 * tc_staged_stage_bytes(warps, block_m, block_n, tc_mask_pair_bytes(mask)));
+}
 // The mma.sync kernel's score path for p at a tile shape, its launcher's decision; `bits`: p's
-// boolean mask is packed (p.maybe_mask_bits; the backend plans it where packed_mask allows). Packed
-// bits and staged masks only without softcap (whose path is extras), and staging only where two
-// CTAs per SM still fit: it may not cost occupancy.
+// boolean mask is packed (p.maybe_mask_bits; the backend plans it where packed_mask allows).
+// Packed bits and staged masks only without softcap (whose path is extras), and staging only
+// where tc_staged_fits.
 inline tc_mode tc_mode_for(const flash_params& p, bool bits, int width, int warps, int block_m, int block_n) {
   if (bits && p.softcap == 0.0f) return tc_mode::bits;
   const bool additive = p.mask == mask_kind::add_f32 || p.mask == mask_kind::add_f16 || p.mask == mask_kind::add_bf16;
-  if (additive && p.mask_pairs && p.softcap == 0.0f &&
-      tc_two_ctas_fit(flash_smem_bytes_for(width, block_m, block_n) +
-                      2 * tc_staged_stage_bytes(warps, block_m, block_n, tc_mask_pair_bytes(p.mask))))
+  if (additive && p.mask_pairs && p.softcap == 0.0f && tc_staged_fits(p.mask, width, warps, block_m, block_n))
     return tc_mode::staged;
   return p.softcap > 0.0f || p.mask != mask_kind::none ? tc_mode::extras : tc_mode::plain;
 }

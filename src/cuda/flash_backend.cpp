@@ -273,6 +273,15 @@ class flash_cuda_backend final : public backend {
     return "";
   }
 
+  // flash_cuda_tc_staged_fits (cuda/backends.h).
+  static bool staged_fits(const problem& pr) {
+    const call_plan plan = plan_call(pr);
+    if (plan.kernel == nullptr) return false;
+    const device_guard guard(pr.device.index);
+    const int w = plan.kernel->width;
+    return tc_staged_fits(plan.params.mask, w, flash_warps(w), flash_block_m(w), flash_block_n(w));
+  }
+
   // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
   static const char* kernel_name(const problem& pr) {
     const call_plan plan = plan_call(pr);
@@ -381,6 +390,8 @@ std::shared_ptr<const backend> make_flash_cuda_backend() { return std::make_shar
 const char* flash_cuda_kernel(const problem& p) { return flash_cuda_backend::kernel_name(p); }
 
 const char* flash_cuda_tc_mode(const problem& p) { return flash_cuda_backend::tc_mode_name(p); }
+
+bool flash_cuda_tc_staged_fits(const problem& p) { return flash_cuda_backend::staged_fits(p); }
 
 bool tc_two_ctas_fit(int bytes) {
   int dev = 0;

@@ -137,12 +137,13 @@ __device__ __forceinline__ void staged_terms(const unsigned char* src, mask_kind
 // slots of the tile's stage, so the loads run under the previous tile's work, off the critical
 // path, and no other thread reads them (the wait before the tile's __syncthreads orders them). The
 // slots are laid out [pair][thread], so a warp's reads of one pair are consecutive words. Keys past
-// len_kv are zero-filled (never read: the band drops them). Reading the terms from global memory
+// len_kv are zero-filled (read, and dropped by the band). Reading the terms from global memory
 // after S = Q K^T instead (the extras path, which other masks still take) left the kernel stalled
 // on them (bench/RESULTS.md). Only where two CTAs per SM still fit (tc_mode_for, flash.h).
 
-// Note [mma.sync mask bits]: a boolean mask (without softcap) reaches this kernel packed, as the
-// Hopper kernel reads it (Note [Hopper row masks], flash_sm90.cuh; the same launch_mask_bits and
+// Note [mma.sync mask bits]: a boolean mask without softcap, with a row per query or one for all
+// (packed_mask, flash_backend.cpp: not [B, H, Sq, 1], constant along keys), reaches this kernel
+// packed, as the Hopper kernel reads it (Note [Hopper row masks], flash_sm90.cuh; the same launch_mask_bits and
 // workspace layout, bit j % 32 of word j / 32 of a row = keep key j, rows padded to 128 keys). Each
 // thread loads its rows' words of a tile (one or two per row) before the tile's S = Q K^T, so their
 // latency runs under the MMAs, and selects -inf at the dropped keys in the band path. A tile that
