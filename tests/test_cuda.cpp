@@ -363,22 +363,19 @@ TEST(cuda, flash_cuda_big_shapes) {
 }
 
 #if defined(ATTEND_TEST_HAVE_CUDA)
-// The kernel flash_cuda plans for the case on the GPU (cuda::flash_cuda_kernel).
-const char* planned_kernel(case_spec spec) {
+// What flash_cuda plans for the case on the GPU, asked without uploading it or computing its
+// reference: the kernel (cuda::flash_cuda_kernel), the mma.sync kernel's score path
+// (cuda::flash_cuda_tc_mode) and whether staged masks fit this GPU (cuda::flash_cuda_tc_staged_fits).
+struct gpu_plan {
+  std::string kernel, tc_mode;
+  bool staged_fits = false;
+};
+gpu_plan planned(case_spec spec) {
   spec.device = k_gpu;
+  spec.compute_reference = false;
   const at::case_data data(spec);
-  return cuda::flash_cuda_kernel(make_problem(gpu_probe(data)));
-}
-// The mma.sync kernel's score path for the case on the GPU (cuda::flash_cuda_tc_mode).
-std::string planned_tc_mode(case_spec spec) {
-  spec.device = k_gpu;
-  const at::case_data data(spec);
-  return cuda::flash_cuda_tc_mode(make_problem(gpu_probe(data)));
-}
-bool staged_fits(case_spec spec) {
-  spec.device = k_gpu;
-  const at::case_data data(spec);
-  return cuda::flash_cuda_tc_staged_fits(make_problem(gpu_probe(data)));
+  const problem p = make_problem(gpu_probe(data));
+  return {cuda::flash_cuda_kernel(p), cuda::flash_cuda_tc_mode(p), cuda::flash_cuda_tc_staged_fits(p)};
 }
 #endif
 
@@ -391,7 +388,7 @@ void expect_hopper_kernel(const std::vector<case_spec>& cases) {
     return;
   }
   for (const case_spec& spec : cases)
-    EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name << " [" << spec.describe() << "]";
+    EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name << " [" << spec.describe() << "]";
 #else
   static_cast<void>(cases);
 #endif
@@ -531,7 +528,7 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
       EXPECT_EQ(nan_rows, 60 * 4 * d) << spec.name;
 #if defined(ATTEND_TEST_HAVE_CUDA)
       if (cuda::flash_cuda_hopper_available(k_gpu.index) && d != 80) {
-        EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+        EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name;
       }
 #endif
     }
@@ -599,7 +596,7 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
     ASSERT_GT(poisoned, 0);
 #if defined(ATTEND_TEST_HAVE_CUDA)
     if (t != dtype::f32 && (d == 64 || d == 128) && cuda::flash_cuda_hopper_available(k_gpu.index)) {
-      EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+      EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name;
     }
 #endif
     const at::comparison c = at::check_backend(*b, data);
@@ -652,14 +649,15 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   add("additive-f16-lowest-d112-extras", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 333; c.heads_q = 2; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {
-    const std::string kernel = planned_kernel(spec);
+    const gpu_plan plan = planned(spec);
+    const std::string& kernel = plan.kernel;
     EXPECT_TRUE(kernel == "tc" || kernel == "tc-split") << spec.name << " plans " << kernel;
     std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
-    if (mode == "staged" && !staged_fits(spec)) {  // a GPU with less shared memory per SM than the H100
+    if (mode == "staged" && !plan.staged_fits) {  // a GPU with less shared memory per SM than the H100
       std::cout << "[   INFO   ] " << spec.name << ": staging does not fit two CTAs per SM here; expecting extras" << std::endl;
       mode = "extras";
     }
-    EXPECT_EQ(planned_tc_mode(spec), mode) << spec.name;
+    EXPECT_EQ(plan.tc_mode, mode) << spec.name;
     if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
       EXPECT_EQ(kernel, "tc-split") << spec.name;
     }
@@ -691,9 +689,9 @@ TEST(cuda, flash_cuda_scale_edges) {
   if (cuda::flash_cuda_hopper_available(k_gpu.index))
     for (const case_spec& spec : v) {
       if (*spec.maybe_scale > 0.1)
-        EXPECT_STREQ(planned_kernel(spec), "sm90") << spec.name;
+        EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name;
       else
-        EXPECT_STRNE(planned_kernel(spec), "sm90") << spec.name;
+        EXPECT_NE(planned(spec).kernel, "sm90") << spec.name;
     }
 #endif
   check_cases("flash_cuda", v, true);

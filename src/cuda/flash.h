@@ -176,15 +176,20 @@ inline bool tc_staged_fits(mask_kind mask, int width, int warps, int block_m, in
                          2 * tc_staged_stage_bytes(warps, block_m, block_n, tc_mask_pair_bytes(mask)));
 }
 // The mma.sync kernel's score path for p at a tile shape, its launcher's decision; `bits`: p's
-// boolean mask is packed (p.maybe_mask_bits; the backend plans it where packed_mask allows).
-// Packed bits and staged masks only without softcap (whose path is extras), and staging only
-// where tc_staged_fits.
+// boolean mask is packed (p.maybe_mask_bits; the backend plans it where packed_mask allows, never
+// with softcap). Staged masks (p.mask_pairs: an additive mask) only without softcap, whose path is
+// extras, and only where tc_staged_fits.
 inline tc_mode tc_mode_for(const flash_params& p, bool bits, int width, int warps, int block_m, int block_n) {
-  if (bits && p.softcap == 0.0f) return tc_mode::bits;
-  const bool additive = p.mask == mask_kind::add_f32 || p.mask == mask_kind::add_f16 || p.mask == mask_kind::add_bf16;
-  if (additive && p.mask_pairs && p.softcap == 0.0f && tc_staged_fits(p.mask, width, warps, block_m, block_n))
-    return tc_mode::staged;
+  if (bits) return tc_mode::bits;
+  if (p.mask_pairs && p.softcap == 0.0f && tc_staged_fits(p.mask, width, warps, block_m, block_n)) return tc_mode::staged;
   return p.softcap > 0.0f || p.mask != mask_kind::none ? tc_mode::extras : tc_mode::plain;
+}
+// The same at the instantiated tile shape of `width` (Note [Tile sizes]: launch_flash_tc's).
+inline bool tc_staged_fits(mask_kind mask, int width) {
+  return tc_staged_fits(mask, width, flash_warps(width), flash_block_m(width), flash_block_n(width));
+}
+inline tc_mode tc_mode_for(const flash_params& p, bool bits, int width) {
+  return tc_mode_for(p, bits, width, flash_warps(width), flash_block_m(width), flash_block_n(width));
 }
 constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
 

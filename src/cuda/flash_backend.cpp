@@ -263,8 +263,7 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.hopper != nullptr || plan.kernel == nullptr) return "";
     const device_guard guard(pr.device.index);
-    const int w = plan.kernel->width;
-    switch (tc_mode_for(plan.params, plan.ws.bits_bytes > 0, w, flash_warps(w), flash_block_m(w), flash_block_n(w))) {
+    switch (tc_mode_for(plan.params, plan.ws.bits_bytes > 0, plan.kernel->width)) {
       case tc_mode::plain: return "plain";
       case tc_mode::bits: return "bits";
       case tc_mode::staged: return "staged";
@@ -278,8 +277,7 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.kernel == nullptr) return false;
     const device_guard guard(pr.device.index);
-    const int w = plan.kernel->width;
-    return tc_staged_fits(plan.params.mask, w, flash_warps(w), flash_block_m(w), flash_block_n(w));
+    return tc_staged_fits(plan.params.mask, plan.kernel->width);
   }
 
   // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
@@ -349,10 +347,10 @@ class flash_cuda_backend final : public backend {
         case dtype::bf16: p.mask = mask_kind::add_bf16; break;
         default: p.mask = mask_kind::add_f32; break;
       }
-      // Note [mma.sync staged masks]: pairs of keys as aligned copy units.
-      const auto pair = static_cast<std::int64_t>(2 * size_bytes(pr.mask_dtype));
+      // Note [mma.sync staged masks]: pairs of keys of an additive mask as aligned copy units.
+      const auto pair = static_cast<std::uintptr_t>(tc_mask_pair_bytes(p.mask));
       p.mask_pairs = p.mask != mask_kind::keep_u8 && pr.mask.kv == 1 && pr.mask.batch % 2 == 0 && pr.mask.head % 2 == 0 &&
-                     pr.mask.q % 2 == 0 && reinterpret_cast<std::uintptr_t>(pr.maybe_mask) % static_cast<std::uintptr_t>(pair) == 0;
+                     pr.mask.q % 2 == 0 && reinterpret_cast<std::uintptr_t>(pr.maybe_mask) % pair == 0;
     }
     if (pr.is_varlen) {  // packed rows; rows past 2^31 saturate (sm90_kernel_for refuses them)
       auto rows = [](std::int64_t n) { return static_cast<int>(std::min<std::int64_t>(n, std::numeric_limits<int>::max())); };

@@ -560,26 +560,24 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
   const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
                   static_cast<unsigned>(p.batch * p.num_splits));
   const auto s = static_cast<cudaStream_t>(stream);
-  auto launch = [&](auto mode) {
+  // A kernel of mode M with `bytes` of shared memory, its limit set once to `limit` (the largest
+  // any call of M asks for).
+  auto launch = [&](auto mode, int limit, int bytes) {
     constexpr tc_mode M = decltype(mode)::value;
-    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(smem);
-    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, smem, s>>>(p);
+    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(limit);
+    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, bytes, s>>>(p);
   };
   switch (tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN)) {
     case tc_mode::bits:
       launch_mask_bits(p, stream);  // Note [mma.sync mask bits]
-      launch(std::integral_constant<tc_mode, tc_mode::bits>{});
+      launch(std::integral_constant<tc_mode, tc_mode::bits>{}, smem, smem);
       break;
-    case tc_mode::staged: {  // Note [mma.sync staged masks]: the f32 size is the largest
-      constexpr tc_mode M = tc_mode::staged;
-      allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(
-          smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, 8));
-      flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>
-          <<<grid, Warps * 32, smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, tc_mask_pair_bytes(p.mask)), s>>>(p);
+    case tc_mode::staged:  // Note [mma.sync staged masks]: the f32 size is the largest
+      launch(std::integral_constant<tc_mode, tc_mode::staged>{}, smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, 8),
+             smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, tc_mask_pair_bytes(p.mask)));
       break;
-    }
-    case tc_mode::extras: launch(std::integral_constant<tc_mode, tc_mode::extras>{}); break;
-    case tc_mode::plain: launch(std::integral_constant<tc_mode, tc_mode::plain>{}); break;
+    case tc_mode::extras: launch(std::integral_constant<tc_mode, tc_mode::extras>{}, smem, smem); break;
+    case tc_mode::plain: launch(std::integral_constant<tc_mode, tc_mode::plain>{}, smem, smem); break;
   }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
