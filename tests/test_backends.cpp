@@ -239,6 +239,32 @@ TEST(Harness, CatchesUnwrittenRows) {
   EXPECT_FALSE(testing::check_backend(writes_nothing(), data).ok);
 }
 
+// A backend that writes past a head's last element (into the gap padded strides leave there) fails
+// the comparison, although every element it should write is right.
+TEST(Harness, CatchesWritesIntoGaps) {
+  class writes_past_head_dim final : public test::cpu_backend {
+   public:
+    writes_past_head_dim() : cpu_backend("writes_past_head_dim") {}
+    std::size_t workspace_bytes(const problem& p, int t) const override {
+      return registry::global().find("reference")->workspace_bytes(p, t);
+    }
+    void run(const problem& p, const run_context& ctx) const override {
+      registry::global().find("reference")->run(p, ctx);
+      static_cast<float*>(p.params.out.data)[p.out.dim * p.head_dim_v] = 0.0f;  // row 0, head 0, one past Dv
+    }
+  };
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 17;
+  spec.head_dim_qk = spec.head_dim_v = 16;
+  spec.aligned_gaps = true;
+  spec.seed = test::test_seed();
+  const testing::case_data data(spec);
+  EXPECT_TRUE(testing::check_backend(*registry::global().find("reference"), data).ok);
+  const testing::comparison c = testing::check_backend(writes_past_head_dim(), data);
+  EXPECT_FALSE(c.ok);
+  EXPECT_NE(c.detail.find("gap"), std::string::npos) << c.detail;
+}
+
 TEST(Grid, CoversTheAwkwardSizes) {
   const auto grid = testing::default_grid(1);
   auto any = [&](auto pred) { return std::any_of(grid.begin(), grid.end(), pred); };
@@ -257,6 +283,7 @@ TEST(Grid, CoversTheAwkwardSizes) {
     return std::find(c.varlen_q.begin(), c.varlen_q.end(), 0) != c.varlen_q.end();
   }));
   EXPECT_TRUE(any([](const auto& c) { return c.strided && c.layout == layout::bhsd; }));
+  EXPECT_TRUE(any([](const auto& c) { return c.aligned_gaps && !c.varlen_q.empty(); }));
   EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::bf16; }));
   EXPECT_TRUE(any([](const auto& c) { return c.dtype == dtype::f16; }));
 }

@@ -54,6 +54,8 @@ struct case_spec {
   std::optional<double> maybe_scale;  // default 1/sqrt(head_dim_qk)
   bool lse = true;
   bool strided = false;  // views with padded strides (non-contiguous)
+  bool aligned_gaps = false;  // views with 8 unused elements after each dim (slices of a wider tensor,
+                              // strides kept 16-byte aligned for 16-bit types); ignored when strided
   std::vector<std::int32_t> varlen_q, varlen_kv;
   std::uint64_t seed = 0;
   attend::device device{};

@@ -52,6 +52,7 @@ std::string case_spec::describe() const {
   if (fully_masked_rows) os << " +masked-rows";
   if (softcap > 0) os << " softcap=" << softcap;
   if (strided) os << " strided";
+  if (aligned_gaps && !strided) os << " aligned-gaps";
   if (!lse) os << " no-lse";
   return os.str();
 }
@@ -102,6 +103,11 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("varlen-mask", [](case_spec& c) { c.varlen_q = {9, 1, 20}; c.varlen_kv = {30, 0, 20}; c.mask = mask_type::keep; c.fully_masked_rows = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("strided-bhsd", [](case_spec& c) { c.layout = layout::bhsd; c.strided = true; c.seqlen_q = 19; c.seqlen_kv = 41; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 64; c.causal = true; });
   add("strided-bshd", [](case_spec& c) { c.strided = true; c.seqlen_q = c.seqlen_kv = 23; c.heads_q = 2; c.head_dim_qk = 80; c.head_dim_v = 80; c.batch = 2; });
+  // Slices of wider tensors whose strides stay 16-byte aligned (kernels that need aligned strides
+  // take them), with head dims below a tile width and head_dim_v != head_dim_qk: out's gaps must
+  // stay unwritten (check_backend).
+  add("aligned-gaps-dv48", [](case_spec& c) { c.aligned_gaps = true; c.seqlen_q = 70; c.seqlen_kv = 45; c.heads_q = 4; c.heads_kv = 2; c.head_dim_qk = 80; c.head_dim_v = 48; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("aligned-gaps-varlen", [](case_spec& c) { c.aligned_gaps = true; c.varlen_q = {70, 1, 0, 33}; c.varlen_kv = {40, 17, 5, 33}; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 40; });
   if (!quick) {
     add("s501-gqa4-d80", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 8; c.heads_kv = 2; c.head_dim_qk = c.head_dim_v = 80; });
     add("s501-causal-d128", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 501; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 128; c.causal = true; });
@@ -193,7 +199,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   }
 
   // Logical sizes in the call's layout, and the memory order of each tensor.
-  const std::int64_t pad = spec.strided ? 3 : 0;
+  const std::int64_t pad = spec.strided ? 3 : spec.aligned_gaps ? 8 : 0;
   const std::array<int, 4> natural3{0, 1, 2, 3};
   auto qkv_view = [&](std::vector<std::byte>& buf, std::int64_t seq, std::int64_t heads, std::int64_t dim,
                       std::array<int, 4> order, std::int64_t step) {
@@ -380,11 +386,32 @@ comparison check_backend(const backend& candidate, const case_data& data, int nu
   }
 
   const problem p = make_problem(host);
+  comparison c;
+  c.ok = true;
+  // The elements of out's extent that are not its elements (the gaps of padded strides) must keep
+  // their poison: a backend writes its output's elements and nothing else.
+  if (const std::size_t bytes = extent_bytes(host.out)) {
+    const std::size_t eb = size_bytes(host.out.dtype);
+    std::vector<bool> element(bytes / eb, false);
+    for (std::int64_t b = 0; b < p.batch; ++b)
+      for (std::int64_t i = 0; i < p.len_q(b); ++i)
+        for (std::int64_t h = 0; h < p.num_heads_q; ++h)
+          for (std::int64_t d = 0; d < p.head_dim_v; ++d)
+            element[static_cast<std::size_t>(b * p.out.batch + (p.start_q(b) + i) * p.out.seq + h * p.out.head +
+                                             d * p.out.dim)] = true;
+    const auto* raw = static_cast<const unsigned char*>(host.out.data);
+    for (std::size_t e = 0; e < element.size() && c.ok; ++e)
+      if (!element[e])
+        for (std::size_t k = 0; k < eb; ++k)
+          if (raw[e * eb + k] != 0xff) {
+            c.ok = false;
+            c.detail = "out: the element at offset " + std::to_string(e) + " lies in a gap of the strides but was written";
+            break;
+          }
+  }
   const tolerance tol = tolerance_for(spec.dtype);
   const std::vector<double>& ref = data.reference_out();
   const std::vector<double>& ref_lse = data.reference_lse();
-  comparison c;
-  c.ok = true;
   const std::int64_t hq = p.num_heads_q, dv = p.head_dim_v;
   auto note = [&](std::int64_t b, std::int64_t i, std::int64_t h, std::int64_t d, double got, double want, const char* what) {
     if (!c.detail.empty()) return;
