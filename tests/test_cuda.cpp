@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -377,6 +378,25 @@ gpu_plan planned(case_spec spec) {
   const problem p = make_problem(gpu_probe(data));
   return {cuda::flash_cuda_kernel(p), cuda::flash_cuda_tc_mode(p), cuda::flash_cuda_tc_staged_fits(p)};
 }
+
+// For its lifetime, flash_cuda plans the mma.sync kernel where the Hopper kernel would take a call
+// (cuda::flash_cuda_set_hopper_enabled), so that tests reach the mma.sync kernel on a Hopper GPU
+// at any shape.
+class mma_sync_only {
+ public:
+  mma_sync_only() : before_(cuda::flash_cuda_set_hopper_enabled(false)) {}
+  ~mma_sync_only() { cuda::flash_cuda_set_hopper_enabled(before_); }
+  mma_sync_only(const mma_sync_only&) = delete;
+  mma_sync_only& operator=(const mma_sync_only&) = delete;
+
+ private:
+  bool before_;
+};
+#else
+struct mma_sync_only {
+  mma_sync_only() {}
+  ~mma_sync_only() {}
+};
 #endif
 
 // The Hopper cases must reach the Hopper kernel where it can run: a dispatch change that sends
@@ -399,6 +419,58 @@ TEST(cuda, flash_cuda_hopper_shapes) {
   const auto cases = hopper_cases(fresh_seed());
   expect_hopper_kernel(cases);
   check_cases("flash_cuda", cases, true);
+}
+
+// Note [Hopper padded head dims]: head dims below the width the Hopper kernel runs at (8 and 40 at
+// 64; 72, 80, 96, 104, 112 and 120 at 128; all but 120 and head_dim_qk = 128 with fewer k16 steps
+// of S = Q K^T than the width, the instantiation that skips the rest) and head_dim_v != head_dim_qk
+// either way (one of them 64 or
+// less at width 128: a TMA box wholly past the head dim), dense and varlen (whose rows past a
+// sequence's end are stored one by one, up to head_dim_v), key and row masks, causal and window
+// bands, GQA, bhsd, more items than SMs, and slices with gaps after each dim, which must stay
+// unwritten (check_backend). Sequence lengths are not multiples of the tiles.
+std::vector<case_spec> hopper_padded_cases(std::uint64_t seed) {
+  std::vector<case_spec> v;
+  auto add = [&](const std::string& name, dtype t, std::int64_t dqk, std::int64_t dv, auto&& edit) {
+    case_spec c = typed_case("sm90-padded-" + name, t, dqk, seed * 7919u + v.size());
+    c.head_dim_v = dv;
+    edit(c);
+    v.push_back(std::move(c));
+  };
+  using at::mask_type;
+  add("d8-causal", dtype::bf16, 8, 8, [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 257; c.heads_q = 2; c.causal = true; });
+  add("d40-gqa-gaps", dtype::f16, 40, 40, [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 477; c.heads_q = 4; c.heads_kv = 2; c.aligned_gaps = true; });
+  add("d72-bhsd-window", dtype::bf16, 72, 72, [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; });
+  add("d80-causal-br", dtype::f16, 80, 80, [](case_spec& c) { c.seqlen_q = 300; c.seqlen_kv = 477; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d96-key-mask-additive-causal", dtype::bf16, 96, 96, [](case_spec& c) { c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 333; c.heads_q = 2; c.mask = mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; c.causal = true; });
+  add("d112-row-mask-causal-gqa", dtype::f16, 112, 112, [](case_spec& c) { c.batch = 2; c.seqlen_q = 470; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; c.mask = mask_type::keep; c.fully_masked_rows = true; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("dqk128-dv64-causal-gaps", dtype::bf16, 128, 64, [](case_spec& c) { c.batch = 2; c.seqlen_q = c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 1; c.causal = true; c.aligned_gaps = true; });
+  add("dqk64-dv128", dtype::f16, 64, 128, [](case_spec& c) { c.seqlen_q = 333; c.seqlen_kv = 401; c.heads_q = 2; });
+  add("dqk80-dv48-varlen", dtype::bf16, 80, 48, [](case_spec& c) { c.varlen_q = {300, 0, 129, 1, 64}; c.varlen_kv = {477, 5, 0, 200, 64}; c.heads_q = 4; c.heads_kv = 2; });
+  add("d40-varlen-causal-br-gaps", dtype::f16, 40, 40, [](case_spec& c) { c.aligned_gaps = true; c.varlen_q = {130, 470, 17, 300}; c.varlen_kv = {200, 300, 17, 129}; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("dqk128-dv64-varlen-causal", dtype::bf16, 128, 64, [](case_spec& c) { c.varlen_q = {200, 77, 330}; c.varlen_kv = {130, 200, 301}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
+  add("d120-key-mask-keep", dtype::bf16, 120, 120, [](case_spec& c) { c.batch = 2; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 2; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; });
+  add("d104-many-items-causal-gqa", dtype::f16, 104, 104, [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
+  return v;
+}
+
+TEST(cuda, flash_cuda_hopper_padded_head_dims) {
+  ATTEND_REQUIRE_GPU();
+  const auto cases = hopper_padded_cases(fresh_seed());
+  expect_hopper_kernel(cases);
+  check_cases("flash_cuda", cases, true);
+}
+
+// The awkward-size grid on the mma.sync kernel where the Hopper kernel would take its cases (head
+// dims up to 128 in 16-bit types), so that both kernels are compared on it on a Hopper GPU.
+TEST(cuda, flash_cuda_mma_sync_grid) {
+  ATTEND_REQUIRE_GPU();
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  if (!cuda::flash_cuda_hopper_available(k_gpu.index))
+    GTEST_SKIP() << "no Hopper kernel for this device/build: the grid tests already run the mma.sync kernel";
+#endif
+  const mma_sync_only mma;
+  check_cases("flash_cuda", at::default_grid(fresh_seed() + 5), true);
 }
 
 // Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
@@ -465,6 +537,28 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     c.alignment = alignment::bottom_right;
     v.push_back(c);
   }
+  // Padded head dims (Note [Hopper padded head dims]): varlen rows stored one by one up to
+  // head_dim_v, and slices whose gaps must stay unwritten, on many items.
+  {
+    case_spec c = typed_case("sm90-persistent-padded-varlen-dqk80-dv48", dtype::bf16, 80, seed + v.size());
+    c.head_dim_v = 48;
+    c.varlen_q = {200, 77, 0, 330};
+    c.varlen_kv = {130, 200, 64, 301};
+    c.heads_q = 40;
+    c.heads_kv = 8;
+    c.causal = true;
+    v.push_back(c);
+    c = typed_case("sm90-persistent-padded-d40-gaps", dtype::f16, 40, seed + v.size());
+    c.aligned_gaps = true;
+    c.batch = 2;
+    c.seqlen_q = 200;
+    c.seqlen_kv = 300;
+    c.heads_q = 70;
+    c.heads_kv = 14;
+    c.causal = true;
+    c.alignment = alignment::bottom_right;
+    v.push_back(c);
+  }
   expect_hopper_kernel(v);
   check_cases("flash_cuda", v, true);
 }
@@ -473,17 +567,22 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
 // a NaN or Inf there must not reach this sequence's rows (P is 0 there, but 0 x NaN is NaN), as
 // on the CPU backends. Sequence 0 has 100 keys (the tile's other 28 rows are sequence 1's), and
 // sequence 1's V is NaN and Inf throughout: sequence 0 must match the reference, sequence 1's rows
-// must be NaN. Both head dims and alignments of the Hopper kernel, and the mma.sync kernel's shape.
+// must be NaN. Both head dims and alignments of the Hopper kernel, a head dim it pads (Note [Hopper
+// padded head dims]), and the mma.sync kernel.
 TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
   ASSERT_TRUE(b);
   const std::uint64_t seed = fresh_seed();
   int n = 0;
-  for (std::int64_t d : {64, 128, 80})
+  for (auto [d, hopper] : {std::pair{std::int64_t{64}, true}, {std::int64_t{128}, true}, {std::int64_t{80}, true},
+                           {std::int64_t{80}, false}})
     for (bool causal : {false, true}) {
-      case_spec spec = typed_case("varlen-next-nan-d" + std::to_string(d) + (causal ? "-causal" : ""), dtype::bf16, d,
-                                  seed + n++);
+      std::optional<mma_sync_only> mma;
+      if (!hopper) mma.emplace();
+      case_spec spec = typed_case("varlen-next-nan-d" + std::to_string(d) + (causal ? "-causal" : "") +
+                                      (hopper ? "" : "-mma-sync"),
+                                  dtype::bf16, d, seed + n++);
       spec.varlen_q = {150, 60};
       spec.varlen_kv = {100, 200};
       spec.heads_q = 4;
@@ -527,9 +626,8 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
       EXPECT_EQ(checked, 150 * 4 * d);
       EXPECT_EQ(nan_rows, 60 * 4 * d) << spec.name;
 #if defined(ATTEND_TEST_HAVE_CUDA)
-      if (cuda::flash_cuda_hopper_available(k_gpu.index) && d != 80) {
-        EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name;
-      }
+      EXPECT_EQ(planned(spec).kernel, hopper && cuda::flash_cuda_hopper_available(k_gpu.index) ? "sm90" : "tc")
+          << spec.name;
 #endif
     }
 }
@@ -539,9 +637,9 @@ TEST(cuda, flash_cuda_varlen_next_sequence_nan) {
 // never scores them). Each (batch, head) drops the same keys for all its rows: key-only masks and
 // a mask with a row per query on the mma.sync kernel (bf16 head dim 96, f16 head dim 80, bf16 80;
 // packed bits, Note [mma.sync mask bits]) and the scalar kernel (f32), and both key-only masks and
-// masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head dim 64; packed bits,
-// Note [Hopper row masks]), the key-only one also over a single key (a mask constant along keys:
-// stride 0).
+// masks with a row per query on the Hopper kernel (bf16 head dim 128, f16 head dim 64, and padded
+// head dims 96 and 80, Note [Hopper padded head dims]; packed bits, Note [Hopper row masks]), the
+// key-only one also over a single key (a mask constant along keys: stride 0).
 TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   ATTEND_REQUIRE_GPU();
   const auto b = registry::global().find("flash_cuda");
@@ -549,14 +647,17 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
   const std::uint64_t seed = fresh_seed();
   int n = 0;
   using i64 = std::int64_t;
-  for (auto [t, d, rows, skv] :
-       {std::tuple{dtype::bf16, i64{96}, false, i64{300}}, {dtype::f16, i64{80}, false, i64{300}},
-        {dtype::f32, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{300}},
-        {dtype::f16, i64{64}, false, i64{300}}, {dtype::bf16, i64{128}, false, i64{1}},
-        {dtype::bf16, i64{128}, true, i64{300}}, {dtype::f16, i64{64}, true, i64{300}},
-        {dtype::bf16, i64{80}, true, i64{300}}}) {
+  for (auto [t, d, rows, skv, hopper] :
+       {std::tuple{dtype::bf16, i64{96}, false, i64{300}, false}, {dtype::f16, i64{80}, false, i64{300}, false},
+        {dtype::f32, i64{64}, false, i64{300}, false}, {dtype::bf16, i64{128}, false, i64{300}, true},
+        {dtype::f16, i64{64}, false, i64{300}, true}, {dtype::bf16, i64{128}, false, i64{1}, true},
+        {dtype::bf16, i64{128}, true, i64{300}, true}, {dtype::f16, i64{64}, true, i64{300}, true},
+        {dtype::bf16, i64{80}, true, i64{300}, false}, {dtype::bf16, i64{96}, false, i64{300}, true},
+        {dtype::f16, i64{80}, true, i64{300}, true}}) {
+    std::optional<mma_sync_only> mma;
+    if (!hopper) mma.emplace();
     case_spec spec = typed_case(std::string(rows ? "row" : "key") + "-keep-nan-k-" + std::string(to_string(t)) + "-d" +
-                                    std::to_string(d) + "-skv" + std::to_string(skv),
+                                    std::to_string(d) + "-skv" + std::to_string(skv) + (hopper ? "" : "-mma-sync"),
                                 t, d, seed + n++);
     // 201 rows: with rows repeated, the first row of (batch 0, head 1) is mask row 201, which
     // fully_masked_rows drops whole (r % 5 == 1), as it drops row 1 of the key-only masks.
@@ -595,18 +696,19 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
         }
     ASSERT_GT(poisoned, 0);
 #if defined(ATTEND_TEST_HAVE_CUDA)
-    if (t != dtype::f32 && (d == 64 || d == 128) && cuda::flash_cuda_hopper_available(k_gpu.index)) {
-      EXPECT_EQ(planned(spec).kernel, "sm90") << spec.name;
-    }
+    EXPECT_EQ(planned(spec).kernel, t == dtype::f32                                               ? "generic"
+                                    : hopper && cuda::flash_cuda_hopper_available(k_gpu.index) ? "sm90"
+                                                                                                : "tc")
+        << spec.name;
 #endif
     const at::comparison c = at::check_backend(*b, data);
     EXPECT_TRUE(c.ok) << spec.name << ": " << c.detail;
   }
 }
 
-// Masks on the mma.sync kernel, at shapes the Hopper kernel does not take (head dims other than 64
-// and 128, head_dim_v != head_dim_qk, varlen with a mask, split-KV decode), so that they run it on
-// every GPU, each checked to take the score path it was written for (the last word of its name;
+// Masks on the mma.sync kernel (with the Hopper kernel switched off, mma_sync_only, so on every
+// GPU), at head dims of each of its widths, head_dim_v != head_dim_qk, varlen with a mask and
+// split-KV decode, each checked to take the score path it was written for (the last word of its name;
 // a staged case takes extras on a GPU where staging would cost occupancy, tc_staged_fits):
 // boolean masks read as packed bits (Note [mma.sync mask bits]) with a row per query, one row for
 // all (key padding) and one for all heads and batches, stored key-major (the packer's key-by-key
@@ -617,6 +719,7 @@ TEST(cuda, flash_cuda_keep_mask_ignores_nan_scores) {
 // past the sequence in the last row block, GQA, split-KV and varlen.
 TEST(cuda, flash_cuda_mma_sync_masks) {
   ATTEND_REQUIRE_GPU();
+  const mma_sync_only mma;
   std::vector<case_spec> v;
   const std::uint64_t seed = fresh_seed();
   auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {

@@ -23,8 +23,12 @@ const char* flash_cuda_tc_mode(const problem& p);
 // mma.sync kernel on p's device (cuda::tc_staged_fits): where not, such masks take "extras".
 bool flash_cuda_tc_staged_fits(const problem& p);
 // Whether flash_cuda can run its Hopper kernels on device `index`: the build's architectures
-// include sm_90a, the device has compute capability 9.0 and ATTEND_FLASH_CUDA_SM90 is not 0.
+// include sm_90a, the device has compute capability 9.0 and the Hopper kernels are not switched off.
 bool flash_cuda_hopper_available(int device_index);
+// Switches flash_cuda's Hopper kernels off (false) or back on for the calls planned after it, in the
+// whole process, and returns the state before; ATTEND_FLASH_CUDA_SM90=0 sets the initial state to
+// off. For tests of the mma.sync kernel on a Hopper GPU at shapes the Hopper kernel would take.
+bool flash_cuda_set_hopper_enabled(bool enabled);
 
 // Device memory of CUDA device `index` (cudaMalloc / cudaMemcpy / cudaDeviceSynchronize).
 memory_resource& device_memory(int index);

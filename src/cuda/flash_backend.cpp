@@ -135,8 +135,9 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 // when every condition below holds; any other call runs the mma.sync kernel, which handles every
 // feature. Each condition is a limit of the Hopper kernel, not a preference:
 //   - a compute capability 9.0 device (its code is sm_90a machine code, which no other GPU runs)
-//     and a Hopper row instantiated for the dtype at width == head_dim_qk == head_dim_v (64, 128:
-//     no zero padding of head dims in TMA boxes; Dv != Dqk would need a second V tile shape);
+//     and a Hopper row instantiated for the dtype at a width >= both head dims (64, 128; the
+//     narrowest such: head dims below the width, and head_dim_v != head_dim_qk, come in zero-padded
+//     by the tensor maps' out-of-bounds fill and go out clipped, Note [Hopper padded head dims]);
 //   - no mask, or a boolean mask that varies along keys (packed_mask, Note [Hopper row masks])
 //     or another mask that is the same for every query row (additive key masks, Note [Hopper key
 //     masks]), neither with varlen;
@@ -148,16 +149,19 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement:
 //     q, k and v are loaded and out is stored through tensor maps);
 //   - fewer than 2^30 work items (its scheduler counts them in an int; Note [Hopper scheduler]);
-//   - ATTEND_FLASH_CUDA_SM90 not set to 0 (a switch to compare the two kernels on one device).
+//   - the Hopper kernel not switched off (ATTEND_FLASH_CUDA_SM90=0 in the environment, or
+//     flash_cuda_set_hopper_enabled(false): to compare the two kernels on one device, and for tests
+//     of the mma.sync kernel at shapes the Hopper kernel would take).
 // When the driver refuses a tensor map anyway, launch_flash_sm90 returns false and the call runs
 // the mma.sync kernel.
-bool sm90_disabled() {
-  static const bool disabled = [] {
+std::atomic<bool>& sm90_enabled() {
+  static std::atomic<bool> enabled = [] {
     const char* v = std::getenv("ATTEND_FLASH_CUDA_SM90");
-    return v != nullptr && std::string_view(v) == "0";
+    return v == nullptr || std::string_view(v) != "0";
   }();
-  return disabled;
+  return enabled;
 }
+bool sm90_disabled() { return !sm90_enabled().load(std::memory_order_relaxed); }
 
 // A mask both tensor-core kernels read as packed bits (Note [Hopper row masks], Note [mma.sync mask
 // bits]): a boolean mask with a row per query or one for all of them (a key-padding mask), without
@@ -176,21 +180,23 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   // Masks: a boolean one (Note [Hopper row masks]) or one that is the same for every query row
   // (Note [Hopper key masks]), not with varlen.
   const bool mask_ok = pr.maybe_mask == nullptr || (!pr.is_varlen && (p.mask_stride[2] == 0 || packed_mask(p)));
-  if (sm90_disabled() || pr.dtype == dtype::f32 || pr.head_dim_qk != pr.head_dim_v || !mask_ok ||
+  if (sm90_disabled() || pr.dtype == dtype::f32 || !mask_ok ||
       pr.params.softcap > 0.0 || !(scale_log2(p) >= std::numeric_limits<float>::min()) || p.num_splits > 1 ||
       !(p.q_vec && p.k_vec && p.v_vec && p.out_vec))
     return nullptr;
-  if (sm90_item_count(p, static_cast<int>(pr.head_dim_qk)) >= (std::int64_t{1} << 30)) return nullptr;
   if (pr.seqlen_q > k_sm90_band_limit || pr.seqlen_kv > k_sm90_band_limit) return nullptr;  // Note [Hopper 32-bit bands]
   // Varlen (Note [Hopper varlen]): sequences of <= 2^29 rows (sm90_varlen_offsets) and packed
   // tensors of <= 2^30 rows, so that a row coordinate plus a block stays an int.
   if (pr.is_varlen && (pr.seqlen_q > k_sm90_varlen_limit || pr.seqlen_kv > k_sm90_varlen_limit ||
                        p.total_q > k_sm90_band_limit || p.total_kv > k_sm90_band_limit))
     return nullptr;
+  const sm90_entry* best = nullptr;
   for (const sm90_entry& e : k_sm90_table)
-    if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width == pr.head_dim_qk)
-      return compute_capability(pr.device.index) == 90 ? &e : nullptr;
-  return nullptr;
+    if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width >= std::max(pr.head_dim_qk, pr.head_dim_v) &&
+        (best == nullptr || e.width < best->width))
+      best = &e;
+  if (best == nullptr || sm90_item_count(p, best->width) >= (std::int64_t{1} << 30)) return nullptr;
+  return compute_capability(pr.device.index) == 90 ? best : nullptr;
 }
 
 void copy_strides(std::int64_t (&dst)[4], const strides_bshd& s) {
@@ -206,7 +212,7 @@ class flash_cuda_backend final : public backend {
     traits_.description =
         "fused FlashAttention-2-style forward on tensor cores (mma.sync bf16/f16, fp32 accumulation; fp32 by a "
         "scalar path), split-KV for decode; on Hopper (sm_90a) a warp-specialised wgmma + TMA kernel for "
-        "f16/bf16 at head dims 64 and 128";
+        "f16/bf16 at head dims up to 128";
     traits_.devices = {device_kind::cuda};
     traits_.dtypes = {dtype::f32, dtype::f16, dtype::bf16};
     traits_.features = feature_set::all();
@@ -405,5 +411,7 @@ bool flash_cuda_hopper_available(int device_index) {
     if (e.launch != nullptr) return true;
   return false;
 }
+
+bool flash_cuda_set_hopper_enabled(bool enabled) { return sm90_enabled().exchange(enabled); }
 
 }  // namespace attend::cuda

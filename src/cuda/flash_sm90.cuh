@@ -33,13 +33,29 @@
 //     columns, which clips rows past the sequence. (Stores by every thread cost the short items
 //     of S = 1024 about 200 more instructions per warp, and the TMA store was 3-5% faster there
 //     on the H100: bench/RESULTS.md.)
-// Cases it handles: f16/bf16, head_dim_qk == head_dim_v in {64, 128}, dense or varlen (Note
+// Cases it handles: f16/bf16, head_dim_qk and head_dim_v up to Width (Note [Hopper padded head
+// dims]), dense or varlen (Note
 // [Hopper varlen]), no mask, a key mask (Note [Hopper key masks]) or a boolean mask (Note [Hopper
 // row masks]) without varlen, no softcap, scale > 0 (scale * log2(e) a normal float), Sq and Skv <=
 // 2^30 (Note [Hopper 32-bit bands] in flash.h; varlen: 2^29), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
 // Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
 // flash_backend.cpp (sm90_kernel_for).
+//
+// Note [Hopper padded head dims]: a call whose head dims are below the width it runs at (the
+// narrowest `sm90` row covering both: 40 at 64, 72, 80 or 96 at 128), or differ (head_dim_v !=
+// head_dim_qk), runs this kernel unchanged. The tensor maps of Q and K span head_dim_qk columns,
+// those of V and O head_dim_v (launch_flash_sm90), and every TMA box is 64 columns wide, so the
+// columns of a tile past the head dim come in as zeros (out-of-bounds fill; a box wholly past it
+// too, with its full byte count on the barrier). Zero columns of Q and K add nothing to S = Q K^T,
+// and zero columns of V give zero columns of O, which the TMA store clips at head_dim_v (a box wholly
+// past it is not stored; the varlen row-by-row store stops at head_dim_v). The scale is the
+// caller's (1/sqrt(head_dim_qk) by default), not the width's. When head_dim_qk leaves k16 steps of
+// S = Q K^T wholly zero (80: 5 of 8), the launcher runs the instantiation with PaddedQk, whose
+// issue_qk skips them (a warpgroup-uniform test per step; ptxas then adds wgmma fences there, so
+// the other instantiation, which every call at the full width runs, keeps the plain chain). P V
+// still runs at the full width: its N is the width, and the padded columns of O cost their
+// tensor-core time (bench/gpu_dims.py measures both against PyTorch, bench/RESULTS.md).
 #pragma once
 
 #include <cuda.h>
@@ -291,9 +307,11 @@ __device__ __forceinline__ void tile_range(band32 off, int len_q, int len_kv, in
 // sc[0, NK / 2) of a 64-float array, so one array serves both widths.
 
 // Issues S = Q K^T (the caller fences and commits). `a_base`: the warpgroup's 64 rows of Q;
-// `k_base`: the first of the NK keys in the stage.
-template <typename T, int Width, int NK>
-__device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, std::uint32_t k_base) {
+// `k_base`: the first of the NK keys in the stage. PaddedQk: only the first `k_steps` k16 steps
+// hold head_dim_qk columns; the rest are zero padding and are not issued (Note [Hopper padded head
+// dims]).
+template <typename T, int Width, int NK, bool PaddedQk>
+__device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, std::uint32_t k_base, int k_steps) {
   constexpr int BM = sm90_block_m(Width), BN = k_sm90_block_n;
 #pragma unroll
   for (int kk = 0; kk < Width / 16; ++kk) {
@@ -301,7 +319,7 @@ __device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, 
     const std::uint32_t bk = k_base + (kk / 4) * tile_bytes(BN, 64) + (kk % 4) * 32;
     if (kk == 0)
       wgmma_ss<T, NK, true>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
-    else
+    else if (!PaddedQk || kk < k_steps)
       wgmma_ss<T, NK, false>(sc, desc_sw128(a, 16, 1024), desc_sw128(bk, 16, 1024));
   }
 }
@@ -581,7 +599,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // producer runs the dense loop. Additive masks with a row per query stay on the mma.sync kernel:
 // their values do not pack into bits. Measured (bench/RESULTS.md): 6-9% below the unmasked kernel
 // on a padding mask.
-template <elem E, int Width, sm90::mode Mode>
+template <elem E, int Width, sm90::mode Mode, bool PaddedQk>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -845,6 +863,8 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   using k64 = std::integral_constant<int, 64>;
   using k128 = std::integral_constant<int, 128>;
 
+  // The k16 steps of S = Q K^T that hold head_dim_qk columns (Note [Hopper padded head dims]).
+  const int qk_steps = PaddedQk ? (p.head_dim_qk + 15) / 16 : Width / 16;
   int kv = 0;
   for (int j = 0;; ++j) {
     const int qb = j & 1;
@@ -965,7 +985,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
       mbar_wait(bar_full_k(s), parity);
       if constexpr (with_pv) mbar_wait(bar_full_v(pv_stage), pv_parity);
       fence_operands();
-      issue_qk<T, Width, NK>(sc, a_base, s_k + s * kv_bytes + h0 * 128);
+      issue_qk<T, Width, NK, PaddedQk>(sc, a_base, s_k + s * kv_bytes + h0 * 128, qk_steps);
       wg_commit();
       if constexpr (with_pv) issue_pending_pv();
       pass_turn();
@@ -1114,7 +1134,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         T* const out = static_cast<T*>(p.out) + it.h * p.out_stride[2];
         for (int idx = wtid; idx < 64 * blocks * 8; idx += 128) {
           const int rr = idx / (blocks * 8), blk = idx / 8 % blocks, chunk = idx % 8;
-          if (row0 + rr < len_q)
+          if (row0 + rr < len_q && blk * 64 + chunk * 8 < p.head_dim_v)  // Note [Hopper padded head dims]
             *reinterpret_cast<uint4*>(out + static_cast<std::int64_t>(start_q + row0 + rr) * p.out_stride[1] + blk * 64 +
                                       chunk * 8) =
                 *reinterpret_cast<const uint4*>(staged + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4));
@@ -1125,7 +1145,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     if (wtid == 0) {
       if (tma_rows) {
 #pragma unroll
-        for (int c = 0; c < blocks; ++c)
+        for (int c = 0; c < blocks; ++c)  // a block past head_dim_v stores nothing (Note [Hopper padded head dims])
           tma_store(&tm_o, a_base + c * tile_bytes(BM, 64), c * 64, start_q + row0, it.h, Varlen ? 0 : it.b);
         bulk_commit();
         bulk_wait_read0();
@@ -1159,7 +1179,8 @@ inline PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 // A 4-D map of a [batch, seq, head, dim] tensor (dim innermost, unit stride) with boxes of
-// 64 dims x `box_rows` rows, 128-byte swizzle, zero fill out of bounds. False if the driver refuses.
+// 64 dims x `box_rows` rows, 128-byte swizzle, zero fill out of bounds (also past `dim`: Note
+// [Hopper padded head dims]). False if the driver refuses.
 inline bool encode_map(CUtensorMap* map, elem e, const void* data, const std::int64_t (&stride)[4], int seqlen, int heads,
                        int batch, int dim, int box_rows) {
   const auto fn = encode_fn();
@@ -1193,33 +1214,44 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
   const int batch = varlen ? 1 : p.batch;
   CUtensorMap tm_q, tm_k, tm_v, tm_o;
   if (p.maybe_work_counter == nullptr || p.persistent_ctas < 1 ||
-      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, rows_q, p.num_heads_q, batch, Width, sm90_block_m(Width)) ||
-      !sm90::encode_map(&tm_k, E, p.k, p.k_stride, rows_kv, p.num_heads_kv, batch, Width, k_sm90_block_n) ||
-      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, rows_kv, p.num_heads_kv, batch, Width, k_sm90_block_n) ||
-      !sm90::encode_map(&tm_o, E, p.out, p.out_stride, rows_q, p.num_heads_q, batch, Width, 64))
+      p.head_dim_qk > Width || p.head_dim_v > Width ||  // Note [Hopper padded head dims]
+      !sm90::encode_map(&tm_q, E, p.q, p.q_stride, rows_q, p.num_heads_q, batch, p.head_dim_qk, sm90_block_m(Width)) ||
+      !sm90::encode_map(&tm_k, E, p.k, p.k_stride, rows_kv, p.num_heads_kv, batch, p.head_dim_qk, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_v, E, p.v, p.v_stride, rows_kv, p.num_heads_kv, batch, p.head_dim_v, k_sm90_block_n) ||
+      !sm90::encode_map(&tm_o, E, p.out, p.out_stride, rows_q, p.num_heads_q, batch, p.head_dim_v, 64))
     return false;
   const auto s = static_cast<cudaStream_t>(stream);
   // Varlen with a mask never comes here (sm90_kernel_for); a mask here is a key mask or a boolean
   // mask that the caller packed (Note [Hopper row masks]).
-  const sm90::mode mode = varlen                        ? sm90::mode::varlen
-                          : p.mask == mask_kind::none   ? sm90::mode::dense
-                          : p.maybe_mask_bits != nullptr ? sm90::mode::row_mask
-                                                        : sm90::mode::key_mask;
-  const auto kernel = mode == sm90::mode::varlen     ? flash_sm90_kernel<E, Width, sm90::mode::varlen>
-                      : mode == sm90::mode::key_mask ? flash_sm90_kernel<E, Width, sm90::mode::key_mask>
-                      : mode == sm90::mode::row_mask ? flash_sm90_kernel<E, Width, sm90::mode::row_mask>
-                                                     : flash_sm90_kernel<E, Width, sm90::mode::dense>;
-  const int smem = sm90::smem_bytes(Width, mode);
-  switch (mode) {
-    case sm90::mode::varlen: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::varlen>>(smem); break;
-    case sm90::mode::key_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::key_mask>>(smem); break;
-    case sm90::mode::row_mask: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::row_mask>>(smem); break;
-    case sm90::mode::dense: allow_dynamic_smem<flash_sm90_kernel<E, Width, sm90::mode::dense>>(smem); break;
-  }
-  if (mode == sm90::mode::row_mask) launch_mask_bits(p, stream);  // Note [Hopper row masks]
-  ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
-  const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
-  kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);
+  const sm90::mode which = varlen                        ? sm90::mode::varlen
+                           : p.mask == mask_kind::none   ? sm90::mode::dense
+                           : p.maybe_mask_bits != nullptr ? sm90::mode::row_mask
+                                                         : sm90::mode::key_mask;
+  // Head dims whose S = Q K^T needs fewer k16 steps than the width run an instantiation that skips
+  // the rest (Note [Hopper padded head dims]); every other call runs the one without that test.
+  const bool padded_qk = (p.head_dim_qk + 15) / 16 < Width / 16;
+  auto launch = [&](auto mode_c, auto padded_c) {
+    constexpr auto kernel = flash_sm90_kernel<E, Width, decltype(mode_c)::value, decltype(padded_c)::value>;
+    const int smem = sm90::smem_bytes(Width, decltype(mode_c)::value);
+    allow_dynamic_smem<kernel>(smem);
+    if constexpr (decltype(mode_c)::value == sm90::mode::row_mask) launch_mask_bits(p, stream);  // Note [Hopper row masks]
+    ATTEND_CUDA_CHECK(cudaMemsetAsync(p.maybe_work_counter, 0, sizeof(int), s));  // Note [Hopper scheduler]
+    const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
+    kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);
+  };
+  auto with_mode = [&](auto padded_c) {
+    using sm90::mode;
+    switch (which) {
+      case mode::varlen: launch(std::integral_constant<mode, mode::varlen>{}, padded_c); break;
+      case mode::key_mask: launch(std::integral_constant<mode, mode::key_mask>{}, padded_c); break;
+      case mode::row_mask: launch(std::integral_constant<mode, mode::row_mask>{}, padded_c); break;
+      case mode::dense: launch(std::integral_constant<mode, mode::dense>{}, padded_c); break;
+    }
+  };
+  if (padded_qk)
+    with_mode(std::true_type{});
+  else
+    with_mode(std::false_type{});
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
