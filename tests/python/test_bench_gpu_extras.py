@@ -1,5 +1,5 @@
-"""bench/gpu_varlen.py and bench/gpu_masks.py without a GPU, as test_bench_gpu.py does for gpu.py:
-each script runs against stand-in `torch` and `attend` modules (and a stand-in for its child
+"""bench/gpu_varlen.py, bench/gpu_masks.py and bench/gpu_dims.py without a GPU, as
+test_bench_gpu.py does for gpu.py: each script runs against stand-in `torch` and `attend` modules (and a stand-in for its child
 process with the Hopper kernel off), so a broken harness fails here instead of in a device call.
 Checks which calls each column makes, the interleaved rounds, the FLOP counts behind the table's
 TFLOP/s, and that errors become table cells instead of aborting the run."""
@@ -76,7 +76,7 @@ def _modules(calls, reject=()):
 def _run(monkeypatch, tmp_path, script, mods, mma_ms):
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    for name in ("gpu", "gpu_varlen", "gpu_masks"):  # imported afresh, with the stand-ins
+    for name in ("gpu", "gpu_varlen", "gpu_masks", "gpu_dims"):  # imported afresh, with the stand-ins
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location(script, BENCH / f"{script}.py")
@@ -135,3 +135,24 @@ def test_masks_columns_and_flops(monkeypatch, tmp_path):
     assert rows[c["name"]][1] == f"{flops / 50e-3 / 1e12:.0f}"
     assert rows[c["name"]][-2] == "1.00"  # flash_cuda / torch_cudnn at equal stand-in times
     assert rows[c["name"]][5].startswith("error: flash_cuda rejects dense")
+
+
+def test_dims_columns_and_flops(monkeypatch, tmp_path):
+    calls = []
+    mods = _modules(calls)
+    mma = {"bf16-d80-s4096": 25.0}
+    gpu_dims, table = _run(monkeypatch, tmp_path, "gpu_dims", mods, mma)
+    order = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    one_round = [("flash_cuda", "dense"), ("torch_flash", False), ("torch_cudnn", False), ("torch_efficient", False)]
+    assert order[:8] == one_round * 2
+    rows = _rows(table)
+    assert set(rows) == {c["name"] for c in gpu_dims.shapes()}
+    assert {c["d"] for c in gpu_dims.shapes()} == {40, 72, 80, 96}  # none the Hopper kernel has a width for
+    # FLOPs with the call's own head dim, halved for causal.
+    B, S, H = gpu_dims.B, gpu_dims.S, gpu_dims.H
+    flops = 4.0 * B * H * S * S * 80
+    assert rows["bf16-d80-s4096"][1] == f"{flops / 50e-3 / 1e12:.0f}"
+    assert rows["bf16-d80-s4096"][5] == f"{flops / 25e-3 / 1e12:.0f}"  # the child's mma.sync time
+    assert rows["bf16-d80-s4096-causal"][1] == f"{flops / 2 / 50e-3 / 1e12:.0f}"
+    assert rows["bf16-d80-s4096"][-2] == "1.00"  # flash_cuda / torch_flash at equal stand-in times
+    assert rows["bf16-d80-s4096"][-1].rstrip(" |") == "0.50"  # flash_cuda / mma_sync
