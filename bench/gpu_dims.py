@@ -12,7 +12,6 @@ in --rounds interleaved rounds. Needs torch with CUDA and the attend package bui
     python3 bench/gpu_dims.py [--rounds 3] [--markdown out.md]
 """
 import datetime
-import json
 import os
 import sys
 
@@ -21,8 +20,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu import median_or_error, time_cuda  # noqa: E402
-from gpu_varlen import parse_args, time_rounds, without_hopper_kernel, write_table  # noqa: E402
+from gpu import time_cuda  # noqa: E402
+from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
 
 B, S, H = 8, 4096, 16
 TORCH = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -60,21 +59,17 @@ def main():
     args = parse_args()
     import attend
     if args.child:
-        print(json.dumps({c["name"]: median_or_error([time_flash_cuda(attend, c, inputs(c)) for _ in range(args.rounds)])
-                          for c in shapes()}))
-        return
+        return print_child(shapes(), lambda c: time_flash_cuda(attend, c, inputs(c)), args.rounds)
     mma = without_hopper_kernel(__file__, args.rounds)
     cols = ["flash_cuda", "torch_flash", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync"]
-    rows = []
-    for c in shapes():
+
+    def columns(c):
         data = inputs(c)
         fns = {"flash_cuda": lambda: time_flash_cuda(attend, c, data)}
         for name, backend in TORCH.items():
             fns[name] = lambda backend=backend: time_torch(backend, c, data)
-        ms = time_rounds(fns, args.rounds)
-        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
-        rows.append((c, ms))
-        print(c["name"], ms, flush=True)
+        return fns
+    rows = measure(shapes(), columns, mma, args.rounds)
 
     intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
              f"B={B}, S={S}, H={H} (bench/gpu_dims.py). Median of {args.rounds} interleaved rounds; the mma.sync "

@@ -15,7 +15,6 @@ built with CUDA.
     python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
 """
 import datetime
-import json
 import os
 import sys
 
@@ -24,8 +23,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu import median_or_error, time_cuda  # noqa: E402
-from gpu_varlen import parse_args, time_rounds, without_hopper_kernel, write_table  # noqa: E402
+from gpu import time_cuda  # noqa: E402
+from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
 
 B, S = 8, 4096
 TORCH = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -68,21 +67,17 @@ def main():
     args = parse_args()
     import attend
     if args.child:
-        print(json.dumps({c["name"]: median_or_error([time_flash_cuda(attend, inputs(c)) for _ in range(args.rounds)])
-                          for c in shapes()}))
-        return
+        return print_child(shapes(), lambda c: time_flash_cuda(attend, inputs(c)), args.rounds)
     mma = without_hopper_kernel(__file__, args.rounds)
     cols = ["flash_cuda", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync", "flash_cuda_no_mask"]
-    rows = []
-    for c in shapes():
+
+    def columns(c):
         data = inputs(c)
-        ms = time_rounds({"flash_cuda": lambda: time_flash_cuda(attend, data),
-                          "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
-                          "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
-                          "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}, args.rounds)
-        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
-        rows.append((c, ms))
-        print(c["name"], ms, flush=True)
+        return {"flash_cuda": lambda: time_flash_cuda(attend, data),
+                "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
+                "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
+                "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}
+    rows = measure(shapes(), columns, mma, args.rounds)
 
     intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
              f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (key) or the same mask materialised [B, 1, S, S] "

@@ -79,15 +79,23 @@ def time_torch_jagged(c, lens, data):
     return time_cuda(run)
 
 
+def print_child(shapes, time_of, rounds):
+    """The child run's output (started by without_hopper_kernel, with ATTEND_FLASH_CUDA_SM90=0):
+    {shape: median ms of time_of(shape) over `rounds` runs}, as one JSON line."""
+    print(json.dumps({c["name"]: median_or_error([time_of(c) for _ in range(rounds)]) for c in shapes}))
+
+
 def child(rounds):
     """Prints {shape: ms} of flash_cuda varlen (run with ATTEND_FLASH_CUDA_SM90=0 by the parent)."""
     import attend
     lens = lengths()
-    res = {}
-    for c in shapes():
-        data = inputs(c, lens)
-        res[c["name"]] = median_or_error([time_flash_cuda(attend, c, lens, data) for _ in range(rounds)])
-    print(json.dumps(res))
+    data = {}
+
+    def time_of(c):
+        if c["name"] not in data:
+            data[c["name"]] = inputs(c, lens)
+        return time_flash_cuda(attend, c, lens, data[c["name"]])
+    print_child(shapes(), time_of, rounds)
 
 
 def without_hopper_kernel(script, rounds):
@@ -122,16 +130,13 @@ def main():
     lens = lengths()
     mma = without_hopper_kernel(__file__, args.rounds)
     cols = ["flash_cuda", "torch_flash_jagged", "flash_cuda_mma_sync", "flash_cuda_dense_same_tokens"]
-    rows = []
-    for c in shapes():
+
+    def columns(c):
         data = inputs(c, lens)
-        ms = time_rounds({"flash_cuda": lambda: time_flash_cuda(attend, c, lens, data),
-                          "torch_flash_jagged": lambda: time_torch_jagged(c, lens, data),
-                          "flash_cuda_dense_same_tokens": lambda: time_flash_cuda(attend, c, lens, data, dense=True)},
-                         args.rounds)
-        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
-        rows.append((c, ms))
-        print(c["name"], ms, flush=True)
+        return {"flash_cuda": lambda: time_flash_cuda(attend, c, lens, data),
+                "torch_flash_jagged": lambda: time_torch_jagged(c, lens, data),
+                "flash_cuda_dense_same_tokens": lambda: time_flash_cuda(attend, c, lens, data, dense=True)}
+    rows = measure(shapes(), columns, mma, args.rounds)
     b = len(lens)
 
     def flops_of(c, col):
@@ -146,6 +151,18 @@ def main():
     write_table(rows, cols, "torch_flash_jagged", flops_of, intro,
                 "TFLOP/s (sum over sequences of 4·H·S²·D, halved for causal; the dense column: its own B·S²).",
                 args.markdown)
+
+
+def measure(shapes, columns_of, mma, rounds):
+    """[(shape, {column: median ms or error})]: each shape's columns (columns_of(shape): {column:
+    fn}) timed in interleaved rounds, plus its mma.sync time from the child run (`mma`)."""
+    rows = []
+    for c in shapes:
+        ms = time_rounds(columns_of(c), rounds)
+        ms["flash_cuda_mma_sync"] = mma.get(c["name"], "n/a")
+        rows.append((c, ms))
+        print(c["name"], ms, flush=True)
+    return rows
 
 
 def time_rounds(fns, rounds):

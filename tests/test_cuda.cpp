@@ -476,25 +476,29 @@ TEST(cuda, flash_cuda_mma_sync_grid) {
 // Small enough for compute-sanitizer (scripts/gpu-check runs memcheck and racecheck on it), yet
 // with more work items (2-3 row blocks x 70 heads x 2 batches) than an H100 has SMs, so the
 // persistent Hopper kernel reuses its Q buffers and K/V ring across items (Note [Hopper scheduler]).
-// The last three cases' first row block of each head sees no key (bottom-right, Sq > Skv: rows
+// The cases at Sq = 330, 400 and 401: each head's first row block sees no key (bottom-right, Sq > Skv: rows
 // 0..129, 0..199, 0..200): items without key tiles between items with tiles, at both head dims
-// (two and three consumers); the last one has a window, so consumers skip tiles on both sides of
+// (two and three consumers); the one at 401 has a window, so consumers skip tiles on both sides of
 // their rows' bands (Note [Hopper skipped tiles]). At head dim 64 the row-block grid starts 128 rows
 // before row 0 (flash.h sm90_row_origin), so two consumers of each head's first item have no rows.
 TEST(cuda, flash_cuda_hopper_persistent_small) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
   const std::uint64_t seed = fresh_seed();
-  // (dtype, head dim, Sq, window_left); the window makes consumers skip leading tiles too (Note
-  // [Hopper skipped tiles]).
-  for (auto [t, d, sq, window] : {std::tuple<dtype, std::int64_t, std::int64_t, std::int64_t>{dtype::bf16, 64, 200, -1},
-                                  {dtype::f16, 128, 200, -1},
-                                  {dtype::bf16, 128, 330, -1},
-                                  {dtype::bf16, 64, 400, -1},
-                                  {dtype::f16, 64, 401, 60}}) {
+  // (dtype, head dim, Sq, window_left, gaps); the window makes consumers skip leading tiles too
+  // (Note [Hopper skipped tiles]); head dim 40 runs zero-padded (Note [Hopper padded head dims]),
+  // in slices whose gaps must stay unwritten.
+  for (auto [t, d, sq, window, gaps] :
+       {std::tuple<dtype, std::int64_t, std::int64_t, std::int64_t, bool>{dtype::bf16, 64, 200, -1, false},
+        {dtype::f16, 128, 200, -1, false},
+        {dtype::bf16, 128, 330, -1, false},
+        {dtype::bf16, 64, 400, -1, false},
+        {dtype::f16, 64, 401, 60, false},
+        {dtype::f16, 40, 200, -1, true}}) {
     case_spec c = typed_case("sm90-persistent-" + std::string(to_string(t)) + "-d" + std::to_string(d) + "-sq" +
-                                 std::to_string(sq) + (window >= 0 ? "-window" : ""),
+                                 std::to_string(sq) + (window >= 0 ? "-window" : "") + (gaps ? "-gaps" : ""),
                              t, d, seed + v.size());
+    c.aligned_gaps = gaps;
     c.batch = 2;
     c.seqlen_q = sq;
     c.seqlen_kv = 200;
@@ -525,38 +529,21 @@ TEST(cuda, flash_cuda_hopper_persistent_small) {
     v.push_back(c);
   }
   // Varlen (Note [Hopper varlen]): the V tiles zeroed past a sequence's end (a barrier of their
-  // own) and the outputs stored row by row where a part runs past the end, on many items.
-  for (auto [t, d] : {std::pair{dtype::bf16, std::int64_t{128}}, {dtype::f16, std::int64_t{64}}}) {
-    case_spec c = typed_case("sm90-persistent-varlen-" + std::string(to_string(t)) + "-d" + std::to_string(d), t, d,
-                             seed + v.size());
+  // own) and the outputs stored row by row where a part runs past the end, on many items; also at
+  // padded head dims (Note [Hopper padded head dims]), whose rows are stored up to head_dim_v.
+  for (auto [t, dqk, dv] : {std::tuple{dtype::bf16, std::int64_t{128}, std::int64_t{128}},
+                            {dtype::f16, std::int64_t{64}, std::int64_t{64}},
+                            {dtype::bf16, std::int64_t{80}, std::int64_t{48}}}) {
+    case_spec c = typed_case("sm90-persistent-varlen-" + std::string(to_string(t)) + "-d" + std::to_string(dqk) +
+                                 (dv != dqk ? "-dv" + std::to_string(dv) : ""),
+                             t, dqk, seed + v.size());
+    c.head_dim_v = dv;
     c.varlen_q = {200, 77, 0, 330};
     c.varlen_kv = {130, 200, 64, 301};
     c.heads_q = 40;
     c.heads_kv = 8;
     c.causal = true;
-    c.alignment = alignment::bottom_right;
-    v.push_back(c);
-  }
-  // Padded head dims (Note [Hopper padded head dims]): varlen rows stored one by one up to
-  // head_dim_v, and slices whose gaps must stay unwritten, on many items.
-  {
-    case_spec c = typed_case("sm90-persistent-padded-varlen-dqk80-dv48", dtype::bf16, 80, seed + v.size());
-    c.head_dim_v = 48;
-    c.varlen_q = {200, 77, 0, 330};
-    c.varlen_kv = {130, 200, 64, 301};
-    c.heads_q = 40;
-    c.heads_kv = 8;
-    c.causal = true;
-    v.push_back(c);
-    c = typed_case("sm90-persistent-padded-d40-gaps", dtype::f16, 40, seed + v.size());
-    c.aligned_gaps = true;
-    c.batch = 2;
-    c.seqlen_q = 200;
-    c.seqlen_kv = 300;
-    c.heads_q = 70;
-    c.heads_kv = 14;
-    c.causal = true;
-    c.alignment = alignment::bottom_right;
+    c.alignment = dv == dqk ? alignment::bottom_right : alignment::top_left;
     v.push_back(c);
   }
   expect_hopper_kernel(v);

@@ -156,3 +156,21 @@ def test_dims_columns_and_flops(monkeypatch, tmp_path):
     assert rows["bf16-d80-s4096-causal"][1] == f"{flops / 2 / 50e-3 / 1e12:.0f}"
     assert rows["bf16-d80-s4096"][-2] == "1.00"  # flash_cuda / torch_flash at equal stand-in times
     assert rows["bf16-d80-s4096"][-1].rstrip(" |") == "0.50"  # flash_cuda / mma_sync
+
+
+def test_child_runs_print_one_json_line(monkeypatch, tmp_path, capsys):
+    """The --child run each script starts with the Hopper kernel off: {shape: median ms} as the
+    last line of its output, which without_hopper_kernel parses."""
+    import json
+
+    for script in ("gpu_varlen", "gpu_masks", "gpu_dims"):
+        calls = []
+        mods = _modules(calls)
+        module, _ = _run(monkeypatch, tmp_path, script, mods, {})
+        capsys.readouterr()
+        monkeypatch.setattr(sys, "argv", [script, "--child", "--rounds", "2"])
+        calls.clear()
+        module.main()
+        res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert res == {c["name"]: 50.0 for c in module.shapes()}, script
+        assert {backend for backend, _ in calls} == {"flash_cuda"}, script  # only flash_cuda in the child
