@@ -27,7 +27,9 @@ bool flash_cuda_tc_staged_fits(const problem& p);
 bool flash_cuda_hopper_available(int device_index);
 // Switches flash_cuda's Hopper kernels off (false) or back on for the calls planned after it, in the
 // whole process, and returns the state before; ATTEND_FLASH_CUDA_SM90=0 sets the initial state to
-// off. For tests of the mma.sync kernel on a Hopper GPU at shapes the Hopper kernel would take.
+// off. For tests of the mma.sync kernel on a Hopper GPU at shapes the Hopper kernel would take;
+// flip it only while no flash_cuda call is being planned or run (a call's workspace size is planned
+// with the switch as it was then, and the Hopper kernel needs 256 bytes more).
 bool flash_cuda_set_hopper_enabled(bool enabled);
 
 // Device memory of CUDA device `index` (cudaMalloc / cudaMemcpy / cudaDeviceSynchronize).

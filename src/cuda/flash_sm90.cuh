@@ -4,8 +4,8 @@
 // compile an empty stub that traps), and flash_backend.cpp selects it only on compute capability
 // 9.0 devices in a build whose architectures include 90a.
 //
-// Note [Hopper path]: a persistent CTA of 1 + C warpgroups (C = sm90_consumers(Width): 3 at head
-// dim 64, 2 at 128) runs work items of sm90_block_m(Width) = 64 C query rows of one (batch, query
+// Note [Hopper path]: a persistent CTA of 1 + C warpgroups (C = sm90_consumers(Width): 3 at width
+// 64, 2 at 128) runs work items of sm90_block_m(Width) = 64 C query rows of one (batch, query
 // head), one after another (Note [Hopper scheduler]).
 //   - Warpgroup 0 is the producer: one thread issues TMA (cp.async.bulk.tensor) loads of each
 //     item's Q tile and of each visible key tile of K and V (k_sm90_block_n keys) into a ring of
@@ -18,7 +18,7 @@
 //     online softmax in registers (log2 units, ex2.approx), then O += P V by wgmma m64n{D}k16 with
 //     P from registers as the A operand and V read N-major (transposed by the instruction);
 //     software-pipelined so that softmax overlaps the tensor cores (Note [Hopper overlap]). At
-//     head dim 64 a tile's wgmma take half as long as at 128 but its softmax does not, so a third
+//     width 64 a tile's wgmma take half as long as at 128 but its softmax does not, so a third
 //     consumer's softmax is what keeps the tensor cores busy there.
 //   - Shared-memory tiles use TMA's 128-byte swizzle: a tile is stored as column blocks of 64
 //     elements (128 bytes) x rows, 16-byte chunk c of row r at c ^ (r & 7), 8-row groups 1024 bytes
@@ -49,9 +49,9 @@
 // columns of a tile past the head dim come in as zeros (out-of-bounds fill; a box wholly past it
 // too, with its full byte count on the barrier). Zero columns of Q and K add nothing to S = Q K^T,
 // and zero columns of V give zero columns of O, which the TMA store clips at head_dim_v (a box wholly
-// past it is not stored; the varlen row-by-row store stops at head_dim_v). The scale is the
+// past it writes nothing; the varlen row-by-row store stops at head_dim_v). The scale is the
 // caller's (1/sqrt(head_dim_qk) by default), not the width's. When head_dim_qk leaves k16 steps of
-// S = Q K^T wholly zero (80: 5 of 8), the launcher runs the instantiation with PaddedQk, whose
+// S = Q K^T wholly zero (80: 3 of 8 skipped), the launcher runs the instantiation with PaddedQk, whose
 // issue_qk skips them (a warpgroup-uniform test per step; ptxas then adds wgmma fences there, so
 // the other instantiation, which every call at the full width runs, keeps the plain chain). P V
 // still runs at the full width: its N is the width, and the padded columns of O cost their
