@@ -191,6 +191,10 @@ inline bool tc_staged_fits(mask_kind mask, int width) {
 inline tc_mode tc_mode_for(const flash_params& p, bool bits, int width) {
   return tc_mode_for(p, bits, width, flash_warps(width), flash_block_m(width), flash_block_n(width));
 }
+// The k16 steps of an MMA's k dimension that hold `head_dim` columns (the rest of a tile's width
+// is zero padding, which both tensor-core kernels skip: Note [Tile sizes], Note [Hopper padded head
+// dims]).
+constexpr int k16_steps(int head_dim) { return (head_dim + 15) / 16; }
 constexpr int flash_width_for(int head_dim) { return head_dim <= 64 ? 64 : head_dim <= 128 ? 128 : 256; }
 
 // The Hopper path's tile (Note [Hopper path], flash_sm90.cuh): one consumer warpgroup per 64 query

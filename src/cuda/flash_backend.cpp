@@ -190,9 +190,6 @@ const sm90_entry* sm90_kernel_for(const problem& pr, const flash_params& p) {
   if (pr.is_varlen && (pr.seqlen_q > k_sm90_varlen_limit || pr.seqlen_kv > k_sm90_varlen_limit ||
                        p.total_q > k_sm90_band_limit || p.total_kv > k_sm90_band_limit))
     return nullptr;
-  // Head dims in whole 16-byte chunks: the varlen row-by-row store writes 8 elements at a time
-  // (the backend's head_dim_multiple already asks for it).
-  if (pr.head_dim_qk % 8 != 0 || pr.head_dim_v % 8 != 0) return nullptr;
   const sm90_entry* best = nullptr;
   for (const sm90_entry& e : k_sm90_table)
     if (e.launch != nullptr && e.e == elem_of(pr.dtype) && e.width >= std::max(pr.head_dim_qk, pr.head_dim_v) &&

@@ -864,7 +864,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   using k128 = std::integral_constant<int, 128>;
 
   // The k16 steps of S = Q K^T that hold head_dim_qk columns (Note [Hopper padded head dims]).
-  const int qk_steps = PaddedQk ? (p.head_dim_qk + 15) / 16 : Width / 16;
+  const int qk_steps = PaddedQk ? k16_steps(p.head_dim_qk) : Width / 16;
   int kv = 0;
   for (int j = 0;; ++j) {
     const int qb = j & 1;
@@ -1134,7 +1134,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         T* const out = static_cast<T*>(p.out) + it.h * p.out_stride[2];
         for (int idx = wtid; idx < 64 * blocks * 8; idx += 128) {
           const int rr = idx / (blocks * 8), blk = idx / 8 % blocks, chunk = idx % 8;
-          if (row0 + rr < len_q && blk * 64 + chunk * 8 < p.head_dim_v)  // Note [Hopper padded head dims]
+          if (row0 + rr < len_q && blk * 64 + chunk * 8 < p.head_dim_v)  // whole chunks: head_dim_multiple 8
             *reinterpret_cast<uint4*>(out + static_cast<std::int64_t>(start_q + row0 + rr) * p.out_stride[1] + blk * 64 +
                                       chunk * 8) =
                 *reinterpret_cast<const uint4*>(staged + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4));
@@ -1229,7 +1229,7 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
                                                          : sm90::mode::key_mask;
   // Head dims whose S = Q K^T needs fewer k16 steps than the width run an instantiation that skips
   // the rest (Note [Hopper padded head dims]); every other call runs the one without that test.
-  const bool padded_qk = (p.head_dim_qk + 15) / 16 < Width / 16;
+  const bool padded_qk = k16_steps(p.head_dim_qk) < Width / 16;
   auto launch = [&](auto mode_c, auto padded_c) {
     constexpr auto kernel = flash_sm90_kernel<E, Width, decltype(mode_c)::value, decltype(padded_c)::value>;
     const int smem = sm90::smem_bytes(Width, decltype(mode_c)::value);

@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   std::uint32_t q_frag[q_regs ? mb_count : 1][q_regs ? kq_count : 1][4];
   static_assert(!packed || BlockN % 32 == 0, "a tile covers whole 32-key words of the packed mask");
   const float scale_log2 = attend::cuda::scale_log2(p);
-  const int dqk_steps = (p.head_dim_qk + 15) / 16, dv_steps = (p.head_dim_v + 15) / 16;  // if SkipPadded
+  const int dqk_steps = k16_steps(p.head_dim_qk), dv_steps = k16_steps(p.head_dim_v);  // if SkipPadded
   // Keys any row of this warp sees (bands are monotone in the row): a tile outside them is skipped
   // by the warp, e.g. the upper half of a causal diagonal tile pair for the CTA's first warps.
   const int warp_row_last = min(m0 + warp_row0 + rows, sb.len_q) - 1;
