@@ -422,13 +422,14 @@ TEST(cuda, flash_cuda_hopper_shapes) {
 }
 
 // Note [Hopper padded head dims]: head dims below the width the Hopper kernel runs at (8 and 40 at
-// 64; 72, 80, 96, 104, 112 and 120 at 128; all but 120 and head_dim_qk = 128 with fewer k16 steps
-// of S = Q K^T than the width, the instantiation that skips the rest) and head_dim_v != head_dim_qk
-// either way (one of them 64 or
-// less at width 128: a TMA box wholly past the head dim), dense and varlen (whose rows past a
-// sequence's end are stored one by one, up to head_dim_v), key and row masks, causal and window
-// bands, GQA, bhsd, more items than SMs, and slices with gaps after each dim, which must stay
-// unwritten (check_backend). Sequence lengths are not multiples of the tiles.
+// 64; 72, 80, 88, 96, 104, 112 and 120 at 128; all but 120 and head_dim_qk = 128 with fewer k16
+// steps of S = Q K^T than the width, the instantiation that skips the rest; head_dim_v up to 48 at
+// 64 and up to 96 at 128 with P V at a narrower n, sm90_pv_n, in every mode) and head_dim_v !=
+// head_dim_qk either way (one of them 64 or less at width 128: a TMA box wholly past the head dim),
+// dense and varlen (whose rows past a sequence's end are stored one by one, up to head_dim_v), key
+// and row masks, causal and window bands, GQA, bhsd, more items than SMs, and slices with gaps
+// after each dim, which must stay unwritten (check_backend). Sequence lengths are not multiples of
+// the tiles.
 std::vector<case_spec> hopper_padded_cases(std::uint64_t seed) {
   std::vector<case_spec> v;
   auto add = [&](const std::string& name, dtype t, std::int64_t dqk, std::int64_t dv, auto&& edit) {
@@ -451,6 +452,10 @@ std::vector<case_spec> hopper_padded_cases(std::uint64_t seed) {
   add("dqk128-dv64-varlen-causal", dtype::bf16, 128, 64, [](case_spec& c) { c.varlen_q = {200, 77, 330}; c.varlen_kv = {130, 200, 301}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
   add("d120-key-mask-keep", dtype::bf16, 120, 120, [](case_spec& c) { c.batch = 2; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 2; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; });
   add("d104-many-items-causal-gqa", dtype::f16, 104, 104, [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
+  // P V at n = 48, 80 and 96 (sm90_pv_n) in the modes the cases above run at the full width.
+  add("d80-row-mask-window", dtype::f16, 80, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 333; c.seqlen_kv = 401; c.heads_q = 2; c.mask = mask_type::keep; c.fully_masked_rows = true; c.window_left = 100; c.window_right = 100; });
+  add("d40-key-mask-additive", dtype::bf16, 40, 40, [](case_spec& c) { c.batch = 2; c.seqlen_q = 257; c.seqlen_kv = 300; c.heads_q = 4; c.heads_kv = 2; c.mask = mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; });
+  add("d88-varlen-causal", dtype::bf16, 88, 88, [](case_spec& c) { c.varlen_q = {129, 300, 1, 64}; c.varlen_kv = {300, 129, 17, 64}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
   return v;
 }
 

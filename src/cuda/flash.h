@@ -207,6 +207,24 @@ constexpr int sm90_consumers(int width) {
                                // than the ~200 registers O (64) + S (64) + P (32) need
 }
 constexpr int sm90_block_m(int width) { return 64 * sm90_consumers(width); }
+// The N of the Hopper path's P V wgmma for head_dim_v at `width` (Note [Hopper padded head dims],
+// flash_sm90.cuh): the narrowest instantiated one covering head_dim_v, so that the columns of O past
+// it, zero, cost no tensor-core time; at width 64: 48 or 64; at 128: 80, 96 or 128.
+constexpr int sm90_pv_n(int width, int head_dim_v) {
+  if (width == 64) return head_dim_v <= 48 ? 48 : 64;
+  return head_dim_v <= 80 ? 80 : head_dim_v <= 96 ? 96 : 128;
+}
+// Every head_dim_v the Hopper path takes (multiples of 8 up to the width) gets an N that covers it,
+// is a multiple of 16 (a whole k16 step of P's packing) and stays within the width's column blocks.
+constexpr bool sm90_pv_n_covers() {
+  for (const int width : {64, 128})
+    for (int dv = 8; dv <= width; dv += 8) {
+      const int n = sm90_pv_n(width, dv);
+      if (n < dv || n > width || n % 16 != 0 || n <= width - 64) return false;
+    }
+  return true;
+}
+static_assert(sm90_pv_n_covers());
 inline constexpr int k_sm90_block_n = 128;  // why: wgmma m64n128 for S amortises each Q read over 128
                                             // keys; 2 stages of K and V (128 KB at D = 128) plus two
                                             // Q buffers fit the 227 KB a block may use

@@ -53,9 +53,16 @@
 // caller's (1/sqrt(head_dim_qk) by default), not the width's. When head_dim_qk leaves k16 steps of
 // S = Q K^T wholly zero (80: 3 of 8 skipped), the launcher runs the instantiation with PaddedQk, whose
 // issue_qk skips them (a warpgroup-uniform test per step; ptxas then adds wgmma fences there, so
-// the other instantiation, which every call at the full width runs, keeps the plain chain). P V
-// still runs at the full width: its N is the width, and the padded columns of O cost their
-// tensor-core time (bench/gpu_dims.py measures both against PyTorch, bench/RESULTS.md).
+// the other instantiation, which every call at the full width runs, keeps the plain chain). P V runs
+// at n = PvN (a template argument; sm90_pv_n in flash.h: 48 or 64 at width 64, 80, 96 or 128 at
+// 128), the narrowest instantiated N covering head_dim_v, so O's accumulators, their rescaling and
+// the tensor-core time of P V stop there. V's tile keeps its layout: n = 80 or 96 reads the first
+// 64-column block whole and the first 16 or 32 columns of the second (leading byte offset between
+// the blocks, as at 128), and n = 48 the first 48 columns of the only block; the epilogue stages
+// O's first PvN columns, and the store clips at head_dim_v <= PvN, so the rest of the staging
+// tile (the item's Q) is never written out. A call at the full width runs PvN = Width, whose
+// machine code is that of the kernel before PvN existed (bench/gpu_dims.py measures the padded
+// head dims against PyTorch, bench/RESULTS.md).
 #pragma once
 
 #include <cuda.h>
@@ -172,14 +179,20 @@ __device__ __forceinline__ std::uint64_t desc_sw128(std::uint32_t addr, std::uin
          (static_cast<std::uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (1ull << 62);
 }
 
-// wgmma wrappers. Accumulator operand lists of 32 and 64 floats; the element type (bf16/f16) is
-// pasted into the instruction name.
+// wgmma wrappers. Accumulator operand lists of 24 to 64 floats (N / 2 for n = N); the element type
+// (bf16/f16) is pasted into the instruction name.
 #define ATTEND_WG_ACC32 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
 #define ATTEND_WG_ACC64 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 #define ATTEND_WG_OUT32 "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31])
 #define ATTEND_WG_OUT64 "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3]), "=f"(d[4]), "=f"(d[5]), "=f"(d[6]), "=f"(d[7]), "=f"(d[8]), "=f"(d[9]), "=f"(d[10]), "=f"(d[11]), "=f"(d[12]), "=f"(d[13]), "=f"(d[14]), "=f"(d[15]), "=f"(d[16]), "=f"(d[17]), "=f"(d[18]), "=f"(d[19]), "=f"(d[20]), "=f"(d[21]), "=f"(d[22]), "=f"(d[23]), "=f"(d[24]), "=f"(d[25]), "=f"(d[26]), "=f"(d[27]), "=f"(d[28]), "=f"(d[29]), "=f"(d[30]), "=f"(d[31]), "=f"(d[32]), "=f"(d[33]), "=f"(d[34]), "=f"(d[35]), "=f"(d[36]), "=f"(d[37]), "=f"(d[38]), "=f"(d[39]), "=f"(d[40]), "=f"(d[41]), "=f"(d[42]), "=f"(d[43]), "=f"(d[44]), "=f"(d[45]), "=f"(d[46]), "=f"(d[47]), "=f"(d[48]), "=f"(d[49]), "=f"(d[50]), "=f"(d[51]), "=f"(d[52]), "=f"(d[53]), "=f"(d[54]), "=f"(d[55]), "=f"(d[56]), "=f"(d[57]), "=f"(d[58]), "=f"(d[59]), "=f"(d[60]), "=f"(d[61]), "=f"(d[62]), "=f"(d[63])
 #define ATTEND_WG_R32 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}"
 #define ATTEND_WG_R64 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}"
+#define ATTEND_WG_ACC24 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23])
+#define ATTEND_WG_R24 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23}"
+#define ATTEND_WG_ACC40 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39])
+#define ATTEND_WG_R40 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39}"
+#define ATTEND_WG_ACC48 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
+#define ATTEND_WG_R48 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47}"
 // S[64 x N] = A[64 x 16] B[N x 16]^T + (SCALE_D ? S : 0), both K-major in shared memory. The
 // first k16 step (SCALE_D "0") writes the accumulators without reading them, and says so (ACC of
 // "=f"), so they are not live before it (Note [Hopper overlap]); later steps accumulate ("+f").
@@ -216,17 +229,28 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[M], std::uint64_t desc_a, st
   }
 #undef ATTEND_WG_SS_OF
 }
+// O += P V of one k16 step at n = N: the width, or narrower when head_dim_v leaves the rest of O
+// zero (sm90_pv_n, Note [Hopper padded head dims]).
 template <typename T, int N>
 __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t (&a)[4], std::uint64_t desc_b) {
-  static_assert(N == 64 || N == 128);
-  if constexpr (N == 64 && std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_RS(64, "bf16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36");
-  else if constexpr (N == 64)
-    ATTEND_WG_RS(64, "f16", ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36");
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>)
-    ATTEND_WG_RS(128, "bf16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68");
-  else
-    ATTEND_WG_RS(128, "f16", ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68");
+  static_assert(N == 48 || N == 64 || N == 80 || N == 96 || N == 128);
+#define ATTEND_WG_RS_OF(TY)                                                                              \
+  if constexpr (N == 48)                                                                                 \
+    ATTEND_WG_RS(48, TY, ATTEND_WG_R24, ATTEND_WG_ACC24, "{%24,%25,%26,%27}", "28");                    \
+  else if constexpr (N == 64)                                                                            \
+    ATTEND_WG_RS(64, TY, ATTEND_WG_R32, ATTEND_WG_ACC32, "{%32,%33,%34,%35}", "36");                    \
+  else if constexpr (N == 80)                                                                            \
+    ATTEND_WG_RS(80, TY, ATTEND_WG_R40, ATTEND_WG_ACC40, "{%40,%41,%42,%43}", "44");                    \
+  else if constexpr (N == 96)                                                                            \
+    ATTEND_WG_RS(96, TY, ATTEND_WG_R48, ATTEND_WG_ACC48, "{%48,%49,%50,%51}", "52");                    \
+  else                                                                                                   \
+    ATTEND_WG_RS(128, TY, ATTEND_WG_R64, ATTEND_WG_ACC64, "{%64,%65,%66,%67}", "68");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    ATTEND_WG_RS_OF("bf16")
+  } else {
+    ATTEND_WG_RS_OF("f16")
+  }
+#undef ATTEND_WG_RS_OF
 }
 #undef ATTEND_WG_SS
 #undef ATTEND_WG_OUT32
@@ -236,6 +260,12 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const std::uint32_t 
 #undef ATTEND_WG_ACC64
 #undef ATTEND_WG_R32
 #undef ATTEND_WG_R64
+#undef ATTEND_WG_ACC24
+#undef ATTEND_WG_R24
+#undef ATTEND_WG_ACC40
+#undef ATTEND_WG_R40
+#undef ATTEND_WG_ACC48
+#undef ATTEND_WG_R48
 
 #endif  // ATTEND_SM90_DEVICE
 
@@ -325,13 +355,13 @@ __device__ __forceinline__ void issue_qk(float (&sc)[64], std::uint32_t a_base, 
 }
 
 // Issues O += P V over the first NK keys at `v_base` (V read N-major; the caller fences and
-// commits).
-template <typename T, int Width, int NK>
-__device__ __forceinline__ void issue_pv(float (&o)[Width / 2], std::uint32_t (&pa)[8][4], std::uint32_t v_base) {
+// commits), over the first PvN columns of V (Note [Hopper padded head dims]).
+template <typename T, int PvN, int NK>
+__device__ __forceinline__ void issue_pv(float (&o)[PvN / 2], std::uint32_t (&pa)[8][4], std::uint32_t v_base) {
   constexpr int BN = k_sm90_block_n;
 #pragma unroll
   for (int kk = 0; kk < NK / 16; ++kk)
-    wgmma_rs<T, Width>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
+    wgmma_rs<T, PvN>(o, pa[kk], desc_sw128(v_base + kk * 16 * 128, tile_bytes(BN, 64), 1024));
 }
 
 // Key masks (Note [Hopper key masks]): S becomes scale_log2 * S + m in place, m the mask term of
@@ -599,7 +629,7 @@ __device__ __forceinline__ void pack_p(std::uint32_t (&pa)[8][4], const float (&
 // producer runs the dense loop. Additive masks with a row per query stay on the mma.sync kernel:
 // their values do not pack into bits. Measured (bench/RESULTS.md): 6-9% below the unmasked kernel
 // on a padding mask.
-template <elem E, int Width, sm90::mode Mode, bool PaddedQk>
+template <elem E, int Width, sm90::mode Mode, bool PaddedQk, int PvN>
 __global__ void __launch_bounds__(sm90::threads(Width), 1)
     flash_sm90_kernel(const __grid_constant__ flash_params p, const __grid_constant__ CUtensorMap tm_q,
                       const __grid_constant__ CUtensorMap tm_k, const __grid_constant__ CUtensorMap tm_v,
@@ -614,6 +644,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   constexpr int stages = k_stages(Width);
   constexpr bool Varlen = Mode == mode::varlen, KeyMask = Mode == mode::key_mask, RowMask = Mode == mode::row_mask;
   static_assert(BM == 64 * C && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
+  static_assert(PvN % 16 == 0 && PvN > Width - 64 && PvN <= Width, "P V's N (Note [Hopper padded head dims])");
 
   extern __shared__ unsigned char smem_raw[];
   // 128-byte swizzled tiles need 1024-byte aligned bases.
@@ -943,9 +974,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
                       static_cast<std::int64_t>(min(max(i_lo + 8 * r, 0), len_q - 1)) * p.mask_bits_stride[2];
     }
 
-    float o[Width / 2];
+    float o[PvN / 2];  // O's first PvN columns; the rest are zero (Note [Hopper padded head dims])
 #pragma unroll
-    for (int e = 0; e < Width / 2; ++e) o[e] = 0.0f;
+    for (int e = 0; e < PvN / 2; ++e) o[e] = 0.0f;
     float row_m[2] = {k_neg_inf, k_neg_inf}, row_l[2] = {0.0f, 0.0f};
     const std::uint32_t a_base = s_q + part * 64 * 128;  // its rows of the Q buffer: its Q, then its output
 
@@ -965,9 +996,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
     };
     auto issue_pending_pv = [&] {
       if (pv_nk == 128)
-        issue_pv<T, Width, 128>(o, pa, pv_v);
+        issue_pv<T, PvN, 128>(o, pa, pv_v);
       else
-        issue_pv<T, Width, 64>(o, pa, pv_v);
+        issue_pv<T, PvN, 64>(o, pa, pv_v);
       wg_commit();
     };
     // One tile: its S = Q K^T, then (`with_pv`) the pending P V, each a wgmma group, in one turn;
@@ -1011,7 +1042,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
 #pragma unroll
       for (int r = 0; r < 2; ++r)
 #pragma unroll
-        for (int jd = 0; jd < Width / 8; ++jd) {
+        for (int jd = 0; jd < PvN / 8; ++jd) {
           o[4 * jd + 2 * r] *= alpha[r];
           o[4 * jd + 2 * r + 1] *= alpha[r];
         }
@@ -1109,8 +1140,9 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
         p.maybe_lse[it.b * p.lse_batch_stride + it.h * p.lse_head_stride + (start_q + i) * p.lse_seq_stride] = lse;
       }
       const int rr = 64 * part + 16 * warp + lane / 4 + 8 * r;  // row within the tile
+      // Columns from PvN on keep what was there (Q): the store clips them (head_dim_v <= PvN).
 #pragma unroll
-      for (int jd = 0; jd < Width / 8; ++jd) {
+      for (int jd = 0; jd < PvN / 8; ++jd) {
         const int blk = jd / 8, chunk = jd % 8;
         unsigned char* dst = base_ptr + (s_q - base) + blk * tile_bytes(BM, 64) + rr * 128 + ((chunk ^ (rr & 7)) << 4) +
                              (lane & 3) * 4;
@@ -1228,10 +1260,13 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
                            : p.maybe_mask_bits != nullptr ? sm90::mode::row_mask
                                                          : sm90::mode::key_mask;
   // Head dims whose S = Q K^T needs fewer k16 steps than the width run an instantiation that skips
-  // the rest (Note [Hopper padded head dims]); every other call runs the one without that test.
+  // the rest, and P V runs at the narrowest instantiated N covering head_dim_v (Note [Hopper padded
+  // head dims]); a call at the full width runs the instantiation without either.
   const bool padded_qk = k16_steps(p.head_dim_qk) < Width / 16;
-  auto launch = [&](auto mode_c, auto padded_c) {
-    constexpr auto kernel = flash_sm90_kernel<E, Width, decltype(mode_c)::value, decltype(padded_c)::value>;
+  const int pv_n = sm90_pv_n(Width, p.head_dim_v);
+  auto launch = [&](auto mode_c, auto padded_c, auto pv_c) {
+    constexpr auto kernel =
+        flash_sm90_kernel<E, Width, decltype(mode_c)::value, decltype(padded_c)::value, decltype(pv_c)::value>;
     const int smem = sm90::smem_bytes(Width, decltype(mode_c)::value);
     allow_dynamic_smem<kernel>(smem);
     if constexpr (decltype(mode_c)::value == sm90::mode::row_mask) launch_mask_bits(p, stream);  // Note [Hopper row masks]
@@ -1239,19 +1274,38 @@ bool launch_flash_sm90(const flash_params& p, void* stream) {
     const auto grid = static_cast<unsigned>(std::min<std::int64_t>(sm90_item_count(p, Width), p.persistent_ctas));
     kernel<<<grid, sm90::threads(Width), smem, s>>>(p, tm_q, tm_k, tm_v, tm_o);
   };
-  auto with_mode = [&](auto padded_c) {
+  auto with_mode = [&](auto padded_c, auto pv_c) {
     using sm90::mode;
     switch (which) {
-      case mode::varlen: launch(std::integral_constant<mode, mode::varlen>{}, padded_c); break;
-      case mode::key_mask: launch(std::integral_constant<mode, mode::key_mask>{}, padded_c); break;
-      case mode::row_mask: launch(std::integral_constant<mode, mode::row_mask>{}, padded_c); break;
-      case mode::dense: launch(std::integral_constant<mode, mode::dense>{}, padded_c); break;
+      case mode::varlen: launch(std::integral_constant<mode, mode::varlen>{}, padded_c, pv_c); break;
+      case mode::key_mask: launch(std::integral_constant<mode, mode::key_mask>{}, padded_c, pv_c); break;
+      case mode::row_mask: launch(std::integral_constant<mode, mode::row_mask>{}, padded_c, pv_c); break;
+      case mode::dense: launch(std::integral_constant<mode, mode::dense>{}, padded_c, pv_c); break;
+    }
+  };
+  // The N values sm90_pv_n picks from; any other value would run at the width, which is always right.
+  static_assert(sm90_pv_n(64, 48) == 48 && sm90_pv_n(64, 49) == 64 && sm90_pv_n(128, 80) == 80 &&
+                sm90_pv_n(128, 96) == 96 && sm90_pv_n(128, 97) == 128);
+  auto with_pv = [&](auto padded_c) {
+    using pv_full = std::integral_constant<int, Width>;
+    if constexpr (Width == 64) {
+      if (pv_n == 48)
+        with_mode(padded_c, std::integral_constant<int, 48>{});
+      else
+        with_mode(padded_c, pv_full{});
+    } else {
+      if (pv_n == 80)
+        with_mode(padded_c, std::integral_constant<int, 80>{});
+      else if (pv_n == 96)
+        with_mode(padded_c, std::integral_constant<int, 96>{});
+      else
+        with_mode(padded_c, pv_full{});
     }
   };
   if (padded_qk)
-    with_mode(std::true_type{});
+    with_pv(std::true_type{});
   else
-    with_mode(std::false_type{});
+    with_pv(std::false_type{});
   ATTEND_CUDA_CHECK(cudaGetLastError());
   return true;
 }
