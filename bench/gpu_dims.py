@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Head-dim GPU benchmark: flash_cuda at the head dims of diffusion models other than 64 and 128
 (40 and 80: Stable Diffusion 1.x; 72: PixArt; 96), which its Hopper kernel runs zero-padded to
-the next width it has (Note [Hopper padded head dims]), against PyTorch SDPA's flash, cuDNN and
+the next width it has, with P V at the narrowest n it has that covers the head dim (Note [Hopper
+padded head dims]), against PyTorch SDPA's flash, cuDNN and
 efficient backends on the same tensors, and against flash_cuda with its Hopper kernel off (the
 mma.sync kernel, ATTEND_FLASH_CUDA_SM90=0, in a child process of the same run).
 

@@ -452,7 +452,8 @@ std::vector<case_spec> hopper_padded_cases(std::uint64_t seed) {
   add("dqk128-dv64-varlen-causal", dtype::bf16, 128, 64, [](case_spec& c) { c.varlen_q = {200, 77, 330}; c.varlen_kv = {130, 200, 301}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
   add("d120-key-mask-keep", dtype::bf16, 120, 120, [](case_spec& c) { c.batch = 2; c.seqlen_q = 257; c.seqlen_kv = 470; c.heads_q = 2; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; });
   add("d104-many-items-causal-gqa", dtype::f16, 104, 104, [](case_spec& c) { c.batch = 3; c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 16; c.heads_kv = 4; c.causal = true; });
-  // P V at n = 48, 80 and 96 (sm90_pv_n) in the modes the cases above run at the full width.
+  // More of P V at n = 48, 80 and 96 (sm90_pv_n): a row mask (which no case above runs below the
+  // full width), a key mask at 48, varlen at 96.
   add("d80-row-mask-window", dtype::f16, 80, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 333; c.seqlen_kv = 401; c.heads_q = 2; c.mask = mask_type::keep; c.fully_masked_rows = true; c.window_left = 100; c.window_right = 100; });
   add("d40-key-mask-additive", dtype::bf16, 40, 40, [](case_spec& c) { c.batch = 2; c.seqlen_q = 257; c.seqlen_kv = 300; c.heads_q = 4; c.heads_kv = 2; c.mask = mask_type::additive; c.mask_key_only = true; c.fully_masked_rows = true; });
   add("d88-varlen-causal", dtype::bf16, 88, 88, [](case_spec& c) { c.varlen_q = {129, 300, 1, 64}; c.varlen_kv = {300, 129, 17, 64}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });

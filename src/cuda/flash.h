@@ -214,13 +214,15 @@ constexpr int sm90_pv_n(int width, int head_dim_v) {
   if (width == 64) return head_dim_v <= 48 ? 48 : 64;
   return head_dim_v <= 80 ? 80 : head_dim_v <= 96 ? 96 : 128;
 }
-// Every head_dim_v the Hopper path takes (multiples of 8 up to the width) gets an N that covers it,
-// is a multiple of 16 (a whole k16 step of P's packing) and stays within the width's column blocks.
+// (head_dim_v <= 64 at width 128, which only head_dim_qk > 64 brings there, runs at 80: an n = 64
+// instantiation at 128 would serve only those calls.) Every head_dim_v the Hopper path takes
+// (multiples of 8 up to the width) gets an N that covers it, is a wgmma n (a multiple of 8) and
+// stays within the width's tiles.
 constexpr bool sm90_pv_n_covers() {
   for (const int width : {64, 128})
     for (int dv = 8; dv <= width; dv += 8) {
       const int n = sm90_pv_n(width, dv);
-      if (n < dv || n > width || n % 16 != 0 || n <= width - 64) return false;
+      if (n < dv || n > width || n % 8 != 0) return false;
     }
   return true;
 }

@@ -15,7 +15,8 @@
 //     threads' share of the SM's 64K).
 //   - Warpgroups 1..C are consumers, 64 rows each: S = Q K^T by wgmma m64n128k16 (n64 on half
 //     tiles, Note [Hopper half tiles]) with both operands in shared memory (K-major), band mask +
-//     online softmax in registers (log2 units, ex2.approx), then O += P V by wgmma m64n{D}k16 with
+//     online softmax in registers (log2 units, ex2.approx), then O += P V by wgmma m64n{PvN}k16
+//     (PvN: the width, or less for a smaller head_dim_v, Note [Hopper padded head dims]) with
 //     P from registers as the A operand and V read N-major (transposed by the instruction);
 //     software-pipelined so that softmax overlaps the tensor cores (Note [Hopper overlap]). At
 //     width 64 a tile's wgmma take half as long as at 128 but its softmax does not, so a third
@@ -25,7 +26,7 @@
 //     apart. The wgmma descriptors describe exactly that layout (layout type SWIZZLE_128B; K-major:
 //     stride byte offset 1024, k16 steps advance the start address by 32 bytes inside a block;
 //     V N-major: stride byte offset 1024 between 8-key groups, leading byte offset = one column
-//     block between the two 64-wide halves at D = 128).
+//     block between the two 64-wide halves at width 128).
 //   - Rows or keys outside the sequence (past its end; rows before 0 in a row-block grid that
 //     starts early, Note [Hopper scheduler]) come in as zeros (TMA out-of-bounds fill) and are
 //     masked by the band test; the output is staged through the consumer's own rows of the Q
@@ -58,7 +59,10 @@
 // 128), the narrowest instantiated N covering head_dim_v, so O's accumulators, their rescaling and
 // the tensor-core time of P V stop there. V's tile keeps its layout: n = 80 or 96 reads the first
 // 64-column block whole and the first 16 or 32 columns of the second (leading byte offset between
-// the blocks, as at 128), and n = 48 the first 48 columns of the only block; the epilogue stages
+// the blocks, as at 128), and n = 48 the first 48 columns of the only block. (PTX's canonical
+// layouts for a 128-byte-swizzled N-major operand are whole 64-column atoms; that the instruction
+// reads part of one is the hardware's behaviour, which hopper_padded_cases in tests/test_cuda.cpp
+// checks at each n against the reference, in every mode.) The epilogue stages
 // O's first PvN columns, and the store clips at head_dim_v <= PvN, so the rest of the staging
 // tile (the item's Q) is never written out. A call at the full width runs PvN = Width, whose
 // machine code is that of the kernel before PvN existed (bench/gpu_dims.py measures the padded
@@ -644,7 +648,7 @@ __global__ void __launch_bounds__(sm90::threads(Width), 1)
   constexpr int stages = k_stages(Width);
   constexpr bool Varlen = Mode == mode::varlen, KeyMask = Mode == mode::key_mask, RowMask = Mode == mode::row_mask;
   static_assert(BM == 64 * C && BN == 128 && (Width == 64 || Width == 128), "tile shape of Note [Hopper path]");
-  static_assert(PvN % 16 == 0 && PvN > Width - 64 && PvN <= Width, "P V's N (Note [Hopper padded head dims])");
+  static_assert(PvN <= Width, "P V's N (Note [Hopper padded head dims])");
 
   extern __shared__ unsigned char smem_raw[];
   // 128-byte swizzled tiles need 1024-byte aligned bases.
