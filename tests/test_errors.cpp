@@ -3,7 +3,12 @@
 
 #include <dlpack/dlpack.h>
 
+#include <algorithm>
+#include <random>
+#include <vector>
+
 #include "attend/dlpack.h"
+#include "core/views.h"
 #include "test_helpers.h"
 
 namespace attend {
@@ -85,6 +90,112 @@ TEST(Errors, OverlappingOutput) {
   p = c.params;
   p.maybe_lse.data = p.out.data;
   expect_invalid(p, "overlaps");
+}
+
+// Views of one buffer side by side share no element, though their byte ranges interleave (Note
+// [Exact overlap]): q, k, v and out as b[:, :, 0..3] of a packed [B, S, 4, H, D], and out as the
+// second half of each row whose first half is q = k = v. Both run and match the call with
+// separate tensors.
+TEST(Errors, SideBySideSlicesAreNotOverlaps) {
+  constexpr std::int64_t S = 8, H = 2, D = 16;
+  std::vector<float> packed(S * 4 * H * D), rows(S * H * 2 * D);
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (float& x : packed) x = u(rng);
+  for (float& x : rows) x = u(rng);
+  auto slice = [](float* base, std::int64_t seq_stride, std::int64_t head_stride) {
+    tensor_view t = tensor_view::contiguous(base, dtype::f32, {1, S, H, D});
+    t.strides = {S * seq_stride, seq_stride, head_stride, 1};
+    return t;
+  };
+  auto run = [](attention_params p) {
+    p.causal = true;
+    run_options o;
+    o.select.name = "reference";
+    attention(p, o);
+  };
+  {
+    attention_params p;
+    p.q = slice(packed.data(), 4 * H * D, D);
+    p.k = slice(packed.data() + H * D, 4 * H * D, D);
+    p.v = slice(packed.data() + 2 * H * D, 4 * H * D, D);
+    p.out = slice(packed.data() + 3 * H * D, 4 * H * D, D);
+    ASSERT_TRUE(detail::overlaps(p.q, p.q));
+    EXPECT_FALSE(detail::overlaps(p.out, p.q));
+    EXPECT_FALSE(detail::overlaps(p.out, p.v));
+    EXPECT_NO_THROW(run(p));
+    std::vector<float> q(S * H * D), k(q.size()), v(q.size()), out(q.size());
+    for (std::int64_t i = 0; i < S * H * D; ++i) {
+      const std::int64_t s = i / (H * D), rest = i % (H * D);
+      q[i] = packed[s * 4 * H * D + rest];
+      k[i] = packed[s * 4 * H * D + H * D + rest];
+      v[i] = packed[s * 4 * H * D + 2 * H * D + rest];
+    }
+    attention_params sep;
+    sep.q = tensor_view::contiguous(q.data(), dtype::f32, {1, S, H, D});
+    sep.k = tensor_view::contiguous(k.data(), dtype::f32, {1, S, H, D});
+    sep.v = tensor_view::contiguous(v.data(), dtype::f32, {1, S, H, D});
+    sep.out = tensor_view::contiguous(out.data(), dtype::f32, {1, S, H, D});
+    run(sep);
+    for (std::int64_t i = 0; i < S * H * D; ++i)
+      ASSERT_EQ(out[i], packed[(i / (H * D)) * 4 * H * D + 3 * H * D + i % (H * D)]) << i;
+  }
+  {
+    attention_params p;
+    p.q = p.k = p.v = slice(rows.data(), H * 2 * D, 2 * D);
+    p.out = slice(rows.data() + D, H * 2 * D, 2 * D);
+    EXPECT_NO_THROW(run(p));
+    p.out = slice(rows.data() + D - 1, H * 2 * D, 2 * D);  // one element of each row shared
+    expect_invalid(p, "out: memory overlaps q");
+  }
+}
+
+// detail::overlaps against the byte sets of random views of one small buffer (strides of any
+// order, zero strides, both element sizes).
+TEST(Errors, OverlapIsExact) {
+  std::mt19937 rng(11);
+  alignas(8) static unsigned char buffer[4096];
+  auto random_view = [&] {
+    tensor_view t;
+    t.dtype = rng() % 2 ? dtype::f32 : dtype::bf16;
+    t.rank = 1 + static_cast<int>(rng() % 4);
+    const std::int64_t e = static_cast<std::int64_t>(size_bytes(t.dtype));
+    for (int i = 0; i < t.rank; ++i) {
+      t.sizes[i] = 1 + static_cast<std::int64_t>(rng() % 4);
+      t.strides[i] = static_cast<std::int64_t>(rng() % 40);
+    }
+    t.data = buffer + e * static_cast<std::int64_t>(rng() % 200);
+    return t;
+  };
+  auto bytes = [](const tensor_view& t) {
+    std::vector<bool> used(sizeof buffer);
+    const std::int64_t e = static_cast<std::int64_t>(size_bytes(t.dtype));
+    const auto base = static_cast<std::int64_t>(static_cast<unsigned char*>(t.data) - buffer);
+    for (std::int64_t idx = 0; idx < t.numel(); ++idx) {
+      std::int64_t rem = idx, off = 0;
+      for (int i = t.rank - 1; i >= 0; --i) {
+        off += (rem % t.sizes[i]) * t.strides[i];
+        rem /= t.sizes[i];
+      }
+      for (std::int64_t b = 0; b < e; ++b) used[static_cast<std::size_t>(base + off * e + b)] = true;
+    }
+    return used;
+  };
+  int shared = 0, apart_in_span = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    const tensor_view a = random_view(), b = random_view();
+    const std::vector<bool> ua = bytes(a), ub = bytes(b);
+    bool truth = false;
+    for (std::size_t i = 0; i < ua.size(); ++i) truth = truth || (ua[i] && ub[i]);
+    ASSERT_EQ(detail::overlaps(a, b), truth) << a.describe() << " vs " << b.describe() << " trial " << trial;
+    shared += truth;
+    auto first = [](const std::vector<bool>& u) { return std::find(u.begin(), u.end(), true) - u.begin(); };
+    auto last = [](const std::vector<bool>& u) { return u.rend() - std::find(u.rbegin(), u.rend(), true); };
+    apart_in_span += !truth && first(ua) < last(ub) && first(ub) < last(ua);
+  }
+  // Both answers occur often, also for views whose spans interleave.
+  EXPECT_GT(shared, 1000);
+  EXPECT_GT(apart_in_span, 1000);
 }
 
 TEST(Errors, HugeSizesOverflowCleanly) {

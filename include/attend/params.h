@@ -12,7 +12,8 @@
 //                        f32/f16/bf16 = additive (added to the score after scale and softcap).
 //                        varlen: [B, Hq, max_seqlen_q, max_seqlen_kv], indexed by local positions.
 // Any strides (in elements) are accepted as long as they are non-negative and `out` does not
-// overlap itself or any input. Hq must be a multiple of Hkv (GQA/MQA); query head h reads
+// overlap itself or any input (shares no byte with it: slices of one buffer side by side, such as
+// q, k, v and out as packed[:, :, 0..3], are fine). Hq must be a multiple of Hkv (GQA/MQA); query head h reads
 // key/value head h / (Hq / Hkv).
 //
 // Score of query i and key j (Note [Score pipeline]):

@@ -4,11 +4,14 @@
 // Checks that depend on what a backend can do (head dims, dtypes per device, features) are not
 // here: they are the backends' rejections, so `explain` can report them.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <charconv>
 #include <limits>
 #include <numbers>
 #include <sstream>
+#include <string>
 #include <utility>
 
 #include "attend/errors.h"
@@ -56,6 +59,14 @@ namespace {
 namespace detail {
 namespace {
 
+// A double as the shortest text that reads back as it (std::to_string's %f would print 3e38 with
+// 39 digits and 1e-300 as 0.000000).
+std::string number_string(double x) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, x);
+  return std::string(buf, r.ptr);
+}
+
 std::string shape_string(const tensor_view& t) {
   std::ostringstream os;
   os << '[';
@@ -72,10 +83,11 @@ std::int64_t check_view(const tensor_view& t, const char* name) {
     fail(std::string(name) + ": dtype is not an attend::dtype value; got " + std::to_string(static_cast<int>(t.dtype)));
   if (t.rank < 1 || t.rank > tensor_view::k_max_rank)
     fail(std::string(name) + ": rank must be between 1 and 4; got " + std::to_string(t.rank));
+  // Sizes first: a negative size would otherwise be reported as whatever stride it came with.
+  for (int i = 0; i < t.rank; ++i)
+    if (t.sizes[i] < 0) fail(std::string(name) + ": sizes must be non-negative; got " + shape_string(t));
   std::int64_t numel = 1;
   for (int i = 0; i < t.rank; ++i) {
-    if (t.sizes[i] < 0)
-      fail(std::string(name) + ": sizes must be non-negative; got " + shape_string(t));
     if (t.strides[i] < 0)
       fail(std::string(name) + ": strides must be non-negative; got stride " +
            std::to_string(t.strides[i]) + " in dimension " + std::to_string(i));
@@ -113,11 +125,77 @@ std::pair<std::uintptr_t, std::uintptr_t> byte_span(const tensor_view& t) {
   return {begin, begin + static_cast<std::uintptr_t>((last + 1) * static_cast<std::int64_t>(size_bytes(t.dtype)))};
 }
 
+// Note [Exact overlap]: two views whose byte spans intersect may still share no byte: slices of one
+// buffer side by side (q, k, v and out as b[:, :, 0..3] of a packed [B, S, 4, H, D], or out as the
+// second half of each row whose first half is q). They share a byte iff some element address of
+// b minus some element address of a, D = (b0 - a0) + sum_j y_j sb_j - sum_i x_i sa_i, lies in
+// (-eb, ea) (byte strides, element sizes ea and eb). Terms with the same |stride| merge into one
+// with a range of coefficients (-(n - 1) .. m - 1 for a dimension both have), then a depth-first
+// search takes them largest stride first, each coefficient only where the smaller terms can still
+// bring D into the interval. For the views above (nested strides) each level leaves one or two
+// coefficients, so the search is short; one that would take more than k_overlap_budget steps answers
+// "overlaps", the safe side.
+namespace {
+// Sums of two views' byte spans (each below 2^63, check_view) need more than 64 bits.
+__extension__ typedef __int128 wide;
+struct overlap_term {
+  wide stride;  // bytes, > 0
+  wide lo, hi;  // coefficient range
+};
+constexpr std::int64_t k_overlap_budget = 1 << 20;
+
+bool reach(const std::array<overlap_term, 2 * tensor_view::k_max_rank>& t, int n, int k, wide cur,
+           const std::array<wide, 2 * tensor_view::k_max_rank + 1>& rest_lo,
+           const std::array<wide, 2 * tensor_view::k_max_rank + 1>& rest_hi, wide lo, wide hi,
+           std::int64_t& budget) {
+  if (--budget < 0) return true;
+  if (k == n) return cur >= lo && cur <= hi;
+  const wide s = t[k].stride;
+  // s z in [lo - cur - rest_hi, hi - cur - rest_lo]
+  const wide want_lo = lo - cur - rest_hi[k + 1], want_hi = hi - cur - rest_lo[k + 1];
+  auto floor_div = [](wide x, wide d) { return x >= 0 ? x / d : -((-x + d - 1) / d); };
+  const wide z_lo = std::max(t[k].lo, -floor_div(-want_lo, s)), z_hi = std::min(t[k].hi, floor_div(want_hi, s));
+  for (wide z = z_lo; z <= z_hi; ++z)
+    if (reach(t, n, k + 1, cur + s * z, rest_lo, rest_hi, lo, hi, budget)) return true;
+  return false;
+}
+}  // namespace
+
 bool overlaps(const tensor_view& a, const tensor_view& b) {
   if (a.device != b.device) return false;
   const auto [a0, a1] = byte_span(a);
   const auto [b0, b1] = byte_span(b);
-  return a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1;
+  if (!(a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)) return false;
+  // Spans intersect: search for a shared byte (Note [Exact overlap]).
+  std::array<overlap_term, 2 * tensor_view::k_max_rank> t{};
+  int n = 0;
+  auto add = [&](const tensor_view& v, int sign) {
+    const auto e = static_cast<wide>(size_bytes(v.dtype));
+    for (int i = 0; i < v.rank; ++i) {
+      if (v.sizes[i] <= 1 || v.strides[i] == 0) continue;
+      const wide s = v.strides[i] * e, span = v.sizes[i] - 1;
+      int j = 0;
+      while (j < n && t[j].stride != s) ++j;
+      if (j == n) t[n++] = {s, 0, 0};
+      if (sign > 0)
+        t[j].hi += span;
+      else
+        t[j].lo -= span;
+    }
+  };
+  add(b, +1);
+  add(a, -1);
+  for (int i = 1; i < n; ++i)  // insertion sort, largest stride first: at most 8 terms
+    for (int j = i; j > 0 && t[j].stride > t[j - 1].stride; --j) std::swap(t[j], t[j - 1]);
+  std::array<wide, 2 * tensor_view::k_max_rank + 1> rest_lo{}, rest_hi{};
+  for (int k = n - 1; k >= 0; --k) {
+    rest_lo[k] = rest_lo[k + 1] + t[k].stride * t[k].lo;
+    rest_hi[k] = rest_hi[k + 1] + t[k].stride * t[k].hi;
+  }
+  const auto ea = static_cast<wide>(size_bytes(a.dtype)), eb = static_cast<wide>(size_bytes(b.dtype));
+  std::int64_t budget = k_overlap_budget;
+  return reach(t, n, 0, static_cast<wide>(b0) - static_cast<wide>(a0), rest_lo, rest_hi, 1 - eb, ea - 1,
+               budget);
 }
 
 // An output must not write one element twice: sorted by stride, each dimension's stride must
@@ -144,6 +222,7 @@ namespace {
 using detail::check_no_self_overlap;
 using detail::check_view;
 using detail::overlaps;
+using detail::number_string;
 using detail::shape_string;
 
 struct geometry {
@@ -329,13 +408,13 @@ problem make_problem(const attention_params& params) {
   constexpr double k_float_max = std::numeric_limits<float>::max();
   if (a.maybe_scale && !(std::abs(*a.maybe_scale) <= k_float_max / std::numbers::log2e))
     fail("scale: must be finite (within float's range in log2 units, |scale| <= 2.3e38); got " +
-         std::to_string(*a.maybe_scale));
+         number_string(*a.maybe_scale));
   p.scale = a.maybe_scale ? *a.maybe_scale : (p.head_dim_qk > 0 ? 1.0 / std::sqrt(static_cast<double>(p.head_dim_qk)) : 1.0);
   // A softcap below float's smallest normal would round to 0 (off) in the kernels.
   if (a.softcap > 0.0 && a.softcap < std::numeric_limits<float>::min())
-    fail("softcap: must be 0 (off) or at least 1.2e-38 (float's smallest normal); got " + std::to_string(a.softcap));
+    fail("softcap: must be 0 (off) or at least 1.2e-38 (float's smallest normal); got " + number_string(a.softcap));
   if (!(a.softcap >= 0.0) || !(a.softcap <= k_float_max))
-    fail("softcap: must be finite and >= 0 (0 disables it), within float's range (<= 3.4e38); got " + std::to_string(a.softcap));
+    fail("softcap: must be finite and >= 0 (0 disables it), within float's range (<= 3.4e38); got " + number_string(a.softcap));
   if (a.window_left < -1 || a.window_right < -1)
     fail("window: bounds must be >= 0, or -1 for unbounded; got (" + std::to_string(a.window_left) + ", " +
          std::to_string(a.window_right) + ")");

@@ -10,7 +10,8 @@ namespace attend::detail {
 
 // Rank, sizes, strides, pointer and alignment of one view; returns its element count.
 std::int64_t check_view(const tensor_view& t, const char* name);
-// Whether two views on one device can touch a common byte.
+// Whether two views on one device share a byte: exact (Note [Exact overlap] in params.cpp), so
+// slices of one buffer side by side do not overlap; "yes" when the search would be too long.
 bool overlaps(const tensor_view& a, const tensor_view& b);
 // An output must not write one element twice.
 void check_no_self_overlap(const tensor_view& t, const char* name);
