@@ -67,6 +67,25 @@ if("${last_out}" MATCHES "flash_cpu")
 endif()
 expect_exit(2 bench --backend measure --reps 1)
 expect_match("${last_err}" "^attend: --backend: measure picks one backend per call")
+# auto and measure stand alone: in a list they named no backend (a crash before).
+expect_exit(2 bench --backend auto,flash_cpu --reps 1)
+expect_match("${last_err}" "^attend: --backend: 'auto' stands alone; a list names backends \\(see attend list\\)\n$")
+expect_exit(2 check --quick --backend reference,measure)
+expect_match("${last_err}" "^attend: --backend: 'measure' stands alone")
+# ATTEND_BACKEND replaces --backend for every command, and is named when it is wrong.
+set(ENV{ATTEND_BACKEND} nope)
+expect_exit(2 check --quick)
+expect_match("${last_err}" "^attend: ATTEND_BACKEND: unknown backend 'nope' \\(see attend list\\)\n$")
+set(ENV{ATTEND_BACKEND} unfused_cpu)
+expect_exit(0 bench --seqlen 16 --heads 1 --head-dim 8 --dtype f32 --min-time 0 --reps 1)
+expect_match("${last_out}" "unfused_cpu")
+if("${last_out}" MATCHES "flash_cpu")
+  message(FATAL_ERROR "ATTEND_BACKEND=unfused_cpu bench ran flash_cpu:\n${last_out}")
+endif()
+unset(ENV{ATTEND_BACKEND})
+# A benchmark that timed nothing fails, with a reason.
+expect_exit(1 bench --head-dim 0 --seqlen 16 --heads 1 --reps 1)
+expect_match("${last_err}" "^attend: no backend ran this call \\(each row says why\\)\n$")
 # No query heads: an empty problem, timed as such (it died of a division by zero before).
 expect_exit(0 bench --heads-q 0 --heads-kv 2 --seqlen 16 --head-dim 16 --dtype f32 --reps 1 --min-time 0 --backend flash_cpu)
 # A small check and bench run end to end.
@@ -79,6 +98,15 @@ expect_exit(0 explain --varlen 3,0,5 --varlen-kv 4,2,0 --causal --align bottom_r
 expect_match("${last_out}" "features=causal, varlen, bottom_right alignment")
 expect_exit(2 explain --varlen 3,x)
 expect_exit(2 explain --varlen 3,4 --varlen-kv 1)
+# The lengths set the batch and sequence lengths (flags for those were ignored), and their total
+# must fit the int32 offsets (it wrapped to a negative size before).
+expect_exit(2 bench --varlen 4,4 --batch 3)
+expect_match("${last_err}" "^attend: --batch does not apply with --varlen")
+expect_exit(2 explain --varlen 1073741824,1073741824)
+expect_match("${last_err}" "^attend: --varlen: the lengths add up to 2147483648; the total must be below 2\\^31\n$")
+# Numbers in messages are short (std::to_string printed 3e38 with 39 digits).
+expect_exit(2 explain --scale 3e38)
+expect_match("${last_err}" "got 3e\\+38\n$")
 
 # Backends from shared libraries (attend/plugin.h): the C test plugin loads, lists, runs, checks.
 if(DEFINED PLUGIN)

@@ -77,12 +77,16 @@ std::string excluded_by(const backend& b, const selection& s, const std::string&
 
 // A selection naming no registered backend (nor auto/measure) is a caller error, for explain as
 // for attention.
-void require_known(const std::vector<std::shared_ptr<const backend>>& all, const std::string& name) {
+void require_known(const std::vector<std::shared_ptr<const backend>>& all, const std::string& name,
+                   const selection& s) {
   if (name != "auto" && name != "measure" &&
       std::none_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; })) {
     std::string known;
     for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
-    throw invalid_argument("backend: unknown name '" + name + "'; known: " + known + ", auto, measure");
+    // Say where the name came from when the environment replaced the caller's.
+    const bool from_env = name != (s.name.empty() ? "auto" : s.name);
+    throw invalid_argument("backend: unknown name '" + name + "'" + (from_env ? " (from ATTEND_BACKEND)" : "") +
+                           "; known: " + known + ", auto, measure");
   }
 }
 
@@ -90,7 +94,7 @@ void require_known(const std::vector<std::shared_ptr<const backend>>& all, const
 
 std::vector<explanation> registry::explain(const problem& p, const selection& s) const {
   const std::string name = effective_name(s);
-  require_known(list(), name);
+  require_known(list(), name, s);
   std::vector<explanation> out;
   bool chosen = false;
   const std::string winner = name == "measure" ? measured(measure_key(p, s)) : "";
@@ -119,7 +123,7 @@ std::vector<explanation> registry::explain(const problem& p, const selection& s)
 std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& p, const selection& s) const {
   const std::string name = effective_name(s);
   const auto all = list();
-  require_known(all, name);
+  require_known(all, name, s);
   std::vector<std::shared_ptr<const backend>> found;
   std::vector<rejection> rejections;
   for (const auto& b : all) {

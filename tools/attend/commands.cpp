@@ -302,16 +302,26 @@ int run_bench(const cli_options& o) {
   std::cout << "bench: " << spec.describe() << " on " << to_string(o.device) << '\n';
   std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(12) << "ms" << std::setw(12) << "GFLOP/s"
             << '\n';
+  int on_device = 0, timed_rows = 0;
   for (const auto& b : chosen_backends(o, true)) {
     const auto& devices = b->traits().devices;
     if (std::find(devices.begin(), devices.end(), o.device.kind) == devices.end()) continue;
+    ++on_device;
     const timed t = time_on(*b, data, o);
     std::cout << std::left << std::setw(14) << b->name();
-    if (!t.status.empty())
+    if (!t.status.empty()) {
       std::cout << "  " << t.status << '\n';
-    else
+    } else {
+      ++timed_rows;
       std::cout << std::right << std::setw(12) << fixed(t.seconds * 1e3, 3) << std::setw(12)
                 << fixed(p.nominal_flops() / t.seconds / 1e9, 2) << '\n';
+    }
+  }
+  // A table without a timing is a failed benchmark, not an empty success.
+  if (on_device == 0) throw usage_error("no chosen backend runs on " + to_string(o.device) + " (see attend list)");
+  if (timed_rows == 0) {
+    std::cerr << "attend: no backend ran this call (each row says why)\n";
+    return 1;
   }
   return 0;
 }

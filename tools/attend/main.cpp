@@ -1,5 +1,6 @@
 // attend: the command-line tool. `attend --help` lists commands and flags.
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <iostream>
 #include <new>
@@ -12,7 +13,14 @@
 int main(int argc, char** argv) {
   using namespace attend::cli;
   try {
-    const cli_options o = parse(argc, argv);
+    cli_options o = parse(argc, argv);
+    // ATTEND_BACKEND replaces --backend (debugging), for every command: as the library's selection
+    // does for explain and for Python callers.
+    std::string backend_source = "--backend";
+    if (const char* env = std::getenv("ATTEND_BACKEND"); env != nullptr && *env != '\0') {
+      o.backend = env;
+      backend_source = "ATTEND_BACKEND";
+    }
     if (o.help || o.command == "help") {
       std::cout << help_text();
       return 0;
@@ -28,11 +36,15 @@ int main(int argc, char** argv) {
     // Every backend name given must name one (after plugins loaded): an unknown or empty name is a
     // usage error, the same for every command, not "no backend can run this call".
     auto check_names = [](const std::string& flag, const std::vector<std::string>& names, bool choices) {
-      for (const std::string& n : names)
-        if (!(choices && (n == "auto" || n == "measure")) && !attend::registry::global().find(n))
+      for (const std::string& n : names) {
+        const bool choice = n == "auto" || n == "measure";
+        if (choice && choices && names.size() > 1)
+          throw usage_error(flag + ": '" + n + "' stands alone; a list names backends (see attend list)");
+        if (!(choices && choice) && !attend::registry::global().find(n))
           throw usage_error(flag + ": unknown backend '" + n + "' (see attend list)");
+      }
     };
-    check_names("--backend", backend_names(o), true);
+    check_names(backend_source, backend_names(o), true);
     check_names("--allow", o.allow, false);
     check_names("--deny", o.deny, false);
     check_flags_apply(o);

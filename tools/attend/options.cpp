@@ -1,8 +1,10 @@
 #include "options.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
@@ -219,6 +221,20 @@ cli_options parse(int argc, char** argv) {
   if (!o.varlen_q.empty() && o.varlen_kv.empty()) o.varlen_kv = o.varlen_q;
   if (o.varlen_q.size() != o.varlen_kv.size())
     throw usage_error("--varlen and --varlen-kv must list as many sequences");
+  if (!o.varlen_q.empty()) {
+    // The lengths set the batch and both sequence lengths: a flag for those would be ignored.
+    for (const char* f : {"--batch", "--seqlen", "--seqlen-q", "--seqlen-kv"})
+      if (std::find(o.given.begin(), o.given.end(), f) != o.given.end())
+        throw usage_error(std::string(f) + " does not apply with --varlen (its lengths set the batch and sequence lengths)");
+    // Each length is at most 2^30, but the packed tensors' rows are counted in int32 offsets.
+    for (const auto& [flag, lengths] : {std::pair{"--varlen", &o.varlen_q}, {"--varlen-kv", &o.varlen_kv}}) {
+      std::int64_t total = 0;
+      for (const std::int32_t l : *lengths) total += l;
+      if (total > std::numeric_limits<std::int32_t>::max())
+        throw usage_error(std::string(flag) + ": the lengths add up to " + std::to_string(total) +
+                          "; the total must be below 2^31");
+    }
+  }
   if (o.min_time < 0) throw usage_error("--min-time must be >= 0");
   return o;
 }
