@@ -167,6 +167,42 @@ def _cuda_stream(q: Array) -> int:
     return 0  # the default stream
 
 
+def _flag(x: Any, what: str) -> bool:
+    """x as a bool, or TypeError naming `what`: a string such as "False" is true to Python, so
+    anything but a bool would be a silent wrong answer."""
+    if not isinstance(x, (bool, np.bool_)):
+        raise TypeError(f"{what}: must be a bool; got {x!r}")
+    return bool(x)
+
+
+def _buffer_as_array(x: Any, what: str) -> Any:
+    """A buffer-protocol object that neither numpy, torch nor DLPack describes (a ctypes array, a
+    bytearray, a memoryview), as a numpy array over the same memory; anything else unchanged.
+    numpy reads such a buffer's layout itself, including exporters that leave out their strides,
+    which the extension's own buffer import does not handle."""
+    if x is None or isinstance(x, np.ndarray) or _kind(x) == "torch" or hasattr(x, "__dlpack__"):
+        return x
+    try:
+        memoryview(x).release()
+    except TypeError:
+        return x  # not a buffer: the extension says what it is not
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{what}: cannot read its buffer as an array ({e})") from None
+
+
+def _allocate(like: Array, shape: Tuple[Any, ...], float32: bool, name: str) -> Array:
+    """_empty, with a result too large to allocate reported as the shapes' problem."""
+    try:
+        return _empty(like, shape, float32, name)
+    except MemoryError:
+        raise ValueError(
+            f"{name}: the result's shape {tuple(shape)} is too large to allocate; check the shapes of q and v "
+            "(or pass out=)"
+        ) from None
+
+
 def _text(s: str, what: str) -> str:
     """s, or ValueError naming `what` when it cannot be UTF-8 (a lone surrogate): C++ takes UTF-8."""
     try:
@@ -258,6 +294,10 @@ def _prepare(
     for x, what in ((q, "q"), (k, "k"), (v, "v")):
         if x is None:
             raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
+    q, k, v = _buffer_as_array(q, "q"), _buffer_as_array(k, "k"), _buffer_as_array(v, "v")
+    out, mask = _buffer_as_array(out, "out"), _buffer_as_array(mask, "mask")
+    cu_seqlens_q, cu_seqlens_k = _buffer_as_array(cu_seqlens_q, "cu_seqlens_q"), _buffer_as_array(cu_seqlens_k, "cu_seqlens_k")
+    causal, return_lse = _flag(causal, "causal"), _flag(return_lse, "return_lse")
     for x, what, takes in (
         (q, "q", "float32, float16 or bfloat16"),
         (k, "k", "float32, float16 or bfloat16"),
@@ -291,8 +331,8 @@ def _prepare(
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     out_shape, lse_shape = _output_shapes(_shape(q, "q"), _shape(v, "v"), layout, varlen)
     if out is None:
-        out = _empty(q, out_shape, False, "out")
-    lse = _empty(q, lse_shape, True, "lse") if return_lse else None
+        out = _allocate(q, out_shape, False, "out")
+    lse = _allocate(q, lse_shape, True, "lse") if return_lse else None
     on_host = not varlen or _device_kind(q, "q") == "cpu"
     results = (out, lse)
     as_bits = [_is_ml_bfloat16(x) for x in (q, k, v, out, mask)]
@@ -302,7 +342,7 @@ def _prepare(
     kwargs: Dict[str, Any] = dict(
         layout=layout,
         scale=None if scale is None else _real(scale, "scale:"),
-        causal=bool(causal),
+        causal=causal,
         causal_align=causal_align,
         window_left=window_left,
         window_right=window_right,

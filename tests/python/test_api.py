@@ -177,6 +177,58 @@ def test_shape_and_value_errors(small_qkv):
     expect(ValueError, r"^backend: unknown name 'nope'; known: .*reference", attend.attention, q, k, v, backend="nope")
 
 
+def test_flags_must_be_bools(small_qkv):
+    # "False" is a true string: taking it would run causal attention nobody asked for.
+    q, k, v = small_qkv
+    expect(TypeError, r"^causal: must be a bool; got 'False'", attend.attention, q, k, v, causal="False")
+    expect(TypeError, r"^causal: must be a bool", attend.attention, q, k, v, causal=np.array([1, 0]))
+    expect(TypeError, r"^return_lse: must be a bool; got 1", attend.attention, q, k, v, return_lse=1)
+    want = attend.attention(q, k, v, causal=True, backend="reference")
+    np.testing.assert_array_equal(attend.attention(q, k, v, causal=np.bool_(True), backend="reference"), want)
+
+
+def test_side_by_side_slices_of_one_buffer(small_qkv):
+    # Slices that share no element are not an overlap, though their byte ranges interleave:
+    # q, k, v and out as packed[:, :, 0..3], and out as the second half of each row.
+    q = small_qkv[0]
+    k, v = q[:, ::-1].copy(), 0.5 - q
+    packed = np.zeros(q.shape[:2] + (4,) + q.shape[2:], np.float32)
+    packed[:, :, 0], packed[:, :, 1], packed[:, :, 2] = q, k, v
+    got = attend.attention(packed[:, :, 0], packed[:, :, 1], packed[:, :, 2], out=packed[:, :, 3], backend="reference")
+    assert got is not None
+    np.testing.assert_array_equal(packed[:, :, 3], attend.attention(q, k, v, backend="reference"))
+    rows = np.zeros(q.shape[:3] + (2 * q.shape[3],), np.float32)
+    rows[..., : q.shape[3]] = q
+    half = rows[..., : q.shape[3]]
+    attend.attention(half, half, half, out=rows[..., q.shape[3] :], backend="reference")
+    np.testing.assert_array_equal(rows[..., q.shape[3] :], attend.attention(q, q, q, backend="reference"))
+    expect(ValueError, r"^out: memory overlaps q", attend.attention, half, half, half, out=rows[..., q.shape[3] - 1 : -1])
+
+
+def test_buffer_protocol_objects(small_qkv):
+    # A ctypes array exports its buffer without strides: read through numpy, not misread (it
+    # crashed the extension's own import before).
+    import ctypes
+
+    q, k, v = small_qkv
+    flat = (ctypes.c_float * q.size)(*q.ravel().tolist())
+    expect(ValueError, r"^q: must be rank 4", attend.attention, flat, k, v)
+    out = bytearray(q.nbytes)
+    got = attend.attention(q, k, v, out=memoryview(out).cast("B").cast("f", q.shape), backend="reference")
+    np.testing.assert_array_equal(np.frombuffer(out, np.float32).reshape(q.shape), attend.attention(q, k, v, backend="reference"))
+    assert got is not None
+    expect(ValueError, r"^out: must be writable", attend.attention, q, k, v, out=memoryview(bytes(q.nbytes)).cast("f", q.shape))
+
+
+def test_too_large_result_is_a_value_error(small_qkv):
+    # A view claiming 2^46 rows of one element: the result could never be allocated, which is
+    # the shapes' problem (a ValueError naming it), not a MemoryError.
+    _, k, _ = small_qkv
+    huge = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), (1, 2**46, 1, 16), (0, 0, 0, 0))
+    expect(ValueError, r"^out: the result's shape .* is too large to allocate", attend.attention, huge, k, k)
+    expect(ValueError, r"^out: the result's shape", attend.explain, huge, k, k)
+
+
 def test_read_only_out(small_qkv):
     q, k, v = small_qkv
     out = np.empty(q.shape, np.float32)
@@ -344,7 +396,7 @@ def test_argument_errors_name_the_argument(small_qkv):
     # Arrays of dtypes DLPack cannot carry say so, instead of "expected an ndarray; got ndarray".
     expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got object", attend.attention, q.astype(object), k, v)
     expect(TypeError, r"^k: dtype must be float32, float16 or bfloat16 \(native byte order\); got >f4", attend.attention, q, k.astype(">f4"), v)
-    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got uint8", attend.attention, bytearray(64), k, v)
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got uint8", attend.attention, memoryview(bytearray(q.size)).cast("B", q.shape), k, v)
     expect(TypeError, r"^mask: dtype must be bool \(keep-mask\) or float32/float16/bfloat16 \(additive\) \(native byte order\); got >f4", attend.attention, q, k, v, mask=np.zeros((7, 7), ">f4"))
     odd = np.ndarray((7, 9), np.float32, np.zeros(7 * 9 * 6, np.uint8), 0, (54, 6))  # 6-byte strides
     expect(ValueError, r"^mask: strides must be whole elements", attend.attention, q, k, v, mask=odd)
