@@ -198,6 +198,64 @@ TEST(Errors, OverlapIsExact) {
   EXPECT_GT(apart_in_span, 1000);
 }
 
+// Views on interleaved element offsets (all of q's even, all of out's odd) share nothing: the
+// search's gcd test says so at once, where a plain search ran out of budget and refused the call.
+TEST(Errors, OverlapTellsInterleavedOffsetsApart) {
+  static float buffer[12000];
+  tensor_view q = tensor_view::contiguous(buffer, dtype::f32, {1, 142, 96, 154});
+  q.strides = {0, 38, 44, 22};
+  tensor_view out = tensor_view::contiguous(buffer + 1, dtype::f32, {1, 142, 96, 1});
+  out.strides = {0, 2, 568, 1};
+  EXPECT_FALSE(detail::overlaps(out, q));
+  EXPECT_FALSE(detail::overlaps(q, out));
+  out.data = buffer + 2;  // even offsets too: out's element 2 + 2 x 10 = 22 is q's [0, 0, 0, 1]
+  EXPECT_TRUE(detail::overlaps(out, q));
+}
+
+// An output's own elements must be distinct, exactly: offsets {0, 3, 2, 5} (strides 2 and 3 over
+// sizes 2 and 2, not nested) are distinct; {0, 2, 2, 4} (strides 2 and 2) are not.
+TEST(Errors, SelfOverlapIsExact) {
+  auto throws = [](const tensor_view& t) {
+    try {
+      detail::check_no_self_overlap(t, "out");
+      return false;
+    } catch (const invalid_argument&) {
+      return true;
+    }
+  };
+  static float buffer[4096];
+  tensor_view t = tensor_view::contiguous(buffer, dtype::f32, {1, 2, 2, 1});
+  t.strides = {0, 2, 3, 1};
+  EXPECT_FALSE(throws(t));
+  t.strides = {0, 2, 2, 1};
+  EXPECT_TRUE(throws(t));
+  std::mt19937 rng(13);
+  int distinct = 0, repeated = 0;
+  for (int trial = 0; trial < 20000; ++trial) {
+    t.rank = 1 + static_cast<int>(rng() % 4);
+    for (int i = 0; i < t.rank; ++i) {
+      t.sizes[i] = 1 + static_cast<std::int64_t>(rng() % 5);
+      t.strides[i] = static_cast<std::int64_t>(rng() % 13);
+    }
+    std::vector<std::int64_t> offsets;
+    for (std::int64_t idx = 0; idx < t.numel(); ++idx) {
+      std::int64_t rem = idx, off = 0;
+      for (int i = t.rank - 1; i >= 0; --i) {
+        off += (rem % t.sizes[i]) * t.strides[i];
+        rem /= t.sizes[i];
+      }
+      offsets.push_back(off);
+    }
+    std::sort(offsets.begin(), offsets.end());
+    const bool truth = std::adjacent_find(offsets.begin(), offsets.end()) != offsets.end();
+    ASSERT_EQ(throws(t), truth) << t.describe() << " strides " << t.strides[0] << "," << t.strides[1] << ","
+                                << t.strides[2] << "," << t.strides[3];
+    (truth ? repeated : distinct) += 1;
+  }
+  EXPECT_GT(distinct, 2000);
+  EXPECT_GT(repeated, 2000);
+}
+
 TEST(Errors, HugeSizesOverflowCleanly) {
   test::dense_call c(1, 8, 8, 1, 1, 16, 16);
   attention_params p = c.params;

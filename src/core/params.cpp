@@ -129,36 +129,91 @@ std::pair<std::uintptr_t, std::uintptr_t> byte_span(const tensor_view& t) {
 // buffer side by side (q, k, v and out as b[:, :, 0..3] of a packed [B, S, 4, H, D], or out as the
 // second half of each row whose first half is q). They share a byte iff some element address of
 // b minus some element address of a, D = (b0 - a0) + sum_j y_j sb_j - sum_i x_i sa_i, lies in
-// (-eb, ea) (byte strides, element sizes ea and eb). Terms with the same |stride| merge into one
+// (-eb, ea) (byte strides, element sizes ea and eb). Terms with the same stride merge into one
 // with a range of coefficients (-(n - 1) .. m - 1 for a dimension both have), then a depth-first
 // search takes them largest stride first, each coefficient only where the smaller terms can still
-// bring D into the interval. For the views above (nested strides) each level leaves one or two
-// coefficients, so the search is short; one that would take more than k_overlap_budget steps answers
-// "overlaps", the safe side.
+// bring D into the interval, and only while the interval holds a multiple of the smaller terms'
+// gcd (so views on interleaved element offsets, even against odd, are told apart at once). For
+// the views above (nested strides) each level leaves one or two coefficients and the search is
+// short; one that would take more than k_overlap_budget steps answers "overlaps", the safe side.
+// An output's own elements must be distinct (one element written by two rows is a race): the
+// same search for a nonzero coefficient vector whose sum is 0, once per choice of the first
+// nonzero coefficient (positive: -d is a solution too), after the common nested case passes a
+// direct test.
 namespace {
 // Sums of two views' byte spans (each below 2^63, check_view) need more than 64 bits.
 __extension__ typedef __int128 wide;
+constexpr int k_max_terms = 2 * tensor_view::k_max_rank;
 struct overlap_term {
-  wide stride;  // bytes, > 0
+  wide stride;  // bytes (elements for an output's own check), > 0
   wide lo, hi;  // coefficient range
 };
 constexpr std::int64_t k_overlap_budget = 1 << 20;
 
-bool reach(const std::array<overlap_term, 2 * tensor_view::k_max_rank>& t, int n, int k, wide cur,
-           const std::array<wide, 2 * tensor_view::k_max_rank + 1>& rest_lo,
-           const std::array<wide, 2 * tensor_view::k_max_rank + 1>& rest_hi, wide lo, wide hi,
-           std::int64_t& budget) {
-  if (--budget < 0) return true;
-  if (k == n) return cur >= lo && cur <= hi;
-  const wide s = t[k].stride;
-  // s z in [lo - cur - rest_hi, hi - cur - rest_lo]
-  const wide want_lo = lo - cur - rest_hi[k + 1], want_hi = hi - cur - rest_lo[k + 1];
-  auto floor_div = [](wide x, wide d) { return x >= 0 ? x / d : -((-x + d - 1) / d); };
-  const wide z_lo = std::max(t[k].lo, -floor_div(-want_lo, s)), z_hi = std::min(t[k].hi, floor_div(want_hi, s));
-  for (wide z = z_lo; z <= z_hi; ++z)
-    if (reach(t, n, k + 1, cur + s * z, rest_lo, rest_hi, lo, hi, budget)) return true;
-  return false;
-}
+// Whether sum_k z_k stride_k, z_k in [lo_k, hi_k], can land in [lo, hi] from `start`.
+class term_search {
+ public:
+  // Terms with the same stride merge (their coefficient ranges add).
+  void add(wide stride, wide lo, wide hi) {
+    int j = 0;
+    while (j < n_ && terms_[j].stride != stride) ++j;
+    if (j == n_) terms_[n_++] = {stride, 0, 0};
+    terms_[j].lo += lo;
+    terms_[j].hi += hi;
+  }
+  bool reach(wide start, wide lo, wide hi) {
+    for (int i = 1; i < n_; ++i)  // insertion sort, largest stride first: at most 8 terms
+      for (int j = i; j > 0 && terms_[j].stride > terms_[j - 1].stride; --j) std::swap(terms_[j], terms_[j - 1]);
+    rest_lo_[n_] = rest_hi_[n_] = rest_gcd_[n_] = 0;
+    for (int k = n_ - 1; k >= 0; --k) {
+      rest_lo_[k] = rest_lo_[k + 1] + terms_[k].stride * terms_[k].lo;
+      rest_hi_[k] = rest_hi_[k + 1] + terms_[k].stride * terms_[k].hi;
+      rest_gcd_[k] = gcd(rest_gcd_[k + 1], terms_[k].lo == terms_[k].hi ? 0 : terms_[k].stride);
+    }
+    lo_ = lo;
+    hi_ = hi;
+    budget_ = k_overlap_budget;
+    return from(0, start);
+  }
+ private:
+  static wide gcd(wide a, wide b) {
+    while (b != 0) {
+      const wide r = a % b;
+      a = b;
+      b = r;
+    }
+    return a;
+  }
+  static wide floor_div(wide x, wide d) { return x >= 0 ? x / d : -((-x + d - 1) / d); }
+  bool from(int k, wide cur) {
+    if (--budget_ < 0) return true;
+    // What the terms from k on must add: [lo_ - cur, hi_ - cur], within their range, and (the sum
+    // of their fixed parts aside) a multiple of their gcd.
+    const wide need_lo = lo_ - cur, need_hi = hi_ - cur;
+    if (need_hi < rest_lo_[k] || need_lo > rest_hi_[k]) return false;
+    if (k == n_) return true;
+    const wide g = rest_gcd_[k];
+    if (g > 0) {
+      wide fixed = 0;  // the terms whose coefficient range is one value
+      for (int j = k; j < n_; ++j)
+        if (terms_[j].lo == terms_[j].hi) fixed += terms_[j].stride * terms_[j].lo;
+      if (floor_div(need_hi - fixed, g) < -floor_div(-(need_lo - fixed), g)) return false;
+    }
+    const wide st = terms_[k].stride;
+    // st z in [need_lo - rest_hi[k+1], need_hi - rest_lo[k+1]]
+    const wide want_lo = need_lo - rest_hi_[k + 1], want_hi = need_hi - rest_lo_[k + 1];
+    const wide z_lo = std::max(terms_[k].lo, -floor_div(-want_lo, st)), z_hi = std::min(terms_[k].hi, floor_div(want_hi, st));
+    for (wide z = z_lo; z <= z_hi; ++z)
+      if (from(k + 1, cur + st * z)) return true;
+    return false;
+  }
+
+  std::array<overlap_term, k_max_terms> terms_{};
+  std::array<wide, k_max_terms + 1> rest_lo_{}, rest_hi_{}, rest_gcd_{};
+  int n_ = 0;
+  wide lo_ = 0, hi_ = 0;
+  std::int64_t budget_ = 0;
+};
 }  // namespace
 
 bool overlaps(const tensor_view& a, const tensor_view& b) {
@@ -167,39 +222,22 @@ bool overlaps(const tensor_view& a, const tensor_view& b) {
   const auto [b0, b1] = byte_span(b);
   if (!(a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)) return false;
   // Spans intersect: search for a shared byte (Note [Exact overlap]).
-  std::array<overlap_term, 2 * tensor_view::k_max_rank> t{};
-  int n = 0;
+  term_search search;
   auto add = [&](const tensor_view& v, int sign) {
     const auto e = static_cast<wide>(size_bytes(v.dtype));
-    for (int i = 0; i < v.rank; ++i) {
-      if (v.sizes[i] <= 1 || v.strides[i] == 0) continue;
-      const wide s = v.strides[i] * e, span = v.sizes[i] - 1;
-      int j = 0;
-      while (j < n && t[j].stride != s) ++j;
-      if (j == n) t[n++] = {s, 0, 0};
-      if (sign > 0)
-        t[j].hi += span;
-      else
-        t[j].lo -= span;
-    }
+    for (int i = 0; i < v.rank; ++i)
+      if (v.sizes[i] > 1 && v.strides[i] != 0) {
+        const wide span = v.sizes[i] - 1;
+        search.add(v.strides[i] * e, sign > 0 ? 0 : -span, sign > 0 ? span : 0);
+      }
   };
   add(b, +1);
   add(a, -1);
-  for (int i = 1; i < n; ++i)  // insertion sort, largest stride first: at most 8 terms
-    for (int j = i; j > 0 && t[j].stride > t[j - 1].stride; --j) std::swap(t[j], t[j - 1]);
-  std::array<wide, 2 * tensor_view::k_max_rank + 1> rest_lo{}, rest_hi{};
-  for (int k = n - 1; k >= 0; --k) {
-    rest_lo[k] = rest_lo[k + 1] + t[k].stride * t[k].lo;
-    rest_hi[k] = rest_hi[k + 1] + t[k].stride * t[k].hi;
-  }
   const auto ea = static_cast<wide>(size_bytes(a.dtype)), eb = static_cast<wide>(size_bytes(b.dtype));
-  std::int64_t budget = k_overlap_budget;
-  return reach(t, n, 0, static_cast<wide>(b0) - static_cast<wide>(a0), rest_lo, rest_hi, 1 - eb, ea - 1,
-               budget);
+  return search.reach(static_cast<wide>(b0) - static_cast<wide>(a0), 1 - eb, ea - 1);
 }
 
-// An output must not write one element twice: sorted by stride, each dimension's stride must
-// step past the whole extent of the smaller ones.
+// An output must not write one element twice (Note [Exact overlap]).
 void check_no_self_overlap(const tensor_view& t, const char* name) {
   if (t.numel() == 0) return;  // nothing is written
   std::array<std::pair<std::int64_t, std::int64_t>, tensor_view::k_max_rank> dims{};
@@ -208,11 +246,26 @@ void check_no_self_overlap(const tensor_view& t, const char* name) {
     if (t.sizes[i] > 1) dims[n++] = {t.strides[i], t.sizes[i]};
   for (int i = 1; i < n; ++i)  // insertion sort: at most 4 dims
     for (int j = i; j > 0 && dims[j] < dims[j - 1]; --j) std::swap(dims[j], dims[j - 1]);
+  // The common case: sorted by stride, each steps past the whole extent of the smaller ones.
+  bool nested = true;
   std::int64_t extent = 1;
-  for (int i = 0; i < n; ++i) {
-    if (dims[i].first < extent)
-      fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
+  for (int i = 0; i < n && nested; ++i) {
+    nested = dims[i].first >= extent;
     extent = dims[i].first * dims[i].second;
+  }
+  if (nested) return;
+  // Otherwise: is there a nonzero d, |d_i| < size_i, with sum d_i stride_i = 0? Its first nonzero
+  // coefficient may be taken positive.
+  for (int first = 0; first < n; ++first) {
+    if (dims[first].first == 0) fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
+    term_search search;
+    for (int i = 0; i < n; ++i) {
+      const wide span = dims[i].second - 1;
+      if (i < first) continue;  // coefficient 0
+      search.add(dims[i].first, i == first ? 1 : -span, span);
+    }
+    if (search.reach(0, 0, 0))
+      fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
   }
 }
 

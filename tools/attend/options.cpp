@@ -173,7 +173,7 @@ std::string help_text() {
      << "  check     run every available backend against the exact reference over a grid of awkward cases\n"
      << "            (exit 1 on any mismatch)\n"
      << "  bench     time backends on the call the flags describe; GFLOP/s with FLOPs = 4*B*H*Sq*Skv*D,\n"
-     << "            halved for causal\n"
+     << "            halved for causal (exit 1 when none could be timed)\n"
      << "  demo      the main job: a diffusion-transformer-like workload, every backend checked and timed\n\n"
      << "flags:\n";
   for (const flag_spec& f : flags()) {
