@@ -1,4 +1,4 @@
-"""bench/gpu_varlen.py, bench/gpu_masks.py and bench/gpu_dims.py without a GPU, as
+"""bench/gpu_varlen.py, bench/gpu_masks.py, bench/gpu_dims.py and bench/gpu_cross.py without a GPU, as
 test_bench_gpu.py does for gpu.py: each script runs against stand-in `torch` and `attend` modules (and a stand-in for its child
 process with the Hopper kernel off), so a broken harness fails here instead of in a device call.
 Checks which calls each column makes, the interleaved rounds, the FLOP counts behind the table's
@@ -76,7 +76,7 @@ def _modules(calls, reject=()):
 def _run(monkeypatch, tmp_path, script, mods, mma_ms):
     for name, mod in mods.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    for name in ("gpu", "gpu_varlen", "gpu_masks", "gpu_dims"):  # imported afresh, with the stand-ins
+    for name in ("gpu", "gpu_varlen", "gpu_masks", "gpu_dims", "gpu_cross"):  # imported afresh, with the stand-ins
         monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location(script, BENCH / f"{script}.py")
@@ -158,12 +158,38 @@ def test_dims_columns_and_flops(monkeypatch, tmp_path):
     assert rows["bf16-d80-s4096"][-1].rstrip(" |") == "0.50"  # flash_cuda / mma_sync
 
 
+def test_cross_columns_masks_and_flops(monkeypatch, tmp_path):
+    calls = []
+    mods = _modules(calls)
+    mma = {"bf16-wan-cross-d128": 25.0}
+    gpu_cross, table = _run(monkeypatch, tmp_path, "gpu_cross", mods, mma)
+    rows = _rows(table)
+    assert set(rows) == {c["name"] for c in gpu_cross.shapes()}
+    # Unmasked shapes: flash_cuda and the three PyTorch backends, without a mask; the masked one
+    # passes its key mask to flash_cuda and to the two PyTorch backends that take one.
+    order = [c for i, c in enumerate(calls) if i == 0 or calls[i - 1] != c]
+    one_round = [("flash_cuda", "dense"), ("torch_flash", False), ("torch_cudnn", False), ("torch_efficient", False)]
+    assert order[:8] == one_round * 2
+    assert ("flash_cuda", "mask") in calls and ("torch_cudnn", True) in calls
+    masked = next(c for c in gpu_cross.shapes() if c["mask"])
+    assert gpu_cross.inputs(masked)[3].shape == (masked["b"], 1, 1, masked["skv"])
+    assert all(gpu_cross.inputs(c)[3] is None for c in gpu_cross.shapes() if not c["mask"])
+    assert rows[masked["name"]][2] == "n/a"  # PyTorch's flash backend takes no mask
+    # Short text sequences: the FLOPs count Sq x Skv, not Sq^2.
+    wan = next(c for c in gpu_cross.shapes() if c["name"] == "bf16-wan-cross-d128")
+    flops = 4.0 * 1 * 12 * 32760 * 512 * 128
+    assert gpu_cross.flops(wan) == flops
+    assert rows[wan["name"]][1] == f"{flops / 50e-3 / 1e12:.0f}"
+    assert rows[wan["name"]][5] == f"{flops / 25e-3 / 1e12:.0f}"  # the child's mma.sync time
+    assert rows[wan["name"]][-2] == "1.00"  # flash_cuda / torch_cudnn at equal stand-in times
+
+
 def test_child_runs_print_one_json_line(monkeypatch, tmp_path, capsys):
     """The --child run each script starts with the Hopper kernel off: {shape: median ms} as the
     last line of its output, which without_hopper_kernel parses."""
     import json
 
-    for script in ("gpu_varlen", "gpu_masks", "gpu_dims"):
+    for script in ("gpu_varlen", "gpu_masks", "gpu_dims", "gpu_cross"):
         calls = []
         mods = _modules(calls)
         module, _ = _run(monkeypatch, tmp_path, script, mods, {})
