@@ -1,4 +1,5 @@
 # The CLI's contract: exit codes and one-line reasons. Run by CTest with -DATTEND=<binary>.
+unset(ENV{ATTEND_BACKEND})  # it replaces --backend (tested below): a developer's own setting must not change the rest
 function(expect_exit code)
   execute_process(COMMAND ${ATTEND} ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT rc EQUAL code)
@@ -72,10 +73,16 @@ expect_exit(2 bench --backend auto,flash_cpu --reps 1)
 expect_match("${last_err}" "^attend: --backend: 'auto' stands alone; a list names backends \\(see attend list\\)\n$")
 expect_exit(2 check --quick --backend reference,measure)
 expect_match("${last_err}" "^attend: --backend: 'measure' stands alone")
+expect_exit(2 explain --backend reference,flash_cpu)
+expect_match("${last_err}" "^attend: --backend: explain takes one backend name")
 # ATTEND_BACKEND replaces --backend for every command, and is named when it is wrong.
 set(ENV{ATTEND_BACKEND} nope)
 expect_exit(2 check --quick)
 expect_match("${last_err}" "^attend: ATTEND_BACKEND: unknown backend 'nope' \\(see attend list\\)\n$")
+expect_exit(0 list)  # list selects no backend: the variable does not apply
+set(ENV{ATTEND_BACKEND} measure)
+expect_exit(2 bench --reps 1)
+expect_match("${last_err}" "^attend: ATTEND_BACKEND: measure picks one backend per call")
 set(ENV{ATTEND_BACKEND} unfused_cpu)
 expect_exit(0 bench --seqlen 16 --heads 1 --head-dim 8 --dtype f32 --min-time 0 --reps 1)
 expect_match("${last_out}" "unfused_cpu")

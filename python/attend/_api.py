@@ -193,13 +193,14 @@ def _buffer_as_array(x: Any, what: str) -> Any:
 
 
 def _allocate(like: Array, shape: Tuple[Any, ...], float32: bool, name: str) -> Array:
-    """_empty, with a result too large to allocate reported as the shapes' problem."""
+    """_empty, with a result that cannot be allocated reported as a ValueError naming its shape
+    (a silly size in q or v is the usual cause; numpy raises MemoryError for it)."""
     try:
         return _empty(like, shape, float32, name)
     except MemoryError:
         raise ValueError(
-            f"{name}: the result's shape {tuple(shape)} is too large to allocate; check the shapes of q and v "
-            "(or pass out=)"
+            f"{name}: cannot allocate the result's shape {tuple(shape)} (out of memory); check the shapes of q "
+            "and v, or pass out="
         ) from None
 
 
@@ -295,6 +296,7 @@ def _prepare(
         if x is None:
             raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
     q, k, v = _buffer_as_array(q, "q"), _buffer_as_array(k, "k"), _buffer_as_array(v, "v")
+    callers_out = out  # returned as given, even when its buffer goes as an array over the same memory
     out, mask = _buffer_as_array(out, "out"), _buffer_as_array(mask, "mask")
     cu_seqlens_q, cu_seqlens_k = _buffer_as_array(cu_seqlens_q, "cu_seqlens_q"), _buffer_as_array(cu_seqlens_k, "cu_seqlens_k")
     causal, return_lse = _flag(causal, "causal"), _flag(return_lse, "return_lse")
@@ -331,10 +333,10 @@ def _prepare(
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None
     out_shape, lse_shape = _output_shapes(_shape(q, "q"), _shape(v, "v"), layout, varlen)
     if out is None:
-        out = _allocate(q, out_shape, False, "out")
+        out = callers_out = _allocate(q, out_shape, False, "out")
     lse = _allocate(q, lse_shape, True, "lse") if return_lse else None
     on_host = not varlen or _device_kind(q, "q") == "cpu"
-    results = (out, lse)
+    results = (callers_out, lse)
     as_bits = [_is_ml_bfloat16(x) for x in (q, k, v, out, mask)]
     bf16_bits = [what for what, bits in zip(("q", "k", "v", "out", "mask"), as_bits) if bits]
     q, k, v, out, mask = (x.view(np.uint16) if bits else x for x, bits in zip((q, k, v, out, mask), as_bits))

@@ -134,7 +134,7 @@ device device_for(const backend& b) {
 // checked that every name is registered.
 std::vector<std::shared_ptr<const backend>> chosen_backends(const cli_options& o, bool include_exact) {
   if (o.backend == "measure")
-    throw usage_error("--backend: measure picks one backend per call; check and bench run a list (auto, or names)");
+    throw usage_error(o.backend_source + ": measure picks one backend per call; check and bench run a list (auto, or names)");
   std::vector<std::shared_ptr<const backend>> listed;
   if (o.backend == "auto" || o.backend.empty()) {
     for (const auto& b : registry::global().list())
@@ -148,7 +148,7 @@ std::vector<std::shared_ptr<const backend>> chosen_backends(const cli_options& o
   std::vector<std::shared_ptr<const backend>> out;
   for (const auto& b : listed)
     if ((o.allow.empty() || named(o.allow, b->name())) && !named(o.deny, b->name())) out.push_back(b);
-  if (out.empty()) throw usage_error("no backend left to run after --backend, --allow and --deny");
+  if (out.empty()) throw usage_error("no backend left to run after " + o.backend_source + ", --allow and --deny");
   return out;
 }
 

@@ -14,12 +14,11 @@ int main(int argc, char** argv) {
   using namespace attend::cli;
   try {
     cli_options o = parse(argc, argv);
-    // ATTEND_BACKEND replaces --backend (debugging), for every command: as the library's selection
-    // does for explain and for Python callers.
-    std::string backend_source = "--backend";
-    if (const char* env = std::getenv("ATTEND_BACKEND"); env != nullptr && *env != '\0') {
+    // ATTEND_BACKEND replaces --backend (debugging) for every command that selects backends, as
+    // the library's selection does for explain and for Python callers (`list` selects none).
+    if (const char* env = std::getenv("ATTEND_BACKEND"); env != nullptr && *env != '\0' && o.command != "list") {
       o.backend = env;
-      backend_source = "ATTEND_BACKEND";
+      o.backend_source = "ATTEND_BACKEND";
     }
     if (o.help || o.command == "help") {
       std::cout << help_text();
@@ -44,7 +43,9 @@ int main(int argc, char** argv) {
           throw usage_error(flag + ": unknown backend '" + n + "' (see attend list)");
       }
     };
-    check_names(backend_source, backend_names(o), true);
+    check_names(o.backend_source, backend_names(o), true);
+    if (o.command == "explain" && backend_names(o).size() > 1)
+      throw usage_error(o.backend_source + ": explain takes one backend name, auto or measure (lists are for check and bench)");
     check_names("--allow", o.allow, false);
     check_names("--deny", o.deny, false);
     check_flags_apply(o);

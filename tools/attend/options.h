@@ -19,6 +19,7 @@ struct usage_error : std::runtime_error {
 struct cli_options {
   std::string command;
   std::vector<std::string> given;  // the flags on the command line, in order (check_flags_apply)
+  std::string backend_source = "--backend";  // or ATTEND_BACKEND, when that replaced it (main)
   // the call
   std::int64_t batch = 1, seqlen_q = 1024, seqlen_kv = 1024, heads_q = 8, heads_kv = 8, head_dim_qk = 64, head_dim_v = 64;
   attend::dtype dtype = attend::dtype::bf16;
