@@ -148,6 +148,11 @@ def test_attend_torch_attention_matches(device):
     want_out, want_lse = ref_of(q, k, v)
     assert_close(out, want_out, "float32")
     assert_close(lse, want_lse, "float32", what="lse", lse=True)
+    # Flags are bools, as in attend.attention: "False" is a true string.
+    with pytest.raises(TypeError, match=r"^causal: must be a bool; got 'False'"):
+        attend.torch.attention(q, k, v, causal="False")
+    with pytest.raises(TypeError, match=r"^return_lse: must be a bool"):
+        attend.torch.attention(q, k, v, return_lse=1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
