@@ -24,11 +24,10 @@ import os
 import sys
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu import time_cuda  # noqa: E402
+from gpu_masks import time_flash_cuda, time_torch  # noqa: E402  (both pass the mask when there is one)
 from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
 
 TORCH = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -59,23 +58,6 @@ def inputs(c):
         for b in range(1, c["b"]):
             keep[b, ..., c["skv"] - 40 * b:] = False
     return q, k, v, keep
-
-
-def time_flash_cuda(attend, data):
-    q, k, v, keep = data
-    out = torch.empty_like(q)
-    return time_cuda(lambda: attend.attention(q, k, v, out=out, backend="flash_cuda", mask=keep))
-
-
-def time_torch(backend, data):
-    q, k, v, keep = data
-    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-
-    def run():
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=keep)
-    run()
-    return time_cuda(run)
 
 
 def main():
