@@ -90,7 +90,10 @@ if("${last_out}" MATCHES "flash_cpu")
   message(FATAL_ERROR "ATTEND_BACKEND=unfused_cpu bench ran flash_cpu:\n${last_out}")
 endif()
 unset(ENV{ATTEND_BACKEND})
-# A benchmark that timed nothing fails, with a reason.
+# A benchmark that timed nothing fails, with a reason: every backend skipped the call, or none of
+# those chosen runs on the device.
+expect_exit(2 bench --device cuda --backend reference --reps 1)
+expect_match("${last_err}" "^attend: no chosen backend runs on cuda:0 \\(see attend list\\)\n$")
 expect_exit(1 bench --head-dim 0 --seqlen 16 --heads 1 --reps 1)
 expect_match("${last_err}" "^attend: no backend ran this call \\(each row says why\\)\n$")
 # No query heads: an empty problem, timed as such (it died of a division by zero before).

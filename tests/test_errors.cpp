@@ -77,6 +77,8 @@ TEST(Errors, NullMisalignedNegativeStrides) {
   p = c.params;
   p.v.strides[1] = -16;
   expect_invalid(p, "v: strides must be non-negative");
+  p.v.sizes[2] = -1;  // a negative size is named as such, whatever the strides before it
+  expect_invalid(p, "v: sizes must be non-negative");
   p = c.params;
   p.out.strides[1] = 0;  // two rows written to one place
   expect_invalid(p, "out: strides make elements overlap");

@@ -143,6 +143,27 @@ TEST(Selection, EnvironmentOverridesName) {
   ::unsetenv("ATTEND_BACKEND");
   EXPECT_EQ(chosen, "reference");
   EXPECT_EQ(attention(c.params, o), "fast_f32");
+  // An unknown name says where it came from.
+  ::setenv("ATTEND_BACKEND", "nope", 1);
+  std::string message;
+  try {
+    attention(c.params, o);
+  } catch (const invalid_argument& e) {
+    message = e.what();
+  }
+  ::unsetenv("ATTEND_BACKEND");
+  EXPECT_NE(message.find("backend: unknown name 'nope' (from ATTEND_BACKEND)"), std::string::npos) << message;
+  o.select.name = "nope";
+  EXPECT_THROW(
+      {
+        try {
+          attention(c.params, o);
+        } catch (const invalid_argument& e) {
+          EXPECT_EQ(std::string(e.what()).find("ATTEND_BACKEND"), std::string::npos) << e.what();
+          throw;
+        }
+      },
+      invalid_argument);
 }
 
 // A candidate that fails at run time (here: its workspace "cannot be allocated") drops out of a

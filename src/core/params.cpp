@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <cstdint>
 #include <charconv>
+#include <cstdint>
 #include <limits>
 #include <numbers>
 #include <sstream>
@@ -164,11 +164,13 @@ class term_search {
   bool reach(wide start, wide lo, wide hi) {
     for (int i = 1; i < n_; ++i)  // insertion sort, largest stride first: at most 8 terms
       for (int j = i; j > 0 && terms_[j].stride > terms_[j - 1].stride; --j) std::swap(terms_[j], terms_[j - 1]);
-    rest_lo_[n_] = rest_hi_[n_] = rest_gcd_[n_] = 0;
+    rest_lo_[n_] = rest_hi_[n_] = rest_gcd_[n_] = rest_fixed_[n_] = 0;
     for (int k = n_ - 1; k >= 0; --k) {
+      const bool one_value = terms_[k].lo == terms_[k].hi;
       rest_lo_[k] = rest_lo_[k + 1] + terms_[k].stride * terms_[k].lo;
       rest_hi_[k] = rest_hi_[k + 1] + terms_[k].stride * terms_[k].hi;
-      rest_gcd_[k] = gcd(rest_gcd_[k + 1], terms_[k].lo == terms_[k].hi ? 0 : terms_[k].stride);
+      rest_gcd_[k] = gcd(rest_gcd_[k + 1], one_value ? 0 : terms_[k].stride);
+      rest_fixed_[k] = rest_fixed_[k + 1] + (one_value ? terms_[k].stride * terms_[k].lo : 0);
     }
     lo_ = lo;
     hi_ = hi;
@@ -188,17 +190,12 @@ class term_search {
   bool from(int k, wide cur) {
     if (--budget_ < 0) return true;
     // What the terms from k on must add: [lo_ - cur, hi_ - cur], within their range, and (the sum
-    // of their fixed parts aside) a multiple of their gcd.
+    // of the terms with a one-value range aside) a multiple of the others' gcd.
     const wide need_lo = lo_ - cur, need_hi = hi_ - cur;
     if (need_hi < rest_lo_[k] || need_lo > rest_hi_[k]) return false;
     if (k == n_) return true;
-    const wide g = rest_gcd_[k];
-    if (g > 0) {
-      wide fixed = 0;  // the terms whose coefficient range is one value
-      for (int j = k; j < n_; ++j)
-        if (terms_[j].lo == terms_[j].hi) fixed += terms_[j].stride * terms_[j].lo;
-      if (floor_div(need_hi - fixed, g) < -floor_div(-(need_lo - fixed), g)) return false;
-    }
+    const wide g = rest_gcd_[k], fixed = rest_fixed_[k];
+    if (g > 0 && floor_div(need_hi - fixed, g) < -floor_div(-(need_lo - fixed), g)) return false;
     const wide st = terms_[k].stride;
     // st z in [need_lo - rest_hi[k+1], need_hi - rest_lo[k+1]]
     const wide want_lo = need_lo - rest_hi_[k + 1], want_hi = need_hi - rest_lo_[k + 1];
@@ -209,7 +206,9 @@ class term_search {
   }
 
   std::array<overlap_term, k_max_terms> terms_{};
-  std::array<wide, k_max_terms + 1> rest_lo_{}, rest_hi_{}, rest_gcd_{};
+  // Over the terms from k on: the least and most they add, the gcd of the strides whose
+  // coefficient can vary, and the sum of the others (one value each).
+  std::array<wide, k_max_terms + 1> rest_lo_{}, rest_hi_{}, rest_gcd_{}, rest_fixed_{};
   int n_ = 0;
   wide lo_ = 0, hi_ = 0;
   std::int64_t budget_ = 0;
@@ -254,19 +253,18 @@ void check_no_self_overlap(const tensor_view& t, const char* name) {
     extent = dims[i].first * dims[i].second;
   }
   if (nested) return;
-  // Otherwise: is there a nonzero d, |d_i| < size_i, with sum d_i stride_i = 0? Its first nonzero
-  // coefficient may be taken positive.
-  for (int first = 0; first < n; ++first) {
-    if (dims[first].first == 0) fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
-    term_search search;
-    for (int i = 0; i < n; ++i) {
-      const wide span = dims[i].second - 1;
-      if (i < first) continue;  // coefficient 0
-      search.add(dims[i].first, i == first ? 1 : -span, span);
+  // Otherwise: is there a nonzero d, |d_i| < size_i, with sum d_i stride_i = 0? A zero stride (the
+  // smallest, first) is one at once; else the first nonzero coefficient may be taken positive.
+  auto repeats = [&] {
+    if (dims[0].first == 0) return true;
+    for (int first = 0; first < n; ++first) {
+      term_search search;  // dimensions before `first` have coefficient 0
+      for (int i = first; i < n; ++i) search.add(dims[i].first, i == first ? 1 : 1 - dims[i].second, dims[i].second - 1);
+      if (search.reach(0, 0, 0)) return true;
     }
-    if (search.reach(0, 0, 0))
-      fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
-  }
+    return false;
+  };
+  if (repeats()) fail(std::string(name) + ": strides make elements overlap (an output needs distinct elements)");
 }
 
 }  // namespace detail
