@@ -100,6 +100,11 @@ if(ATTEND_BUILD_TOOLS)
   add_executable(attend_gpu_bench ${PROJECT_SOURCE_DIR}/bench/gpu_bench.cpp)
   target_link_libraries(attend_gpu_bench PRIVATE attend::attend attend_warnings CUDA::cudart_static)
   set_target_properties(attend_gpu_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
+  # The host's cost of a call, stage by stage (bench/host_bench.cpp; scripts/gpu-check's `host` stage).
+  add_executable(attend_host_bench ${PROJECT_SOURCE_DIR}/bench/host_bench.cpp)
+  target_include_directories(attend_host_bench PRIVATE ${PROJECT_SOURCE_DIR}/src)
+  target_link_libraries(attend_host_bench PRIVATE attend::attend attend_warnings CUDA::cudart_static)
+  set_target_properties(attend_host_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
 endif()
 
 # flash_cuda's tile-shape sweep (bench/flash_tune.cu; scripts/gpu-check's `tune` stage). Off by

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""The host's cost of one attention call from Python on torch CUDA tensors: attend against
+PyTorch SDPA's flash, cuDNN and efficient backends, in one process on the same tensors.
+
+Short calls (cross-attention over 77 text tokens; small images) take 20-35 µs on the GPU, so
+what the host spends per call decides how fast they run from Python. Each line times one way to
+make the call, on the host only: `--calls` calls in a row, with the queued GPU work drained
+every 64 calls outside the timed spans (a full launch queue would stall the host and time the
+GPU instead). Median of `--rounds` rounds, the ways interleaved within each round.
+
+Besides the whole call, the steps of attend's own path are timed alone (its Python layer, the
+stream query, the extension call with prepared arguments), with the C++ floor from
+bench/host_bench.cpp (attend_host_bench) to compare. `--profile FILE` writes a cProfile of
+attend.attention calls.
+
+    python3 bench/gpu_host.py [--rounds 5] [--calls 2000] [--markdown out.md] [--profile prof.txt]
+"""
+import argparse
+import cProfile
+import datetime
+import io
+import pstats
+import statistics
+import time
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+import torch.nn.functional as F
+
+import attend
+import attend.torch as attend_torch
+from attend import _api, _attend
+
+DRAIN = 64  # why: well below the launch queue's depth (about 1000 entries)
+
+SHAPES = [  # (name, B, Sq, Skv, H, D), bf16, [B, S, H, D]
+    ("tiny", 1, 128, 128, 1, 64),
+    ("sd15-cross", 2, 4096, 77, 8, 40),
+]
+
+
+def host_us(fn, calls):
+    """Mean host time of one call of fn, in µs (GPU work drained outside the timed spans)."""
+    total = 0.0
+    done = 0
+    while done < calls:
+        t0 = time.perf_counter()
+        for _ in range(DRAIN):
+            fn()
+        total += time.perf_counter() - t0
+        torch.cuda.synchronize()
+        done += DRAIN
+    return total / done * 1e6
+
+
+def ways(name, b, sq, skv, h, d):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, sq, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(b, skv, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    out = torch.empty_like(q)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))  # SDPA's [B, H, S, D] views of the same memory
+    prepared = _api._prepare(q, k, v, backend="flash_cuda", layout="bshd", scale=None, causal=False,
+                             causal_align="top_left", window=None, mask=None, softcap=0.0, return_lse=False,
+                             cu_seqlens_q=None, cu_seqlens_k=None, out=out, max_seqlen_q=None, max_seqlen_k=None)
+    args, kwargs, _ = prepared
+    stream = _api._cuda_stream(q)
+
+    def sdpa(backend):
+        def run():
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(qt, kt, vt)
+        return run
+
+    def sdpa_no_context():  # the context manager's own cost left out (it is set around the loop)
+        F.scaled_dot_product_attention(qt, kt, vt)
+
+    return {
+        "attend.attention(out=)": lambda: attend.attention(q, k, v, out=out, backend="flash_cuda"),
+        "attend.attention": lambda: attend.attention(q, k, v, backend="flash_cuda"),
+        "attend.attention, auto": lambda: attend.attention(q, k, v),
+        "attend.torch.attention (custom op)": lambda: attend_torch.attention(q, k, v, backend="flash_cuda"),
+        "torch SDPA flash (in sdpa_kernel)": sdpa(SDPBackend.FLASH_ATTENTION),
+        "torch SDPA cuDNN (in sdpa_kernel)": sdpa(SDPBackend.CUDNN_ATTENTION),
+        "torch SDPA efficient (in sdpa_kernel)": sdpa(SDPBackend.EFFICIENT_ATTENTION),
+        "torch SDPA default": sdpa_no_context,
+        "step: attend _prepare (Python layer)": lambda: _api._prepare(
+            q, k, v, backend="flash_cuda", layout="bshd", scale=None, causal=False, causal_align="top_left",
+            window=None, mask=None, softcap=0.0, return_lse=False, cu_seqlens_q=None, cu_seqlens_k=None, out=out,
+            max_seqlen_q=None, max_seqlen_k=None),
+        "step: attend _cuda_stream": lambda: _api._cuda_stream(q),
+        "step: torch.cuda.current_stream": lambda: torch.cuda.current_stream(q.device),
+        "step: q.__dlpack__()": lambda: q.__dlpack__(),
+        "step: torch.empty_like(q)": lambda: torch.empty_like(q),
+        "step: extension call, prepared": lambda: _attend.attention(*args, **kwargs, cuda_stream=stream, forward=[]),
+        "step: extension reads one tensor (_attend.describe)": lambda: _attend.describe(q, "q"),
+        "step: an extension call that does nothing (_attend.version)": _attend.version,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--markdown", help="also write the table to this file")
+    ap.add_argument("--profile", help="write a cProfile of attend.attention(out=) calls to this file")
+    a = ap.parse_args()
+    if a.rounds < 1 or a.calls < DRAIN:
+        ap.error(f"--rounds must be >= 1 and --calls >= {DRAIN}")
+    lines = [f"GPU: {torch.cuda.get_device_name()}; torch {torch.__version__}; attend {attend.__version__}; "
+             f"{datetime.date.today()}; µs per call on the host, median of {a.rounds} rounds of {a.calls} calls", "",
+             "| shape | way | µs per call |", "|---|---|---|"]
+    for shape in SHAPES:
+        fns = ways(*shape)
+        for fn in fns.values():  # warm-up: workspaces, graph caches, torch's dispatch caches
+            for _ in range(DRAIN):
+                fn()
+        torch.cuda.synchronize()
+        times = {w: [] for w in fns}
+        for _ in range(a.rounds):
+            for w, fn in fns.items():
+                times[w].append(host_us(fn, a.calls))
+        for w in fns:
+            lines.append(f"| {shape[0]} | {w} | {statistics.median(times[w]):.1f} |")
+            print(lines[-1], flush=True)
+        if a.profile and shape[0] == "tiny":
+            q = torch.randn(1, 128, 1, 64, device="cuda", dtype=torch.bfloat16)
+            out = torch.empty_like(q)
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(a.calls):
+                attend.attention(q, q, q, out=out, backend="flash_cuda")
+            prof.disable()
+            torch.cuda.synchronize()
+            text = io.StringIO()
+            pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+            with open(a.profile, "w") as f:
+                f.write(text.getvalue())
+    if a.markdown:
+        with open(a.markdown, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
