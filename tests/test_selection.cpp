@@ -91,6 +91,54 @@ TEST(Selection, ByNameAllowDeny) {
   EXPECT_THROW(attention(c.params, f.opts("no_such_backend")), invalid_argument);
 }
 
+// select() looks for its answer without building reasons (Note [Selection without reasons]); it
+// must answer exactly as the first of candidates(), which builds them, for every selection, and
+// fail where candidates() fails, with the same error.
+TEST(Selection, SelectAgreesWithCandidates) {
+  fixture f;
+  std::vector<selection> selections;
+  for (const char* name : {"auto", "fast_f32", "unfused_cpu", "reference", "no_such_backend"})
+    for (const std::vector<std::string>& allow : {std::vector<std::string>{}, {"reference"}, {"fast_f32", "unfused_cpu"}})
+      for (const std::vector<std::string>& deny : {std::vector<std::string>{}, {"fast_f32"}, {"unfused_cpu", "reference"}}) {
+        selection s;
+        s.name = name;
+        s.allow = allow;
+        s.deny = deny;
+        s.honour_environment = false;
+        selections.push_back(s);
+      }
+  std::vector<test::dense_call> calls;
+  calls.emplace_back(1, 16, 16, 2, 2, 64, 64);  // every backend supports it
+  calls.emplace_back(1, 16, 16, 2, 2, 12, 12);  // fast_f32's head-dim rule rejects it
+  calls.emplace_back(1, 8, 8, 1, 1, 0, 0);      // nobody supports it
+  calls.emplace_back(1, 8, 8, 1, 1, 8, 8);      // a CUDA call: no CPU backend runs it
+  for (tensor_view* t : {&calls.back().params.q, &calls.back().params.k, &calls.back().params.v, &calls.back().params.out,
+                         &calls.back().params.maybe_lse})
+    t->device = {device_kind::cuda, 0};
+  int answered = 0, refused = 0;
+  for (const test::dense_call& c : calls) {
+    const problem p = make_problem(c.params);
+    for (const selection& s : selections) {
+      std::string want, got, want_error, got_error;
+      try {
+        want = std::string(f.r.candidates(p, s).front()->name());
+      } catch (const error& e) {
+        want_error = e.what();
+      }
+      try {
+        got = std::string(f.r.select(p, s)->name());
+      } catch (const error& e) {
+        got_error = e.what();
+      }
+      EXPECT_EQ(got, want) << s.name;
+      EXPECT_EQ(got_error, want_error) << s.name;
+      ++(want.empty() ? refused : answered);
+    }
+  }
+  EXPECT_GT(answered, 20);  // both outcomes are exercised
+  EXPECT_GT(refused, 20);
+}
+
 TEST(Selection, ExplainGivesEveryReason) {
   fixture f;
   test::dense_call c(1, 8, 8, 1, 1, 12, 12);

@@ -145,6 +145,21 @@ std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& 
 }
 
 std::shared_ptr<const backend> registry::select(const problem& p, const selection& s) const {
+  // Note [Selection without reasons]: a call asks this once per run, and building every other
+  // backend's reason (the rejections' strings) cost about 1 µs of the host's time a call
+  // (bench/host_bench.cpp). The answer is the first allowed backend, in priority order, that runs
+  // on the call's device and supports it, so that is looked for first without any reason; only
+  // when none is found does candidates() build them all, for its error. "measure" picks among
+  // every candidate, so it always takes the full path.
+  if (const std::string name = effective_name(s); name != "measure") {
+    for (const auto& b : list()) {
+      const backend_traits& t = b->traits();
+      if ((name != "auto" && b->name() != name) || (!s.allow.empty() && !contains(s.allow, b->name())) ||
+          contains(s.deny, b->name()) || std::find(t.devices.begin(), t.devices.end(), p.device.kind) == t.devices.end())
+        continue;
+      if (b->supports(p, nullptr)) return b;
+    }
+  }
   auto found = candidates(p, s);
   if (effective_name(s) == "measure") {
     const std::string winner = measured(measure_key(p, s));
