@@ -38,6 +38,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -238,10 +240,132 @@ nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
   return capsule;
 }
 
+// Note [torch fast path]: torch's __dlpack__ is Python code (requires-grad, conjugate and stream
+// checks, then the capsule), 2.6-4.8 µs an array on the lent H200's host, and a call imports four
+// arrays or more (bench/RESULTS.md, "The host's cost of a call"). A tensor whose type is exactly
+// torch.Tensor is read here through its own attributes instead: data_ptr() (the storage offset
+// included), shape, stride() in elements, dtype and device, which are the facts its DLPack
+// export carries. Only what that export would describe the same way is taken: a strided tensor
+// (stride() answers; nested tensors do not) of a dtype the argument takes, on the CPU or a CUDA
+// device, of rank 1 to 4 with at least one element. Anything else (subclasses such as
+// nn.Parameter or FakeTensor included) goes through DLPack as before, so every refusal and its
+// message is unchanged. (Whether an out that requires grad may be written is the Python layer's
+// rule, as torch's out= arguments: only under torch.no_grad().) One thing neither path may read as it is: a tensor with torch's
+// negative bit (a lazily negated view) holds the values before the negation. The Python layer
+// resolves it on inputs and refuses it on out; a tensor that still has it here is refused. The
+// tensor is held for the call's duration.
+struct torch_names {
+  PyTypeObject* tensor = nullptr;
+  nb::object strided, float32, float16, bfloat16, boolean, int32;
+  nb::str layout{"layout"}, is_neg{"is_neg"}, dtype{"dtype"}, is_cuda{"is_cuda"}, is_cpu{"is_cpu"},
+      get_device{"get_device"}, data_ptr{"data_ptr"}, shape{"shape"}, stride{"stride"};
+};
+
+// torch's objects the fast path compares with, when `h` is exactly a torch.Tensor; else nullptr.
+// Looked up once, in sys.modules (a torch tensor in hand means torch is imported), and kept for
+// the life of the process (never released: torch's objects outlive every call).
+const torch_names* torch_tensor_names(nb::handle h) {
+  static const torch_names* names = nullptr;
+  if (names == nullptr) {
+    if (std::strcmp(Py_TYPE(h.ptr())->tp_name, "Tensor") != 0) return nullptr;  // cheap test first
+    PyObject* torch = PyImport_GetModule(nb::str("torch").ptr());  // new reference, or NULL
+    if (torch == nullptr) {
+      PyErr_Clear();
+      return nullptr;
+    }
+    const nb::module_ module = nb::steal<nb::module_>(torch);
+    auto* n = new torch_names;
+    const nb::object tensor = module.attr("Tensor");
+    n->tensor = reinterpret_cast<PyTypeObject*>(tensor.ptr());
+    n->strided = module.attr("strided");
+    n->float32 = module.attr("float32");
+    n->float16 = module.attr("float16");
+    n->bfloat16 = module.attr("bfloat16");
+    n->boolean = module.attr("bool");
+    n->int32 = module.attr("int32");
+    tensor.inc_ref();  // the type pointer above stays valid for good
+    names = n;
+  }
+  return Py_TYPE(h.ptr()) == names->tensor ? names : nullptr;
+}
+
+// h.name() without a bound method object in between.
+nb::object call_method(nb::handle h, const nb::str& name) {
+  PyObject* self = h.ptr();
+  PyObject* result = PyObject_VectorcallMethod(name.ptr(), &self, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  if (result == nullptr) throw nb::python_error();
+  return nb::steal(result);
+}
+
+// A Python int as int64, or nullopt (the error cleared) when it is not one or does not fit.
+std::optional<std::int64_t> as_int64(nb::handle h) {
+  const long long v = PyLong_AsLongLong(h.ptr());
+  if (v == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  return static_cast<std::int64_t>(v);
+}
+
+// The view of `h` read through torch's attributes (Note [torch fast path]), or nullopt for anything
+// the fast path does not take, which then goes through DLPack.
+std::optional<attend::tensor_view> torch_view(nb::handle h, const std::string& name, role r) {
+  const torch_names* n = torch_tensor_names(h);
+  if (n == nullptr || !h.attr(n->layout).is(n->strided)) return std::nullopt;
+  if (call_method(h, n->is_neg).is(Py_True))
+    value_error(name + ": has torch's negative bit set (a lazily negated view, whose memory holds the values "
+                       "before the negation); call resolve_neg() first");
+  const nb::object dtype = h.attr(n->dtype);
+  std::optional<attend::dtype> t;
+  if (dtype.is(n->float32)) t = attend::dtype::f32;
+  else if (dtype.is(n->float16)) t = attend::dtype::f16;
+  else if (dtype.is(n->bfloat16)) t = attend::dtype::bf16;
+  else if (dtype.is(n->boolean)) t = attend::dtype::boolean;
+  else if (dtype.is(n->int32)) t = attend::dtype::i32;
+  if (!t || !accepts(r, *t)) return std::nullopt;
+  attend::tensor_view v;
+  v.dtype = *t;
+  if (h.attr(n->is_cuda).is(Py_True)) {
+    const auto index = as_int64(call_method(h, n->get_device));
+    if (!index || *index < 0 || *index > std::numeric_limits<int>::max()) return std::nullopt;
+    v.device = {attend::device_kind::cuda, static_cast<int>(*index)};
+  } else if (h.attr(n->is_cpu).is(Py_True)) {
+    v.device = {attend::device_kind::cpu, 0};
+  } else {
+    return std::nullopt;
+  }
+  nb::object strides;
+  try {
+    strides = call_method(h, n->stride);
+  } catch (nb::python_error& e) {
+    if (!e.matches(PyExc_Exception)) throw;  // KeyboardInterrupt: not the tensor's answer
+    return std::nullopt;                     // a tensor without strides (nested): DLPack's answer
+  }
+  const nb::object shape = h.attr(n->shape);
+  if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr())) return std::nullopt;
+  const Py_ssize_t rank = PyTuple_GET_SIZE(shape.ptr());
+  if (rank < 1 || rank > attend::tensor_view::k_max_rank || PyTuple_GET_SIZE(strides.ptr()) != rank) return std::nullopt;
+  v.rank = static_cast<int>(rank);
+  for (Py_ssize_t i = 0; i < rank; ++i) {
+    const auto size = as_int64(PyTuple_GET_ITEM(shape.ptr(), i)), stride = as_int64(PyTuple_GET_ITEM(strides.ptr(), i));
+    if (!size || !stride || *size < 1) return std::nullopt;  // no element: DLPack's path, as before
+    v.sizes[static_cast<std::size_t>(i)] = *size;
+    v.strides[static_cast<std::size_t>(i)] = *stride;
+  }
+  void* data = PyLong_AsVoidPtr(call_method(h, n->data_ptr).ptr());
+  if (data == nullptr) {
+    PyErr_Clear();
+    return std::nullopt;
+  }
+  v.data = data;
+  return v;
+}
+
 // Keeps every imported array alive (and so its memory) for the duration of one call.
 struct imported {
   std::vector<input_array> inputs;
   std::vector<output_array> outputs;
+  std::vector<nb::object> tensors;  // read by the torch fast path (Note [torch fast path])
   std::vector<std::string> bf16_bits;  // arguments passed as bfloat16 bits (Note [numpy bfloat16])
 
   bool as_bf16(const std::string& name) const {
@@ -249,6 +373,11 @@ struct imported {
   }
 
   attend::tensor_view input(nb::handle h, const std::string& name, role r) {
+    if (!as_bf16(name))
+      if (auto v = torch_view(h, name, r)) {
+        tensors.push_back(nb::borrow(h));
+        return *v;
+      }
     input_array a;
     if (!nb::try_cast(dlpack_source(h, name, false), a, /*convert=*/false))
       type_error(name + ": expected " + k_array_types + "; got " + type_name_of(h) + producer_error(h));
@@ -259,6 +388,11 @@ struct imported {
     return h.is_none() ? attend::tensor_view{} : input(h, name, r);
   }
   attend::tensor_view output(nb::handle h, const std::string& name, role r) {
+    if (!as_bf16(name))
+      if (auto v = torch_view(h, name, r)) {
+        tensors.push_back(nb::borrow(h));
+        return *v;
+      }
     output_array a;
     if (!nb::try_cast(dlpack_source(h, name, true), a, /*convert=*/false)) {
       input_array read_only;

@@ -67,6 +67,42 @@ def test_requires_grad_inputs_are_read_detached():
     assert_close(out, ref_of(q, k, v)[0], "float32")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_tensors_the_fast_path_leaves_to_dlpack(device):
+    """Note [torch fast path] in python/src/module.cpp: a plain torch.Tensor is read through its
+    attributes; everything else goes through DLPack as before, refusals and messages included."""
+    q, k, v = inputs(device)
+    want = ref_of(q, k, v)[0]
+    # A subclass (nn.Parameter, which also requires grad) is read through DLPack, detached.
+    params = [torch.nn.Parameter(x.clone()) for x in (q, k, v)]
+    assert_close(attend.attention(*params), want, "float32")
+    # Storage offsets: views that start past their storage's first element.
+    base = torch.randn(3, *q.shape, device=device)
+    views = [base[i] for i in range(3)]
+    assert_close(attend.attention(*views), ref_of(*views)[0], "float32")
+    # A lazily negated view is read as its values (-q), not as the memory under it (q), which
+    # DLPack would carry as it is; as an out, it would store negated results, so it is refused.
+    neg = torch._neg_view(q)
+    assert neg.is_neg()
+    assert_close(attend.attention(neg, k, v), ref_of(-q, k, v)[0], "float32")
+    with pytest.raises(ValueError, match=r"^out: has torch's negative bit set"):
+        attend.attention(q, k, v, out=torch._neg_view(torch.empty_like(q)))
+    # An out that requires grad is refused while autograd records, as torch's out= arguments do,
+    # and written under torch.no_grad().
+    out = torch.empty_like(q).requires_grad_()
+    with pytest.raises(ValueError, match=r"^out: requires grad"):
+        attend.attention(q, k, v, out=out)
+    with torch.no_grad():
+        attend.attention(q, k, v, out=out)
+    assert_close(out.detach(), want, "float32")
+    # A dtype attend does not take is named as before.
+    with pytest.raises(TypeError, match=r"^q: dtype must be float32, float16 or bfloat16; got float64"):
+        attend.attention(q.double(), k, v)
+    # A call with no element (Sq = 0) still returns an empty result.
+    empty = attend.attention(q[:, :0], k, v)
+    assert tuple(empty.shape) == (2, 0, 4, 32)
+
+
 def test_device_mismatch_is_a_value_error():
     if not CUDA:
         pytest.skip(NO_CUDA)
@@ -122,7 +158,7 @@ def test_cuda_varlen_computes_max_seqlen():
 
 
 def test_custom_op_is_registered():
-    assert attend.torch.HAS_CUSTOM_OP, f"torch {torch.__version__} has no torch.library.custom_op"
+    assert attend.torch.HAS_CUSTOM_OP, f"torch {torch.__version__} has no torch.library.register_fake"
     assert hasattr(torch.ops.attend, "attention")
 
 
@@ -134,7 +170,7 @@ def op_args(q, k, v, return_lse=True, causal=True):
 @pytest.mark.parametrize("return_lse", [True, False])
 def test_opcheck(device, return_lse):
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.custom_op is not available")
+        pytest.skip("torch.library.register_fake is not available")
     q, k, v = inputs(device, shape=(1, 8, 2, 32))
     torch.library.opcheck(torch.ops.attend.attention.default, op_args(q, k, v, return_lse))
 
@@ -148,6 +184,9 @@ def test_attend_torch_attention_matches(device):
     want_out, want_lse = ref_of(q, k, v)
     assert_close(out, want_out, "float32")
     assert_close(lse, want_lse, "float32", what="lse", lse=True)
+    # Inputs that require grad are read as they are (the op has no backward pass).
+    out = attend.torch.attention(*(x.clone().requires_grad_() for x in (q, k, v)), causal=True)
+    assert_close(out.detach(), ref_of(q, k, v, causal=True)[0], "float32")
     # Flags are bools, as in attend.attention: "False" is a true string.
     with pytest.raises(TypeError, match=r"^causal: must be a bool; got 'False'"):
         attend.torch.attention(q, k, v, causal="False")
@@ -158,7 +197,7 @@ def test_attend_torch_attention_matches(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_traces_through(device):
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.custom_op is not available")
+        pytest.skip("torch.library.register_fake is not available")
     q, k, v = inputs(device)
 
     def layer(q, k, v):
@@ -182,7 +221,7 @@ def test_torch_compile_traces_through(device):
 
 def test_torch_compile_varlen_cpu():
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.custom_op is not available")
+        pytest.skip("torch.library.register_fake is not available")
     cu_q = torch.tensor([0, 3, 8], dtype=torch.int32)
     cu_k = torch.tensor([0, 4, 10], dtype=torch.int32)
     q, k, v = torch.randn(8, 2, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
