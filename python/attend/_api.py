@@ -316,9 +316,9 @@ def _prepare(
 ) -> Tuple[Tuple[Any, ...], Dict[str, Any], Tuple[Any, Any]]:
     """Positional and keyword arguments of _attend.attention / _attend.explain, and the (out, lse)
     arrays the caller gets back (``out`` is the caller's own array even when its bits were passed)."""
-    for x, what in ((q, "q"), (k, "k"), (v, "v")):
-        if x is None:
-            raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
+    if q is None or k is None or v is None:
+        what = "q" if q is None else "k" if k is None else "v"
+        raise TypeError(f"{what}: expected an array (numpy, torch, or any DLPack/buffer-protocol array); got None")
     callers_out = out  # returned as given, even when its buffer goes as an array over the same memory
     arrays = [q, k, v, out, mask, cu_seqlens_q, cu_seqlens_k]
     kinds = [None if x is None else _kind(x) for x in arrays]  # each array's kind, asked once
@@ -339,16 +339,16 @@ def _prepare(
                 if any(st % x.itemsize for st in x.strides):
                     raise ValueError(f"{what}: strides must be whole elements; got byte strides {x.strides}")
     if "torch" in kinds:
-        # q, k, v and mask are read detached (torch does not export what requires grad) and with
+        # q, k, v and mask are read detached (older torch refuses to export what requires grad) and with
         # torch's negative bit resolved: a lazily negated view (torch._neg_view) holds the values
         # before the negation, and DLPack carries that memory as it is, so reading it as it is would
-        # be a silent wrong answer. resolve_neg() returns the tensor itself when the bit is not set.
+        # be a silent wrong answer.
         for i in (0, 1, 2, 4):
             x = arrays[i]
             if kinds[i] == "torch":
                 if x.requires_grad:
                     x = x.detach()
-                arrays[i] = x.resolve_neg()
+                arrays[i] = x.resolve_neg() if x.is_neg() else x
         if kinds[3] == "torch":
             if arrays[3].is_neg():
                 raise ValueError("out: has torch's negative bit set (a lazily negated view), so writing it in place "
@@ -364,9 +364,10 @@ def _prepare(
     q, k, v, out, mask, cu_seqlens_q, cu_seqlens_k = arrays
     if not isinstance(layout, str):
         raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
-    if not isinstance(causal_align, str):
-        raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
-    _text(causal_align, "causal_align:")
+    if type(causal_align) is not str or causal_align not in ("top_left", "bottom_right"):
+        if not isinstance(causal_align, str):
+            raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
+        _text(causal_align, "causal_align:")
     # type() first: isinstance against the numbers ABCs costs about 0.3 µs a call.
     if scale is not None and type(scale) is not float and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"scale: must be a real number or None; got {scale!r}")
