@@ -1,4 +1,4 @@
-"""bench/gpu_varlen.py, bench/gpu_masks.py, bench/gpu_dims.py and bench/gpu_cross.py without a GPU, as
+"""bench/gpu_varlen.py, bench/gpu_masks.py, bench/gpu_dims.py, bench/gpu_cross.py and bench/gpu_host.py without a GPU, as
 test_bench_gpu.py does for gpu.py: each script runs against stand-in `torch` and `attend` modules (and a stand-in for its child
 process with the Hopper kernel off), so a broken harness fails here instead of in a device call.
 Checks which calls each column makes, the interleaved rounds, the FLOP counts behind the table's
@@ -6,11 +6,13 @@ TFLOP/s, and that errors become table cells instead of aborting the run."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
 from pathlib import Path
 
+import pytest
 from test_bench_gpu import _Tensor, _stand_in_torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
@@ -200,3 +202,72 @@ def test_child_runs_print_one_json_line(monkeypatch, tmp_path, capsys):
         res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert res == {c["name"]: 50.0 for c in module.shapes()}, script
         assert {backend for backend, _ in calls} == {"flash_cuda"}, script  # only flash_cuda in the child
+
+
+def test_host_times_every_way_with_drained_queues(monkeypatch, tmp_path):
+    """bench/gpu_host.py: every way of every shape timed in each round (interleaved), the queued
+    GPU work drained after each batch of DRAIN calls (outside the timed spans), one table row per
+    (shape, way), and the cProfile file written. Every stand-in call appends to `calls` once."""
+    calls = []
+    mods = _modules(calls)
+    torch = mods["torch"]
+    drains = []
+    torch.cuda.synchronize = lambda: drains.append(len(calls))
+    torch.cuda.current_stream = lambda device=None: calls.append(("stream", None))
+    torch.empty_like = lambda x: calls.append(("empty_like", None)) or _Array(*x.shape)
+    torch.Generator = type("Generator", (), {"__init__": lambda self, device=None: None,
+                                             "manual_seed": lambda self, _: self})
+    active = []
+
+    @contextlib.contextmanager
+    def sdpa_kernel(backend):
+        active.append(backend.value)
+        yield
+        active.pop()
+
+    mods["torch.nn.attention"].sdpa_kernel = sdpa_kernel
+    mods["torch.nn.functional"].scaled_dot_product_attention = lambda q, k, v: calls.append(
+        (active[-1] if active else "default", "sdpa"))
+    monkeypatch.setattr(_Array, "device", "cuda", raising=False)
+    monkeypatch.setattr(_Array, "__dlpack__", lambda self: calls.append(("dlpack", None)), raising=False)
+    attend = mods["attend"]
+    attend.__version__ = "stand-in"
+    api = types.ModuleType("attend._api")
+    api._prepare = lambda q, k, v, **kw: calls.append(("prepare", None)) or ((q, k, v), {"backend": kw["backend"]}, None)
+    api._cuda_stream = lambda q: calls.append(("stream", None)) or 0
+    ext = types.ModuleType("attend._attend")
+    ext.attention = lambda *args, **kw: calls.append((kw["backend"], "extension"))
+    ext.describe = lambda x, name: calls.append(("describe", name))
+    ext.version = lambda: calls.append(("version", None))
+    op = types.ModuleType("attend.torch")
+    op.attention = lambda q, k, v, backend="auto": calls.append((backend, "op"))
+    attend._api, attend._attend, attend.torch = api, ext, op
+    mods.update({"attend._api": api, "attend._attend": ext, "attend.torch": op})
+    for name, mod in mods.items():
+        monkeypatch.setitem(sys.modules, name, mod)
+    spec = importlib.util.spec_from_file_location("gpu_host", BENCH / "gpu_host.py")
+    gpu_host = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_host)
+    md, prof = tmp_path / "host.md", tmp_path / "prof.txt"
+    n, rounds = 2 * gpu_host.DRAIN, 2
+    monkeypatch.setattr(sys, "argv", ["gpu_host", "--rounds", str(rounds), "--calls", str(n), "--markdown", str(md),
+                                      "--profile", str(prof)])
+    gpu_host.main()
+    ways = list(gpu_host.ways(*gpu_host.SHAPES[0]))
+    shapes = [s[0] for s in gpu_host.SHAPES]
+    rows = [line.split(" | ") for line in md.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [(r[0].lstrip("| "), r[1]) for r in rows] == [(s, w) for s in shapes for w in ways]
+    assert all(float(r[2].rstrip(" |")) >= 0 for r in rows)
+    # Each way: DRAIN warm-up calls, then --calls calls in each round, per shape.
+    per_way = len(shapes) * (gpu_host.DRAIN + rounds * n)
+    assert calls.count(("torch_flash", "sdpa")) == per_way
+    assert calls.count(("default", "sdpa")) == per_way
+    assert calls.count(("describe", "q")) == per_way
+    assert calls.count(("flash_cuda", "op")) == per_way
+    # The timed calls come in batches of exactly DRAIN between two drains.
+    gaps = [b - a for a, b in zip(drains, drains[1:])]
+    assert gaps.count(gpu_host.DRAIN) == len(shapes) * rounds * len(ways) * n // gpu_host.DRAIN
+    assert "function calls" in prof.read_text()  # the cProfile of the tiny shape's calls
+    monkeypatch.setattr(sys, "argv", ["gpu_host", "--calls", "10"])
+    with pytest.raises(SystemExit):
+        gpu_host.main()
