@@ -7,7 +7,7 @@ the output shapes without running anything).
     compiled = torch.compile(lambda q, k, v: attend.torch.attention(q, k, v))
 
 CUDA calls run on the current torch CUDA stream. The op is forward-only (no autograd formula).
-On torch without ``torch.library.register_fake`` (< 2.4) the function is a plain eager call.
+On torch without ``torch.library.custom_op`` (< 2.4) the function is a plain eager call.
 """
 
 # No `from __future__ import annotations`: torch.library reads these annotations as types.
@@ -20,14 +20,7 @@ from . import _api
 __all__ = ["attention", "HAS_CUSTOM_OP"]
 
 #: True when ``attend::attention`` is registered with torch.library.
-HAS_CUSTOM_OP: bool = hasattr(torch, "library") and hasattr(torch.library, "register_fake")
-
-# The op's schema, as torch.library.custom_op would infer it from _run's annotations.
-_SCHEMA = (
-    "attention(Tensor q, Tensor k, Tensor v, Tensor? mask, Tensor? cu_seqlens_q, Tensor? cu_seqlens_k, "
-    "str backend, str layout, float? scale, bool causal, str causal_align, int window_left, int window_right, "
-    "float softcap, bool return_lse, int max_seqlen_q, int max_seqlen_k) -> (Tensor, Tensor)"
-)
+HAS_CUSTOM_OP: bool = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
 
 
 def _run(
@@ -100,18 +93,8 @@ def _fake(
 
 
 if HAS_CUSTOM_OP:
-    # Note [custom op registration]: the op is defined with torch.library's low-level API, one
-    # Python kernel for every device (CompositeExplicitAutograd) and the fake implementation for
-    # tracing. torch.library.custom_op would wrap the call in three more layers of Python (its
-    # __call__, an autograd kernel that walks the arguments, a per-device dispatcher), which cost
-    # about 70 µs a call on the lent H200's host against attend.attention's 43
-    # (bench/RESULTS.md, "The host's cost of a call"). Without an autograd kernel, torch's own
-    # fallback handles inputs that require grad (attend has no backward pass either way).
-    _lib = torch.library.Library("attend", "FRAGMENT")
-    _lib.define(_SCHEMA)
-    _lib.impl("attention", _run, "CompositeExplicitAutograd")
-    torch.library.register_fake("attend::attention", _fake, lib=_lib)
-    _op: Any = torch.ops.attend.attention.default
+    _op: Any = torch.library.custom_op("attend::attention", mutates_args=())(_run)
+    _op.register_fake(_fake)
 else:  # pragma: no cover - old torch
     _op = _run
 
