@@ -1,7 +1,8 @@
 """The Python layer of attend: keyword handling, output allocation and scoped state.
 
-Arrays go to the extension (attend._attend) as they are; it reads them through DLPack or the
-buffer protocol without copying (Note [Zero-copy arrays] in python/src/module.cpp). This layer
+Arrays go to the extension (attend._attend) as they are; it reads them without copying, a plain
+torch.Tensor through its attributes (Note [torch fast path]), anything else through DLPack or the
+buffer protocol (Note [Zero-copy arrays] in python/src/module.cpp). This layer
 only allocates what the caller did not pass (``out``, ``lse``) with the input's own array
 library and device, picks the CUDA stream, and resolves the scoped backend choice and forward
 context, both kept in ``contextvars`` so each thread and each asyncio task sees its own.
@@ -82,7 +83,7 @@ def _kind(x: Array) -> str:
     kind = _kinds.get(t)
     if kind is None:
         module = getattr(t, "__module__", None) or ""
-        if isinstance(x, np.ndarray):
+        if issubclass(t, np.ndarray):  # by type, as the answer is kept per type (not __class__)
             kind = "numpy"
         elif module == "torch" or module.startswith("torch."):
             kind = "torch"
@@ -339,11 +340,11 @@ def _prepare(
                 if any(st % x.itemsize for st in x.strides):
                     raise ValueError(f"{what}: strides must be whole elements; got byte strides {x.strides}")
     if "torch" in kinds:
-        # q, k, v and mask are read detached (older torch refuses to export what requires grad) and with
-        # torch's negative bit resolved: a lazily negated view (torch._neg_view) holds the values
-        # before the negation, and DLPack carries that memory as it is, so reading it as it is would
-        # be a silent wrong answer.
-        for i in (0, 1, 2, 4):
+        # Inputs are read detached (torch's __dlpack__ refuses what requires grad) and with torch's
+        # negative bit resolved: a lazily negated view (torch._neg_view) holds the values before
+        # the negation, and DLPack carries that memory as it is, so reading it as it is would be a
+        # silent wrong answer.
+        for i in (0, 1, 2, 4, 5, 6):
             x = arrays[i]
             if kinds[i] == "torch":
                 if x.requires_grad:

@@ -5,7 +5,8 @@
 // stream); this module turns arrays into attend::tensor_view without copying and runs
 // attend::attention with the GIL released.
 //
-// Arrays (Note [Zero-copy arrays]): every array argument is imported through nb::ndarray, i.e.
+// Arrays (Note [Zero-copy arrays]): every array argument (but a plain torch.Tensor, which is read
+// through its attributes: Note [torch fast path]) is imported through nb::ndarray, i.e.
 // DLPack (__dlpack__) or the buffer protocol, with no constraint on dtype, order or device, and
 // without implicit conversion, so nothing is ever copied. Its shape and element strides become
 // the tensor_view as they are: non-contiguous views, broadcast (stride-0) masks and padded
@@ -241,21 +242,23 @@ nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
 }
 
 // Note [torch fast path]: torch's __dlpack__ is Python code (requires-grad, conjugate and stream
-// checks, then the capsule), 2.6-4.8 µs an array on the lent H200's host, and a call imports four
+// checks, then the capsule), 4.7-5.0 µs an array on the lent H200's host, and a call imports four
 // arrays or more (bench/RESULTS.md, "The host's cost of a call"). A tensor whose type is exactly
 // torch.Tensor is read here through its own attributes instead: data_ptr() (the storage offset
 // included), shape, stride() in elements, dtype and device, which are the facts its DLPack
-// export carries. Only what that export would describe the same way is taken: a strided tensor
-// (stride() answers; nested tensors do not) of a dtype the argument takes, on the CPU or a CUDA
-// device, of rank 1 to 4 with at least one element. Anything else (subclasses such as
-// nn.Parameter or FakeTensor included) goes through DLPack as before, so every refusal and its
-// message is unchanged. (Whether an out that requires grad may be written is the Python layer's
-// rule, as torch's out= arguments: only under torch.no_grad().) One thing neither path may read as it is: a tensor with torch's
-// negative bit (a lazily negated view) holds the values before the negation. The Python layer
-// resolves it on inputs and refuses it on out; a tensor that still has it here is refused. The
-// tensor is held for the call's duration.
+// export carries; that costs 1.2 µs. Only what that export would describe the same way is taken:
+// a strided tensor with storage (stride() and data_ptr() answer: not nested, not a functorch
+// wrapper) of a dtype the argument takes, on the CPU or a CUDA device (not a ROCm build's), of
+// rank 1 to 4 with at least one element. Anything else (subclasses such as nn.Parameter or
+// FakeTensor included) goes through DLPack as before, so every refusal and its message is
+// unchanged. One thing neither path may read as it is: a tensor with torch's negative bit (a
+// lazily negated view) holds the values before the negation. The Python layer resolves it on
+// inputs and refuses it on out; a tensor that still has it here is refused. The tensor object is
+// held for the call's duration (DLPack's capsule would hold its storage; a caller that swaps a
+// tensor's storage from another thread during the call is not guarded against).
 struct torch_names {
   PyTypeObject* tensor = nullptr;
+  bool rocm = false;  // torch.version.hip is set: is_cuda means a HIP device
   nb::object strided, float32, float16, bfloat16, boolean, int32;
   nb::str layout{"layout"}, is_neg{"is_neg"}, dtype{"dtype"}, is_cuda{"is_cuda"}, is_cpu{"is_cpu"},
       get_device{"get_device"}, data_ptr{"data_ptr"}, shape{"shape"}, stride{"stride"};
@@ -263,7 +266,8 @@ struct torch_names {
 
 // torch's objects the fast path compares with, when `h` is exactly a torch.Tensor; else nullptr.
 // Looked up once, in sys.modules (a torch tensor in hand means torch is imported), and kept for
-// the life of the process (never released: torch's objects outlive every call).
+// the life of the process (never released: torch's objects outlive every call). A module there
+// that is not torch as expected (a stub) means no fast path, asked again next time.
 const torch_names* torch_tensor_names(nb::handle h) {
   static const torch_names* names = nullptr;
   if (names == nullptr) {
@@ -273,18 +277,25 @@ const torch_names* torch_tensor_names(nb::handle h) {
       PyErr_Clear();
       return nullptr;
     }
-    const nb::module_ module = nb::steal<nb::module_>(torch);
-    auto* n = new torch_names;
-    const nb::object tensor = module.attr("Tensor");
-    n->tensor = reinterpret_cast<PyTypeObject*>(tensor.ptr());
-    n->strided = module.attr("strided");
-    n->float32 = module.attr("float32");
-    n->float16 = module.attr("float16");
-    n->bfloat16 = module.attr("bfloat16");
-    n->boolean = module.attr("bool");
-    n->int32 = module.attr("int32");
-    tensor.inc_ref();  // the type pointer above stays valid for good
-    names = n;
+    const nb::object module = nb::steal(torch);
+    auto n = std::make_unique<torch_names>();
+    try {
+      const nb::object tensor = module.attr("Tensor");
+      if (!PyType_Check(tensor.ptr())) return nullptr;
+      n->tensor = reinterpret_cast<PyTypeObject*>(tensor.ptr());
+      n->rocm = !module.attr("version").attr("hip").is_none();
+      n->strided = module.attr("strided");
+      n->float32 = module.attr("float32");
+      n->float16 = module.attr("float16");
+      n->bfloat16 = module.attr("bfloat16");
+      n->boolean = module.attr("bool");
+      n->int32 = module.attr("int32");
+      tensor.inc_ref();  // the type pointer above stays valid for good
+    } catch (nb::python_error& e) {
+      if (!e.matches(PyExc_Exception)) throw;
+      return nullptr;
+    }
+    names = n.release();
   }
   return Py_TYPE(h.ptr()) == names->tensor ? names : nullptr;
 }
@@ -309,39 +320,32 @@ std::optional<std::int64_t> as_int64(nb::handle h) {
 
 // The view of `h` read through torch's attributes (Note [torch fast path]), or nullopt for anything
 // the fast path does not take, which then goes through DLPack.
-std::optional<attend::tensor_view> torch_view(nb::handle h, const std::string& name, role r) {
-  const torch_names* n = torch_tensor_names(h);
-  if (n == nullptr || !h.attr(n->layout).is(n->strided)) return std::nullopt;
-  if (call_method(h, n->is_neg).is(Py_True))
+std::optional<attend::tensor_view> read_torch_tensor(nb::handle h, const torch_names& n, const std::string& name, role r) {
+  if (!h.attr(n.layout).is(n.strided)) return std::nullopt;
+  if (call_method(h, n.is_neg).is(Py_True))
     value_error(name + ": has torch's negative bit set (a lazily negated view, whose memory holds the values "
                        "before the negation); call resolve_neg() first");
-  const nb::object dtype = h.attr(n->dtype);
+  const nb::object dtype = h.attr(n.dtype);
   std::optional<attend::dtype> t;
-  if (dtype.is(n->float32)) t = attend::dtype::f32;
-  else if (dtype.is(n->float16)) t = attend::dtype::f16;
-  else if (dtype.is(n->bfloat16)) t = attend::dtype::bf16;
-  else if (dtype.is(n->boolean)) t = attend::dtype::boolean;
-  else if (dtype.is(n->int32)) t = attend::dtype::i32;
+  if (dtype.is(n.float32)) t = attend::dtype::f32;
+  else if (dtype.is(n.float16)) t = attend::dtype::f16;
+  else if (dtype.is(n.bfloat16)) t = attend::dtype::bf16;
+  else if (dtype.is(n.boolean)) t = attend::dtype::boolean;
+  else if (dtype.is(n.int32)) t = attend::dtype::i32;
   if (!t || !accepts(r, *t)) return std::nullopt;
   attend::tensor_view v;
   v.dtype = *t;
-  if (h.attr(n->is_cuda).is(Py_True)) {
-    const auto index = as_int64(call_method(h, n->get_device));
+  if (h.attr(n.is_cuda).is(Py_True)) {
+    if (n.rocm) return std::nullopt;  // a HIP device: DLPack names it
+    const auto index = as_int64(call_method(h, n.get_device));
     if (!index || *index < 0 || *index > std::numeric_limits<int>::max()) return std::nullopt;
     v.device = {attend::device_kind::cuda, static_cast<int>(*index)};
-  } else if (h.attr(n->is_cpu).is(Py_True)) {
+  } else if (h.attr(n.is_cpu).is(Py_True)) {
     v.device = {attend::device_kind::cpu, 0};
   } else {
     return std::nullopt;
   }
-  nb::object strides;
-  try {
-    strides = call_method(h, n->stride);
-  } catch (nb::python_error& e) {
-    if (!e.matches(PyExc_Exception)) throw;  // KeyboardInterrupt: not the tensor's answer
-    return std::nullopt;                     // a tensor without strides (nested): DLPack's answer
-  }
-  const nb::object shape = h.attr(n->shape);
+  const nb::object strides = call_method(h, n.stride), shape = h.attr(n.shape);
   if (!PyTuple_Check(shape.ptr()) || !PyTuple_Check(strides.ptr())) return std::nullopt;
   const Py_ssize_t rank = PyTuple_GET_SIZE(shape.ptr());
   if (rank < 1 || rank > attend::tensor_view::k_max_rank || PyTuple_GET_SIZE(strides.ptr()) != rank) return std::nullopt;
@@ -352,13 +356,26 @@ std::optional<attend::tensor_view> torch_view(nb::handle h, const std::string& n
     v.sizes[static_cast<std::size_t>(i)] = *size;
     v.strides[static_cast<std::size_t>(i)] = *stride;
   }
-  void* data = PyLong_AsVoidPtr(call_method(h, n->data_ptr).ptr());
+  void* data = PyLong_AsVoidPtr(call_method(h, n.data_ptr).ptr());
   if (data == nullptr) {
     PyErr_Clear();
     return std::nullopt;
   }
   v.data = data;
   return v;
+}
+
+std::optional<attend::tensor_view> torch_view(nb::handle h, const std::string& name, role r) {
+  const torch_names* n = torch_tensor_names(h);
+  if (n == nullptr) return std::nullopt;
+  try {
+    return read_torch_tensor(h, *n, name, r);
+  } catch (nb::python_error& e) {
+    // A tensor whose attributes raise (no strides: nested; no storage: a functorch wrapper)
+    // goes through DLPack, which names the argument in its answer.
+    if (!e.matches(PyExc_Exception)) throw;  // KeyboardInterrupt: not the tensor's answer
+    return std::nullopt;
+  }
 }
 
 // Keeps every imported array alive (and so its memory) for the duration of one call.

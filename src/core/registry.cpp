@@ -148,9 +148,11 @@ std::shared_ptr<const backend> registry::select(const problem& p, const selectio
   // Note [Selection without reasons]: a call asks this once per run, and building every other
   // backend's reason (the rejections' strings) cost about 1 µs of the host's time a call
   // (bench/host_bench.cpp). The answer is the first allowed backend, in priority order, that runs
-  // on the call's device and supports it, so that is looked for first without any reason; only
-  // when none is found does candidates() build them all, for its error. "measure" picks among
-  // every candidate, so it always takes the full path.
+  // on the call's device and supports it, so that is looked for first: backends excluded by the
+  // selection or made for another device are passed over without a word, and supports() words
+  // only its own rejections (of backends before the answer). Only when none is found does
+  // candidates() build every reason, for its error. "measure" picks among every candidate, so it
+  // always takes the full path.
   if (const std::string name = effective_name(s); name != "measure") {
     for (const auto& b : list()) {
       const backend_traits& t = b->traits();

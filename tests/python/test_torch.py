@@ -73,9 +73,11 @@ def test_tensors_the_fast_path_leaves_to_dlpack(device):
     attributes; everything else goes through DLPack as before, refusals and messages included."""
     q, k, v = inputs(device)
     want = ref_of(q, k, v)[0]
-    # A subclass (nn.Parameter, which also requires grad) is read through DLPack, detached.
-    params = [torch.nn.Parameter(x.clone()) for x in (q, k, v)]
-    assert_close(attend.attention(*params), want, "float32")
+    # A subclass is read through DLPack (an nn.Parameter that does not require grad; one that does
+    # is read detached, as a plain tensor).
+    for requires_grad in (False, True):
+        params = [torch.nn.Parameter(x.clone(), requires_grad=requires_grad) for x in (q, k, v)]
+        assert_close(attend.attention(*params), want, "float32")
     # Storage offsets: views that start past their storage's first element.
     base = torch.randn(3, *q.shape, device=device)
     views = [base[i] for i in range(3)]
@@ -95,6 +97,15 @@ def test_tensors_the_fast_path_leaves_to_dlpack(device):
     with torch.no_grad():
         attend.attention(q, k, v, out=out)
     assert_close(out.detach(), want, "float32")
+    # A tensor without storage (a functorch wrapper under vmap) is refused, naming the argument.
+    with pytest.raises(TypeError, match=r"^q: expected .*doesn't have storage"):
+        torch.vmap(lambda x: attend.attention(x, k, v))(torch.randn(3, *q.shape, device=device))
+    # A negatively viewed cu_seqlens is read as its values too.
+    packed = [x.reshape(-1, *x.shape[2:]) for x in (q, k, v)]
+    cu = torch.tensor([0, 9, 18], dtype=torch.int32, device=device)
+    want_varlen = attend.attention(*packed, cu_seqlens_q=cu, cu_seqlens_k=cu)
+    got = attend.attention(*packed, cu_seqlens_q=torch._neg_view(-cu), cu_seqlens_k=cu)
+    assert torch.equal(got, want_varlen)
     # A dtype attend does not take is named as before.
     with pytest.raises(TypeError, match=r"^q: dtype must be float32, float16 or bfloat16; got float64"):
         attend.attention(q.double(), k, v)
@@ -158,7 +169,7 @@ def test_cuda_varlen_computes_max_seqlen():
 
 
 def test_custom_op_is_registered():
-    assert attend.torch.HAS_CUSTOM_OP, f"torch {torch.__version__} has no torch.library.register_fake"
+    assert attend.torch.HAS_CUSTOM_OP, f"torch {torch.__version__} has no torch.library.custom_op"
     assert hasattr(torch.ops.attend, "attention")
 
 
@@ -170,7 +181,7 @@ def op_args(q, k, v, return_lse=True, causal=True):
 @pytest.mark.parametrize("return_lse", [True, False])
 def test_opcheck(device, return_lse):
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.register_fake is not available")
+        pytest.skip("torch.library.custom_op is not available")
     q, k, v = inputs(device, shape=(1, 8, 2, 32))
     torch.library.opcheck(torch.ops.attend.attention.default, op_args(q, k, v, return_lse))
 
@@ -184,9 +195,14 @@ def test_attend_torch_attention_matches(device):
     want_out, want_lse = ref_of(q, k, v)
     assert_close(out, want_out, "float32")
     assert_close(lse, want_lse, "float32", what="lse", lse=True)
-    # Inputs that require grad are read as they are (the op has no backward pass).
-    out = attend.torch.attention(*(x.clone().requires_grad_() for x in (q, k, v)), causal=True)
+    # Inputs that require grad are read as they are; a backward pass through the op raises
+    # (it has none), rather than leaving q, k and v without their gradients.
+    grads = [x.clone().requires_grad_() for x in (q, k, v)]
+    out = attend.torch.attention(*grads, causal=True)
     assert_close(out.detach(), ref_of(q, k, v, causal=True)[0], "float32")
+    if attend.torch.HAS_CUSTOM_OP:
+        with pytest.raises(RuntimeError, match="no autograd formula was registered"):
+            (out + grads[0]).sum().backward()
     # Flags are bools, as in attend.attention: "False" is a true string.
     with pytest.raises(TypeError, match=r"^causal: must be a bool; got 'False'"):
         attend.torch.attention(q, k, v, causal="False")
@@ -197,7 +213,7 @@ def test_attend_torch_attention_matches(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_traces_through(device):
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.register_fake is not available")
+        pytest.skip("torch.library.custom_op is not available")
     q, k, v = inputs(device)
 
     def layer(q, k, v):
@@ -221,7 +237,7 @@ def test_torch_compile_traces_through(device):
 
 def test_torch_compile_varlen_cpu():
     if not attend.torch.HAS_CUSTOM_OP:
-        pytest.skip("torch.library.register_fake is not available")
+        pytest.skip("torch.library.custom_op is not available")
     cu_q = torch.tensor([0, 3, 8], dtype=torch.int32)
     cu_k = torch.tensor([0, 4, 10], dtype=torch.int32)
     q, k, v = torch.randn(8, 2, 16), torch.randn(10, 2, 16), torch.randn(10, 2, 16)
