@@ -24,14 +24,9 @@
 
 #include "attend/attend.h"
 #include "attend/registry.h"
+#include "bench_cuda.h"
 
 namespace {
-
-#define CHECK(call)                                                                   \
-  do {                                                                                \
-    const cudaError_t e_ = (call);                                                    \
-    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
 
 // Unit-variance uniform values from a counter hash, filled on the host and uploaded (not zeros:
 // see the device notes).
@@ -45,14 +40,6 @@ void fill_random(void* device_ptr, std::int64_t n, std::uint32_t seed, attend::d
   }
   CHECK(cudaMemcpy(device_ptr, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
 }
-
-struct buffer {
-  void* p = nullptr;
-  explicit buffer(std::size_t bytes) { CHECK(cudaMalloc(&p, bytes)); }
-  ~buffer() { static_cast<void>(cudaFree(p)); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
 
 }  // namespace
 

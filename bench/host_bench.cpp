@@ -28,29 +28,13 @@
 
 #include "attend/attend.h"
 #include "attend/registry.h"
+#include "bench_cuda.h"
 #include "cuda/backends.h"
 
 namespace {
 
-#define CHECK(call)                                                                                       \
-  do {                                                                                                    \
-    const cudaError_t e_ = (call);                                                                        \
-    if (e_ != cudaSuccess) throw std::runtime_error(std::string(#call) + ": " + cudaGetErrorString(e_)); \
-  } while (0)
-
 constexpr int k_calls = 2000;  // why: long enough that the clock's resolution does not matter
 constexpr int k_drain = 64;    // why: well below the launch queue's depth (about 1000 entries)
-
-struct buffer {
-  void* p = nullptr;
-  explicit buffer(std::size_t bytes) {
-    CHECK(cudaMalloc(&p, bytes));
-    CHECK(cudaMemset(p, 0, bytes));  // zeros: only the host's time is measured here
-  }
-  ~buffer() { static_cast<void>(cudaFree(p)); }
-  buffer(const buffer&) = delete;
-  buffer& operator=(const buffer&) = delete;
-};
 
 // Median over `reps` runs of the mean host time of one call of `f`, in µs.
 double time_us(int reps, const std::function<void()>& f) {
@@ -87,6 +71,8 @@ void bench_shape(const shape& s, int reps) {
   const std::int64_t nq = s.b * s.sq * s.h * s.d, nkv = s.b * s.skv * s.h * s.d;
   buffer q(static_cast<std::size_t>(nq) * 2), k(static_cast<std::size_t>(nkv) * 2), v(static_cast<std::size_t>(nkv) * 2),
       o(static_cast<std::size_t>(nq) * 2);
+  for (const buffer* x : {&q, &k, &v})  // zeros: only the host's time is measured here
+    CHECK(cudaMemset(x->p, 0, static_cast<std::size_t>(x == &q ? nq : nkv) * 2));
   attend::attention_params a;
   a.q = attend::tensor_view::contiguous(q.p, t, {s.b, s.sq, s.h, s.d}, gpu);
   a.k = attend::tensor_view::contiguous(k.p, t, {s.b, s.skv, s.h, s.d}, gpu);

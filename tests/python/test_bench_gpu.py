@@ -84,7 +84,7 @@ def _stand_in_torch(calls):
         active.pop()
 
     def sdpa(q, k, v, is_causal=False, enable_gqa=False):
-        calls.append((active[-1], is_causal))
+        calls.append((active[-1] if active else "default", is_causal))  # "default": no backend forced
 
     functional.scaled_dot_product_attention = sdpa
     attention.SDPBackend, attention.sdpa_kernel = SDPBackend, sdpa_kernel
