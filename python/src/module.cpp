@@ -203,7 +203,8 @@ std::string producer_error(nb::handle h) {
 }
 
 // What nanobind imports for `h` (Note [DLPack capsules]): the object itself when it is a numpy
-// array or torch tensor, has no __dlpack__, or its __dlpack__() raises or returns something else
+// array or torch tensor, has no __dlpack__ (a numpy array over a buffer's memory when it is a
+// buffer: Note [Buffers without strides]), or its __dlpack__() raises or returns something else
 // (nanobind's own path then reports it); else the fresh capsule __dlpack__() returned, asked for
 // as nanobind would: a versioned one first for a writable argument (only it can say "read-only"),
 // an unversioned one first for an input, the other kind when a producer refuses the first.
@@ -214,7 +215,21 @@ nb::object dlpack_source(nb::handle h, const std::string& name, bool writable) {
   auto in_package = [&](const std::string& package) {
     return module == package || module.rfind(package + ".", 0) == 0;
   };
-  if (in_package("numpy") || in_package("torch") || !nb::hasattr(h, "__dlpack__")) return nb::borrow(h);
+  if (in_package("numpy") || in_package("torch")) return nb::borrow(h);
+  if (!nb::hasattr(h, "__dlpack__")) {
+    // Note [Buffers without strides]: nanobind's buffer-protocol import reads the strides an
+    // exporter may leave out (a ctypes array does), and crashes on them. numpy reads any buffer's
+    // layout itself, so such objects are imported as a numpy array over the same memory (the
+    // Python layer does the same first, for its own messages; this guards the module's entry
+    // points). An object that is no buffer goes on as it is, for nanobind's refusal.
+    if (!PyObject_CheckBuffer(h.ptr())) return nb::borrow(h);
+    try {
+      return nb::module_::import_("numpy").attr("asarray")(h);
+    } catch (nb::python_error& e) {
+      if (!e.matches(PyExc_Exception)) throw;
+      type_error(name + ": cannot read its buffer as an array (" + nb::str(e.value()).c_str() + ")");
+    }
+  }
   auto ask = [&](bool versioned) -> nb::object {
     if (!versioned) return h.attr("__dlpack__")();
     return h.attr("__dlpack__")(nb::arg("max_version") = nb::make_tuple(nb::dlpack::major_version, nb::dlpack::minor_version));

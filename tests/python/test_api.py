@@ -221,6 +221,38 @@ def test_buffer_protocol_objects(small_qkv):
     expect(ValueError, r"^out: must be writable", attend.attention, q, k, v, out=memoryview(bytes(q.nbytes)).cast("f", q.shape))
 
 
+def test_extension_reads_buffers_without_strides():
+    """The private extension's own entry points take a ctypes array too (Note [Buffers without
+    strides] in python/src/module.cpp); nanobind's buffer import crashed on it. In a child process,
+    so a crash fails this test instead of the run."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import ctypes
+        import numpy as np
+        from attend import _attend
+        flat = (ctypes.c_float * 8)(*range(8))
+        print(_attend.describe(flat, "q"))
+        q = np.arange(8, dtype=np.float32).reshape(1, 2, 1, 4)
+        out = ((((ctypes.c_float * 4) * 1) * 2) * 1)()  # [1, 2, 1, 4], as ctypes nests it
+        _attend.attention(q, q, q, out, None, None, None, None, layout="bshd", scale=None, causal=False,
+                          causal_align="top_left", window_left=-1, window_right=-1, softcap=0.0, max_seqlen_q=0,
+                          max_seqlen_k=0, backend="reference", allow=[], deny=[], bf16_bits=[], cuda_stream=0,
+                          forward=[])
+        print(np.asarray(out).ravel()[:4].tolist())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "((8,), 'float32', 'cpu', 0)"
+    want = attend.attention(*(np.arange(8, dtype=np.float32).reshape(1, 2, 1, 4),) * 3, backend="reference")
+    np.testing.assert_allclose(eval(lines[1]), want.ravel()[:4], rtol=1e-6)  # written through the buffer
+
+
 def test_too_large_result_is_a_value_error(small_qkv):
     # A view claiming 2^46 rows of one element: the result could never be allocated, which is
     # the shapes' problem (a ValueError naming it), not a MemoryError.
