@@ -19,7 +19,6 @@ built with CUDA.
 
     python3 bench/gpu_cross.py [--rounds 3] [--markdown out.md]
 """
-import datetime
 import os
 import sys
 
@@ -28,7 +27,7 @@ from torch.nn.attention import SDPBackend
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_masks import time_flash_cuda, time_torch  # noqa: E402  (both pass the mask when there is one)
-from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
+from gpu_varlen import run_table  # noqa: E402
 
 TORCH = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_cudnn": SDPBackend.CUDNN_ATTENTION,
          "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -61,12 +60,7 @@ def inputs(c):
 
 
 def main():
-    args = parse_args()
     import attend
-    if args.child:
-        return print_child(shapes(), lambda c: time_flash_cuda(attend, inputs(c)), args.rounds)
-    mma = without_hopper_kernel(__file__, args.rounds)
-    cols = ["flash_cuda", "torch_flash", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync"]
 
     def columns(c):
         data = inputs(c)
@@ -76,14 +70,11 @@ def main():
                 continue  # PyTorch's flash backend takes no mask: an n/a cell
             fns[name] = lambda backend=backend: time_torch(backend, data)
         return fns
-    rows = measure(shapes(), columns, mma, args.rounds)
-
-    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             "Cross-attention shapes of diffusion models (bench/gpu_cross.py: B, queries, text tokens, heads, "
-             f"head dim in each row's name and the script). Median of {args.rounds} interleaved rounds; the "
-             "mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.")
-    write_table(rows, cols, "torch_cudnn", lambda c, col: flops(c), intro,
-                "TFLOP/s (4·B·H·Sq·Skv·D, masked keys counted).", args.markdown)
+    run_table(__file__, shapes(), lambda c: time_flash_cuda(attend, inputs(c)), columns,
+              ["flash_cuda", "torch_flash", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync"], "torch_cudnn",
+              lambda c, col: flops(c),
+              "Cross-attention shapes of diffusion models (bench/gpu_cross.py: B, queries, text tokens, heads, "
+              "head dim in each row's name and the script).", "TFLOP/s (4·B·H·Sq·Skv·D, masked keys counted).")
 
 
 if __name__ == "__main__":

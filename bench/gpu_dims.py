@@ -12,7 +12,6 @@ in --rounds interleaved rounds. Needs torch with CUDA and the attend package bui
 
     python3 bench/gpu_dims.py [--rounds 3] [--markdown out.md]
 """
-import datetime
 import os
 import sys
 
@@ -22,7 +21,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu import time_cuda  # noqa: E402
-from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
+from gpu_varlen import run_table  # noqa: E402
 
 B, S, H = 8, 4096, 16
 TORCH = {"torch_flash": SDPBackend.FLASH_ATTENTION, "torch_cudnn": SDPBackend.CUDNN_ATTENTION,
@@ -57,12 +56,7 @@ def time_torch(backend, c, data):
 
 
 def main():
-    args = parse_args()
     import attend
-    if args.child:
-        return print_child(shapes(), lambda c: time_flash_cuda(attend, c, inputs(c)), args.rounds)
-    mma = without_hopper_kernel(__file__, args.rounds)
-    cols = ["flash_cuda", "torch_flash", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync"]
 
     def columns(c):
         data = inputs(c)
@@ -70,14 +64,10 @@ def main():
         for name, backend in TORCH.items():
             fns[name] = lambda backend=backend: time_torch(backend, c, data)
         return fns
-    rows = measure(shapes(), columns, mma, args.rounds)
-
-    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             f"B={B}, S={S}, H={H} (bench/gpu_dims.py). Median of {args.rounds} interleaved rounds; the mma.sync "
-             "column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.")
-    write_table(rows, cols, "torch_flash",
-                lambda c, col: 4.0 * B * H * S * S * c["d"] / (2 if c["causal"] else 1), intro,
-                "TFLOP/s (4·B·H·S²·D with the call's D, halved for causal).", args.markdown)
+    run_table(__file__, shapes(), lambda c: time_flash_cuda(attend, c, inputs(c)), columns,
+              ["flash_cuda", "torch_flash", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync"], "torch_flash",
+              lambda c, col: 4.0 * B * H * S * S * c["d"] / (2 if c["causal"] else 1),
+              f"B={B}, S={S}, H={H} (bench/gpu_dims.py).", "TFLOP/s (4·B·H·S²·D with the call's D, halved for causal).")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ built with CUDA.
 
     python3 bench/gpu_masks.py [--rounds 3] [--markdown out.md]
 """
-import datetime
 import os
 import sys
 
@@ -24,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu import time_cuda  # noqa: E402
-from gpu_varlen import measure, parse_args, print_child, without_hopper_kernel, write_table  # noqa: E402
+from gpu_varlen import run_table  # noqa: E402
 
 B, S = 8, 4096
 TORCH = {"torch_cudnn": SDPBackend.CUDNN_ATTENTION, "torch_efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -64,12 +63,7 @@ def time_torch(backend, data):
 
 
 def main():
-    args = parse_args()
     import attend
-    if args.child:
-        return print_child(shapes(), lambda c: time_flash_cuda(attend, inputs(c)), args.rounds)
-    mma = without_hopper_kernel(__file__, args.rounds)
-    cols = ["flash_cuda", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync", "flash_cuda_no_mask"]
 
     def columns(c):
         data = inputs(c)
@@ -77,14 +71,11 @@ def main():
                 "torch_cudnn": lambda: time_torch(TORCH["torch_cudnn"], data),
                 "torch_efficient": lambda: time_torch(TORCH["torch_efficient"], data),
                 "flash_cuda_no_mask": lambda: time_flash_cuda(attend, data, masked=False)}
-    rows = measure(shapes(), columns, mma, args.rounds)
-
-    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (key) or the same mask materialised [B, 1, S, S] "
-             f"(row) (bench/gpu_masks.py). Median of {args.rounds} "
-             "interleaved rounds; the mma.sync column from a child process (ATTEND_FLASH_CUDA_SM90=0) in the same run.")
-    write_table(rows, cols, "torch_cudnn", lambda c, col: 4.0 * B * c["h"] * S * S * c["d"], intro,
-                "TFLOP/s (4·B·H·S²·D, masked keys counted).", args.markdown)
+    run_table(__file__, shapes(), lambda c: time_flash_cuda(attend, inputs(c)), columns,
+              ["flash_cuda", "torch_cudnn", "torch_efficient", "flash_cuda_mma_sync", "flash_cuda_no_mask"],
+              "torch_cudnn", lambda c, col: 4.0 * B * c["h"] * S * S * c["d"],
+              f"B={B}, S={S}, boolean key mask [B, 1, 1, S] (key) or the same mask materialised [B, 1, S, S] "
+              "(row) (bench/gpu_masks.py).", "TFLOP/s (4·B·H·S²·D, masked keys counted).")
 
 
 if __name__ == "__main__":

@@ -144,13 +144,30 @@ def main():
             return 4.0 * c["h"] * b * (TOKENS // b) ** 2 * c["d"] / (2 if c["causal"] else 1)
         return flops(c, lens)
 
-    intro = (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
-             f"{len(lens)} sequences, {TOKENS} tokens, lengths {min(lens)}-{max(lens)} (bench/gpu_varlen.py, seed 0). "
-             f"Median of {args.rounds} interleaved rounds; the mma.sync column from a child process "
-             "(ATTEND_FLASH_CUDA_SM90=0) in the same run.")
-    write_table(rows, cols, "torch_flash_jagged", flops_of, intro,
+    about = f"{len(lens)} sequences, {TOKENS} tokens, lengths {min(lens)}-{max(lens)} (bench/gpu_varlen.py, seed 0)."
+    write_table(rows, cols, "torch_flash_jagged", flops_of, intro(about, args.rounds),
                 "TFLOP/s (sum over sequences of 4·H·S²·D, halved for causal; the dense column: its own B·S²).",
                 args.markdown)
+
+
+def intro(about, rounds):
+    """The line above each table of these benchmarks: device, date, torch, `about` the shapes, and
+    how the columns were timed."""
+    return (f"Device: {torch.cuda.get_device_name()}. Date: {datetime.date.today()}. torch {torch.__version__}. "
+            f"{about} Median of {rounds} interleaved rounds; the mma.sync column from a child process "
+            "(ATTEND_FLASH_CUDA_SM90=0) in the same run.")
+
+
+def run_table(script, shapes, child_time_of, columns_of, cols, peer, flops_of, about, units):
+    """The main of gpu_masks.py, gpu_dims.py and gpu_cross.py: as the child run (--child), print
+    child_time_of(shape) per shape; otherwise start that child with the Hopper kernel off, time
+    columns_of(shape) in interleaved rounds and write the table (write_table's arguments)."""
+    args = parse_args()
+    if args.child:
+        return print_child(shapes, child_time_of, args.rounds)
+    mma = without_hopper_kernel(script, args.rounds)
+    rows = measure(shapes, columns_of, mma, args.rounds)
+    write_table(rows, cols, peer, flops_of, intro(about, args.rounds), units, args.markdown)
 
 
 def measure(shapes, columns_of, mma, rounds):
