@@ -221,6 +221,21 @@ def test_buffer_protocol_objects(small_qkv):
     expect(ValueError, r"^out: must be writable", attend.attention, q, k, v, out=memoryview(bytes(q.nbytes)).cast("f", q.shape))
 
 
+def test_array_kind_is_decided_by_type(small_qkv):
+    """An object whose __class__ claims to be an ndarray is not one: its kind is decided (and kept)
+    by its type, so it is refused as what it is, a TypeError naming it, and does not make later
+    objects of its type look like numpy arrays."""
+    q, k, v = small_qkv
+
+    class Pretender:
+        __class__ = property(lambda self: np.ndarray)  # type: ignore[assignment]
+
+    assert isinstance(Pretender(), np.ndarray)  # what isinstance would have believed
+    for _ in range(2):
+        expect(TypeError, r"^q: expected a numpy.ndarray", attend.attention, Pretender(), k, v)
+    np.testing.assert_array_equal(attend.attention(q, k, v, backend="reference"), attend.attention(q.copy(), k, v, backend="reference"))
+
+
 def test_extension_reads_buffers_without_strides():
     """The private extension's own entry points take a ctypes array too (Note [Buffers without
     strides] in python/src/module.cpp); nanobind's buffer import crashed on it. In a child process,
