@@ -119,6 +119,10 @@ void bench_runtime(int reps) {
         CHECK(cudaGetDevice(&d));
         CHECK(cudaSetDevice(d));
       }));
+  row("-", "cudaStreamIsCapturing (Note [Workspace under capture])", time_us(reps, [&] {
+        cudaStreamCaptureStatus status;
+        CHECK(cudaStreamIsCapturing(nullptr, &status));
+      }));
   row("-", "cudaGetDeviceCount", time_us(reps, [&] {
         int n = 0;
         CHECK(cudaGetDeviceCount(&n));

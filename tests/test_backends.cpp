@@ -356,6 +356,107 @@ TEST(Workspace, CachedPerThreadAndStream) {
   EXPECT_NE(from_another_thread, a1);
 }
 
+// Note [Workspace under capture]: while the memory says the stream captures, a call without a
+// caller workspace gets one allocated in stream order and freed in stream order after the run,
+// also when the run throws, and never the cache's; a caller's workspace is used as given; and
+// "measure" is refused before anything runs. The memory here is a stand-in for a CUDA device's.
+TEST(Workspace, UnderCaptureAllocatedInStreamOrder) {
+  class capture_memory final : public memory_resource {
+   public:
+    void* allocate(std::size_t bytes) override {
+      ++cached;
+      return host_memory().allocate(bytes);
+    }
+    void deallocate(void* p) noexcept override { host_memory().deallocate(p); }
+    void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) override {
+      host_memory().copy(dst, src, bytes, dir);
+    }
+    void synchronize() override { ++synchronized; }
+    bool capturing(void* stream) override { return stream == capturing_stream; }
+    void* allocate_in_order(std::size_t bytes, void* stream) override {
+      EXPECT_EQ(stream, capturing_stream);
+      last_in_order = host_memory().allocate(bytes);
+      ++in_order;
+      return last_in_order;
+    }
+    void deallocate_in_order(void* p, void* stream) noexcept override {
+      EXPECT_EQ(p, last_in_order);
+      EXPECT_EQ(stream, capturing_stream);
+      freed_after_run = !running;
+      --in_order;
+      host_memory().deallocate(p);
+    }
+    void* capturing_stream = nullptr;
+    void* last_in_order = nullptr;
+    int cached = 0, in_order = 0, synchronized = 0;
+    bool running = false, freed_after_run = false;
+  };
+  static capture_memory memory;  // outlives the thread's workspace cache, which frees into it
+  class records_workspace final : public test::cpu_backend {
+   public:
+    explicit records_workspace(std::string name) : cpu_backend(std::move(name)) {}
+    std::size_t workspace_bytes(const problem&, int) const override { return 256; }
+    memory_resource* memory_for(device) const override { return &memory; }
+    void run(const problem& p, const run_context& ctx) const override {
+      memory.running = true;
+      last = ctx.workspace.data();
+      memory.running = false;
+      if (fail) throw runtime_error("records_workspace: failing on purpose");
+      registry::global().find("reference")->run(p, ctx);
+    }
+    mutable const std::byte* last = nullptr;
+    bool fail = false;
+  };
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 5;
+  spec.seed = test::test_seed();
+  testing::case_data data(spec);
+  const problem p = make_problem(data.params());
+  records_workspace b("records_capture");
+  int capture_stream = 0, plain_stream = 0;
+  memory.capturing_stream = &capture_stream;
+  run_options o;
+  o.maybe_cuda_stream = &capture_stream;
+  run_on(b, p, o);
+  EXPECT_EQ(b.last, memory.last_in_order);
+  EXPECT_EQ(memory.in_order, 0) << "freed in stream order after the run";
+  EXPECT_TRUE(memory.freed_after_run);
+  EXPECT_EQ(memory.cached, 0) << "the cache was not touched";
+  b.fail = true;
+  EXPECT_THROW(run_on(b, p, o), runtime_error);
+  EXPECT_EQ(memory.in_order, 0) << "freed when the run throws";
+  b.fail = false;
+  // A caller's workspace under capture is the caller's to keep alive.
+  alignas(64) std::byte mine[256];
+  o.maybe_workspace = std::span<std::byte>(mine, sizeof mine);
+  run_on(b, p, o);
+  EXPECT_EQ(b.last, mine);
+  // A stream that does not capture uses the cache.
+  o.maybe_workspace = {};
+  o.maybe_cuda_stream = &plain_stream;
+  run_on(b, p, o);
+  EXPECT_EQ(memory.cached, 1);
+  EXPECT_NE(b.last, memory.last_in_order);
+  // "measure" times candidates (synchronizing the device), which a capture cannot hold.
+  registry r;
+  r.add(std::make_shared<records_workspace>("records_capture"));
+  run_options m;
+  m.maybe_registry = &r;
+  m.select.name = "measure";
+  m.select.honour_environment = false;
+  m.maybe_cuda_stream = &capture_stream;
+  try {
+    attention(data.params(), m);
+    ADD_FAILURE() << "measure ran under capture";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("while the stream captures a CUDA graph"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(memory.synchronized, 0);
+  m.maybe_cuda_stream = &plain_stream;
+  EXPECT_EQ(attention(data.params(), m), "records_capture");
+  EXPECT_GT(memory.synchronized, 0);
+}
+
 // backend::traits_accept answers for the trait checks alone (check_limits runs either way).
 TEST(Backend, TraitsAcceptMatchesTheTraitChecks) {
   class probe final : public test::cpu_backend {

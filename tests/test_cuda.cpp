@@ -21,6 +21,8 @@
 #include "attend/registry.h"
 #include "cuda/flash.h"  // host-side tile arithmetic (plain C++; no CUDA needed)
 #if defined(ATTEND_TEST_HAVE_CUDA)
+#include <cuda_runtime.h>
+
 #include "cuda/backends.h"
 #endif
 
@@ -827,6 +829,179 @@ TEST(cuda, cudnn_rejects_misaligned_pointers_with_reason) {
   EXPECT_FALSE(b->supports(make_problem(a), &d));
   EXPECT_NE(d.joined().find("cuDNN requires q 16-byte aligned"), std::string::npos) << d.joined();
   EXPECT_TRUE(registry::global().find("flash_cuda")->supports(make_problem(a)));
+}
+
+#if defined(ATTEND_TEST_HAVE_CUDA)
+#define ATTEND_EXPECT_CUDA(call) ASSERT_EQ((call), cudaSuccess) << #call << ": " << cudaGetErrorString(cudaGetLastError())
+
+// A non-blocking stream, destroyed with the test.
+struct test_stream {
+  cudaStream_t s = nullptr;
+  test_stream() { static_cast<void>(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking)); }
+  ~test_stream() { static_cast<void>(cudaStreamDestroy(s)); }
+  test_stream(const test_stream&) = delete;
+  test_stream& operator=(const test_stream&) = delete;
+};
+#endif
+
+// Note [Workspace under capture]: a call captured into a CUDA graph on a fresh stream, without a
+// workspace of the caller's, in torch's default (global) capture mode, where growing attend's
+// workspace cache (cudaMalloc) would fail the call. After the capture a larger call on the same
+// stream and calls on ten more streams churn the cache (regrowing and evicting what it held);
+// then two replays of the graph (the work counter reset by each) must match the reference. One
+// case per workspace user: the Hopper kernel's work counter, split-KV partials, the Hopper row
+// masks' packed bits, the mma.sync kernel's mask bits, and cuDNN (warmed up first: its graph is
+// built outside the capture, as torch.cuda.graph's warm-up does).
+TEST(cuda, graph_capture_owns_its_workspace) {
+  ATTEND_REQUIRE_GPU();
+#if !defined(ATTEND_TEST_HAVE_CUDA)
+  GTEST_SKIP() << "the test build has no CUDA runtime";
+#else
+  const std::uint64_t seed = fresh_seed();
+  struct capture_case {
+    std::string backend;
+    case_spec spec;
+    bool mma_sync;
+    bool warm = true;  // run once before the capture
+  };
+  std::vector<capture_case> cases;
+  auto add = [&](std::string backend, std::string name, dtype t, std::int64_t d, bool mma, auto&& edit) {
+    case_spec c = typed_case("capture-" + backend + "-" + name, t, d, seed * 31u + cases.size());
+    edit(c);
+    c.device = k_gpu;
+    cases.push_back({std::move(backend), std::move(c), mma});
+  };
+  add("flash_cuda", "counter", dtype::bf16, 128, false, [](case_spec& c) {
+    c.batch = 2; c.seqlen_q = 700; c.seqlen_kv = 900; c.heads_q = 8; c.heads_kv = 2; c.causal = true;
+    c.alignment = alignment::bottom_right; });
+  add("flash_cuda", "split-kv", dtype::f16, 128, false, [](case_spec& c) {
+    c.batch = 2; c.seqlen_q = 1; c.seqlen_kv = 20000; c.heads_q = 8; c.heads_kv = 2; });
+  add("flash_cuda", "row-mask", dtype::bf16, 64, false, [](case_spec& c) {
+    c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 500; c.heads_q = 4; c.heads_kv = 2;
+    c.mask = at::mask_type::keep; c.fully_masked_rows = true; });
+  add("flash_cuda", "mma-sync-mask-bits", dtype::f16, 80, true, [](case_spec& c) {
+    c.batch = 2; c.seqlen_q = 300; c.seqlen_kv = 500; c.heads_q = 4; c.heads_kv = 4;
+    c.mask = at::mask_type::keep; });
+  add("cudnn", "plain", dtype::bf16, 128, false, [](case_spec& c) {
+    c.batch = 2; c.seqlen_q = 512; c.seqlen_kv = 1024; c.heads_q = 8; c.heads_kv = 8; });
+  add("cudnn", "cold", dtype::f16, 64, false, [](case_spec& c) {
+    c.batch = 1; c.seqlen_q = 136; c.seqlen_kv = 264; c.heads_q = 8; c.heads_kv = 8; });
+  cases.back().warm = false;
+  // What churns the cache: a split-KV call with a far larger workspace than any case's.
+  case_spec big = typed_case("capture-churn", dtype::bf16, 128, seed + 977);
+  big.batch = 4; big.seqlen_q = 1; big.seqlen_kv = 30000; big.heads_q = 32; big.heads_kv = 4;
+  big.device = k_gpu;
+  big.compute_reference = false;
+  const at::case_data churn(big);
+
+  int ran = 0;
+  for (capture_case& cc : cases) {
+    SCOPED_TRACE(cc.spec.name + " [" + cc.spec.describe() + "] seed=" + std::to_string(cc.spec.seed));
+    const auto b = registry::global().find(cc.backend);
+    if (!b) {
+      std::cout << "[   INFO   ] " << cc.spec.name << ": " << cc.backend << " is not built" << std::endl;
+      continue;
+    }
+    std::optional<mma_sync_only> mma;
+    if (cc.mma_sync) mma.emplace();
+    const at::case_data data(cc.spec);
+    // (A cold case asks nothing before the capture: cudnn's checks build its graph.)
+    diagnostics why;
+    if (cc.warm && !b->supports(make_problem(gpu_probe(data)), &why)) {
+      ASSERT_NE(cc.backend, "flash_cuda") << why.joined();
+      std::cout << "[   INFO   ] " << cc.spec.name << ": " << cc.backend << " rejects it: " << why.joined() << std::endl;
+      continue;
+    }
+    memory_resource& memory = *b->memory_for(k_gpu);
+    if (cc.warm) {
+      ASSERT_GT(b->workspace_bytes(make_problem(gpu_probe(data)), 0), 0u) << "the case must use a workspace";
+    }
+    at::device_copy dev(data, memory, k_gpu);
+    test_stream stream;
+    run_options options;
+    options.select.name = cc.backend;
+    options.select.honour_environment = false;
+    options.maybe_cuda_stream = stream.s;
+    if (cc.backend == "cudnn" && cc.warm) attention(dev.params(), options);  // builds the graph outside the capture
+    ATTEND_EXPECT_CUDA(cudaStreamSynchronize(stream.s));
+    ATTEND_EXPECT_CUDA(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
+    std::string error;
+    try {
+      attention(dev.params(), options);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream.s, &graph);
+    ASSERT_TRUE(error.empty()) << "the captured call failed: " << error;
+    ASSERT_EQ(ended, cudaSuccess) << cudaGetErrorString(ended);
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+    static_cast<void>(cudaGraphDestroy(graph));
+    ASSERT_EQ(made, cudaSuccess) << cudaGetErrorString(made);
+    {
+      // Churn attend's cache on this stream (regrow) and past its size (ten more streams).
+      at::device_copy other(churn, memory, k_gpu);
+      run_options churn_options = options;
+      churn_options.select.name = "flash_cuda";
+      attention(other.params(), churn_options);
+      for (int i = 0; i < 10; ++i) {
+        test_stream extra;
+        churn_options.maybe_cuda_stream = extra.s;
+        attention(other.params(), churn_options);
+        ATTEND_EXPECT_CUDA(cudaStreamSynchronize(extra.s));
+      }
+      ATTEND_EXPECT_CUDA(cudaStreamSynchronize(stream.s));
+    }
+    for (int replay = 0; replay < 2; ++replay) ATTEND_EXPECT_CUDA(cudaGraphLaunch(exec, stream.s));
+    ATTEND_EXPECT_CUDA(cudaStreamSynchronize(stream.s));
+    static_cast<void>(cudaGraphExecDestroy(exec));
+    dev.download_outputs(data);
+    const at::comparison c = at::compare_outputs(data);
+    EXPECT_TRUE(c.ok) << c.detail << " (max abs error " << c.max_abs_error << ")";
+    ++ran;
+  }
+  EXPECT_GE(ran, 4) << "every flash_cuda case must run";
+#endif
+}
+
+// "measure" times candidates, which synchronizes the device: under capture it is refused with the
+// reason, before any work is queued, and the capture ends cleanly.
+TEST(cuda, graph_capture_refuses_measure) {
+  ATTEND_REQUIRE_GPU();
+#if !defined(ATTEND_TEST_HAVE_CUDA)
+  GTEST_SKIP() << "the test build has no CUDA runtime";
+#else
+  case_spec spec = typed_case("capture-measure", dtype::bf16, 64, fresh_seed() + 5);
+  spec.seqlen_q = 97;  // a shape no other test measures
+  spec.seqlen_kv = 131;
+  spec.device = k_gpu;
+  spec.compute_reference = false;
+  const at::case_data data(spec);
+  at::device_copy dev(data, *registry::global().find("flash_cuda")->memory_for(k_gpu), k_gpu);
+  test_stream stream;
+  run_options options;
+  options.select.name = "measure";
+  options.select.honour_environment = false;
+  options.maybe_cuda_stream = stream.s;
+  ATTEND_EXPECT_CUDA(cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeGlobal));
+  std::string error;
+  try {
+    attention(dev.params(), options);
+  } catch (const invalid_argument& e) {
+    error = e.what();
+  }
+  cudaGraph_t graph = nullptr;
+  ATTEND_EXPECT_CUDA(cudaStreamEndCapture(stream.s, &graph));
+  std::size_t nodes = 1;
+  ATTEND_EXPECT_CUDA(cudaGraphGetNodes(graph, nullptr, &nodes));
+  static_cast<void>(cudaGraphDestroy(graph));
+  EXPECT_NE(error.find("while the stream captures a CUDA graph"), std::string::npos) << error;
+  EXPECT_EQ(nodes, 0u);
+  // Outside the capture the same call measures and runs.
+  EXPECT_FALSE(attention(dev.params(), options).empty());
+  ATTEND_EXPECT_CUDA(cudaStreamSynchronize(stream.s));
+#endif
 }
 
 }  // namespace

@@ -31,8 +31,9 @@ struct run_options {
   registry* maybe_registry = nullptr;     // default: registry::global()
   void* maybe_cuda_stream = nullptr;      // cuda backends: the stream to run on
   int num_threads = 0;                    // cpu backends: 0 = OMP_NUM_THREADS / all cores
-  std::span<std::byte> maybe_workspace;   // caller-owned workspace; else a per-(thread, stream) cache
-                                          // (pass one when capturing a CUDA graph: Note [Workspace cache])
+  std::span<std::byte> maybe_workspace;   // caller-owned workspace; else a per-(thread, stream) cache,
+                                          // or, while the stream captures a CUDA graph, memory the
+                                          // graph owns (Note [Workspace under capture])
 };
 
 // Validates, selects and runs one attention call. Returns the name of the backend that ran.

@@ -54,6 +54,19 @@ class memory_resource {
   virtual void deallocate(void* p) noexcept = 0;
   virtual void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) = 0;
   virtual void synchronize() = 0;
+
+  // CUDA graph capture (Note [Workspace under capture]). Whether work queued on `stream` is being
+  // recorded into a graph rather than run (throws attend::runtime_error when the stream cannot be
+  // asked); and memory allocated and freed in the order of `stream`, which a capturing stream
+  // records as nodes of its graph, so the graph owns it. Memory that has no streams never captures.
+  virtual bool capturing(void* stream) {
+    (void)stream;
+    return false;
+  }
+  virtual void* allocate_in_order(std::size_t bytes, void* stream);  // default: throws runtime_error
+  virtual void deallocate_in_order(void* p, void* stream) noexcept {
+    (void)p, (void)stream;
+  }
 };
 memory_resource& host_memory();
 

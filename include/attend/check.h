@@ -133,5 +133,8 @@ double time_backend(const backend& b, const problem& p, int num_threads, double 
 // Runs `b` on the case (copying to the case's device through b.memory_for when it is not the
 // cpu) and compares out and lse with the reference. Throws what the backend throws.
 comparison check_backend(const backend& b, const case_data& data, int num_threads = 0);
+// Compares the case's host outputs, as a backend left them (outputs poisoned before its run), with
+// the reference; what check_backend does after running.
+comparison compare_outputs(const case_data& data);
 
 }  // namespace attend::testing

@@ -19,9 +19,21 @@ namespace {
 // buffer (flash_cuda's split-KV partials and work counter would race). At most
 // k_cached_workspaces entries per thread, least recently used evicted first (a CUDA memory
 // resource frees with cudaFree, which waits for the device, so in-flight kernels finish first).
-// CUDA graph capture: a captured graph keeps the workspace pointer it saw, while this cache may
-// later regrow or evict (free) that buffer; callers that capture pass run_options::maybe_workspace,
-// a buffer that lives as long as the graph.
+// A call whose stream is capturing a CUDA graph never uses this cache: Note [Workspace under
+// capture].
+//
+// Note [Workspace under capture]: a call captured into a CUDA graph (cudaStreamBeginCapture,
+// torch.cuda.graph, torch.compile's "reduce-overhead") records the workspace pointer it saw, and
+// every replay writes there: flash_cuda's work counter, split-KV partials and packed mask bits,
+// cuDNN's scratch. The cache above would hand it a buffer that a later, larger call on the stream
+// regrows (frees) or that a ninth stream evicts, so replays would write freed memory; growing it
+// would also call cudaMalloc, which a capture in global mode (torch's default) refuses. So when the
+// caller gives no workspace and memory_resource::capturing says the stream captures, run_on
+// allocates the workspace in stream order (cudaMallocAsync) and frees it in stream order after
+// the backend's work (cudaFreeAsync): the capture records both as nodes of the graph, which then
+// owns the memory for as long as it exists, per replay. A caller's maybe_workspace is used as
+// given, its lifetime the caller's to keep. Timing candidates ("measure") cannot run while
+// capturing (it synchronizes the device); it is refused with a reason.
 inline constexpr std::size_t k_cached_workspaces = 8;  // why: a few streams per thread is the
                                                        // common case; bounds memory when a caller
                                                        // makes a new stream per call
@@ -99,6 +111,20 @@ void run_on(const backend& b, const problem& p, const run_options& options) {
       memory_resource* memory = b.memory_for(p.device);
       if (memory == nullptr)
         throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
+      if (memory->capturing(options.maybe_cuda_stream)) {
+        void* const owned = memory->allocate_in_order(bytes, options.maybe_cuda_stream);
+        struct release_in_order {  // also when run() throws: the capture must stay balanced
+          memory_resource& memory;
+          void* data;
+          void* stream;
+          ~release_in_order() { memory.deallocate_in_order(data, stream); }
+        } release{*memory, owned, options.maybe_cuda_stream};
+        if (reinterpret_cast<std::uintptr_t>(owned) % 64 != 0)
+          throw runtime_error("workspace: stream-ordered memory is not 64-byte aligned");
+        ctx.workspace = {static_cast<std::byte*>(owned), bytes};
+        b.run(p, ctx);
+        return;
+      }
       ctx.workspace = thread_workspace(*memory, options.maybe_cuda_stream, bytes);
     }
   }
@@ -122,6 +148,11 @@ std::string attention(const attention_params& params, const run_options& options
     // leave the context broken for the candidates after it). A measure with a failure is not
     // cached: the failure may be transient (memory in use elsewhere).
     const auto found = r.candidates(p, options.select);
+    for (const auto& b : found)  // Note [Workspace under capture]
+      if (memory_resource* memory = b->memory_for(p.device); memory && memory->capturing(options.maybe_cuda_stream))
+        throw invalid_argument(
+            "backend 'measure': cannot time the candidates while the stream captures a CUDA graph; make the "
+            "same call once before capturing, and the capture reuses the measured choice");
     double best_seconds = 0;
     std::string best;
     std::exception_ptr failure;

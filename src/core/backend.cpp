@@ -79,6 +79,11 @@ void check_traits(const backend_traits& t, const problem& p, diagnostics& d) {
 
 }  // namespace
 
+void* memory_resource::allocate_in_order(std::size_t bytes, void* stream) {
+  (void)bytes, (void)stream;
+  throw runtime_error("this memory has no streams to allocate in the order of");
+}
+
 memory_resource& host_memory() {
   static host_memory_resource resource;
   return resource;

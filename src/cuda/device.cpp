@@ -32,6 +32,24 @@ class cuda_memory final : public memory_resource {
     device_guard guard(index_);
     ATTEND_CUDA_CHECK(cudaDeviceSynchronize());
   }
+  // Note [Workspace under capture]. The guard picks the device whose legacy default stream a null
+  // stream means. On that stream the query fails while another stream captures in global mode (an
+  // implicit dependency), which is an error for the call that would queue work there anyway.
+  bool capturing(void* stream) override {
+    device_guard guard(index_);
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    ATTEND_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status));
+    return status != cudaStreamCaptureStatusNone;  // active, or invalidated (the capture fails at its end)
+  }
+  void* allocate_in_order(std::size_t bytes, void* stream) override {
+    device_guard guard(index_);
+    void* p = nullptr;
+    ATTEND_CUDA_CHECK(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)));
+    return p;
+  }
+  void deallocate_in_order(void* p, void* stream) noexcept override {
+    static_cast<void>(cudaFreeAsync(p, static_cast<cudaStream_t>(stream)));
+  }
 
  private:
   int index_;

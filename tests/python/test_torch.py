@@ -143,6 +143,72 @@ def test_cuda_side_stream(backend):
     assert_close(out, want, "float16")
 
 
+def _churn_workspaces():
+    """Calls whose workspaces dwarf any captured call's, on the current stream and on ten more: with
+    attend's per-stream workspace cache under a captured call, they would regrow and evict (free)
+    the memory its replays write (Note [Workspace under capture] in src/core/attention.cpp)."""
+    q = torch.randn(4, 1, 32, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(4, 30000, 4, 128, device="cuda", dtype=torch.bfloat16)
+    attend.attention(q, k, k, backend="flash_cuda")
+    for _ in range(10):
+        with torch.cuda.stream(torch.cuda.Stream()):
+            attend.attention(q, k, k, backend="flash_cuda")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("with_out", [True, False])
+@pytest.mark.parametrize("backend", cuda_backends() or ["<none>"])
+def test_cuda_graph_capture(backend, with_out):
+    """A call captured by torch.cuda.graph (torch's global capture mode) replays correctly after
+    other calls churned attend's workspaces: the graph owns the workspace its replays use."""
+    if backend == "<none>":
+        pytest.skip("this build has no CUDA backend")
+    if not CUDA:
+        pytest.skip(NO_CUDA)
+    q, k, v = inputs("cuda", torch.bfloat16, shape=(2, 700, 8, 128), seed=3)
+    want = ref_of(q, k, v, causal=True)[0]
+    out = torch.empty_like(q) if with_out else None
+    side = torch.cuda.Stream()  # warm-up on a side stream, as torch.cuda.graph's recipe asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        attend.attention(q, k, v, out=out, causal=True, backend=backend)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        got = attend.attention(q, k, v, out=out, causal=True, backend=backend)
+    _churn_workspaces()
+    got.fill_(float("nan"))
+    graph.replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(got, want, "bfloat16")
+
+
+def test_cuda_graphs_under_torch_compile():
+    """torch.compile's CUDA graphs (the "cudagraphs" backend: what mode="reduce-overhead" uses,
+    without Inductor's code generation) capture the op and replay it correctly after churn."""
+    if not CUDA:
+        pytest.skip(NO_CUDA)
+    if not cuda_backends():
+        pytest.skip("this build has no CUDA backend")
+    if not attend.torch.HAS_CUSTOM_OP:
+        pytest.skip("torch.library.custom_op is not available")
+    from torch._dynamo.utils import counters
+
+    q, k, v = inputs("cuda", torch.float16, shape=(2, 300, 8, 64), seed=4)
+    want = ref_of(q * 2, k, v, causal=True)[0]
+    counters.clear()
+    with attend.use_backend("flash_cuda"):
+        compiled = torch.compile(lambda q, k, v: attend.torch.attention(q * 2, k, v, causal=True), backend="cudagraphs")
+        for _ in range(3):  # the first runs record; later ones replay
+            got = compiled(q, k, v)
+        _churn_workspaces()
+        got = compiled(q, k, v).clone()
+    torch.cuda.synchronize()
+    assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    assert_close(got, want, "float16")
+
+
 def test_cuda_varlen_computes_max_seqlen():
     if not CUDA:
         pytest.skip(NO_CUDA)
