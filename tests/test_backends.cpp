@@ -168,10 +168,9 @@ TEST_P(EveryCpuBackend, ScoresOverflowingToMinusInfAreNaNNotEmpty) {
   }
   // A full row of the lowest finite additive bias (the usual padding value) is a row of equal,
   // finite scores: the plain average of V, as in the reference; flash_cpu's log2 units made it
-  // -inf (and then NaN). One dense shape and one decode shape (split-KV) for finiteness; the
-  // decode shape's value is only approximate on flash_cpu: a piece's float LSE near -3.4e38
-  // cannot hold log(sum), so the merge weighs its pieces equally (Note [Flash split KV]).
-  for (const std::int64_t skv : {5, 3000}) {
+  // -inf (and then NaN). One dense shape and one decode shape, which flash_cpu splits into
+  // pieces of unequal key counts, merged by those counts (Note [Split clamped rows]).
+  for (const std::int64_t skv : {5, 3001}) {
     test::dense_call c(1, 4, skv, 1, 1, 16, 16, test::test_seed() + 2);
     std::vector<float> bias(static_cast<std::size_t>(4 * skv), 0.0f);
     for (std::int64_t j = 0; j < skv; ++j) bias[static_cast<std::size_t>(2 * skv + j)] = std::numeric_limits<float>::lowest();
@@ -179,9 +178,8 @@ TEST_P(EveryCpuBackend, ScoresOverflowingToMinusInfAreNaNNotEmpty) {
     p.maybe_mask = tensor_view::contiguous(bias.data(), dtype::f32, {4, skv});
     const auto ref = run_named("reference", c, p);
     const auto got = run_named(GetParam(), c, p);
-    const bool approximate = skv > 1000 && GetParam() == "flash_cpu";
     for (std::size_t i = 0; i < ref.first.size(); ++i)
-      ASSERT_TRUE(std::isfinite(got.first[i]) && (approximate || std::abs(got.first[i] - ref.first[i]) <= 1e-4f))
+      ASSERT_TRUE(std::isfinite(got.first[i]) && std::abs(got.first[i] - ref.first[i]) <= 1e-4f)
           << "skv " << skv << " out[" << i << "] = " << got.first[i] << ", reference " << ref.first[i];
   }
   // A row the mask empties is still "no visible key" (0, -inf), not NaN.

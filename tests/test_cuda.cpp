@@ -740,6 +740,9 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   add("additive-f16-lowest-d112-staged", dtype::f16, 112, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.seqlen_q = 64; c.seqlen_kv = 332; c.heads_q = 2; });
   add("additive-bf16-key-d256-staged", dtype::bf16, 256, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.batch = 2; c.seqlen_q = 150; c.seqlen_kv = 520; c.heads_q = 2; c.causal = true; });
   add("additive-f32-decode-split-d80-staged", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.seqlen_q = 2; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 1; });
+  // Rows of only float's lowest value over splits of unequal key counts (Note [Split clamped rows]).
+  add("additive-lowest-decode-split-d64-staged", dtype::bf16, 64, [](case_spec& c) { c.mask = mask_type::additive; c.mask_lowest = true; c.seqlen_q = 2; c.seqlen_kv = 3000; c.heads_q = 4; c.heads_kv = 2; });
+  add("additive-lowest-decode-split-d128-extras", dtype::f16, 128, [](case_spec& c) { c.mask = mask_type::additive; c.mask_lowest = true; c.seqlen_q = 1; c.seqlen_kv = 5001; c.heads_q = 8; c.heads_kv = 1; });
   add("varlen-additive-f16-d64-staged", dtype::f16, 64, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.varlen_q = {70, 1, 33}; c.varlen_kv = {129, 200, 3}; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
   add("keep-mask-softcap-d80-extras", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.heads_q = 2; c.softcap = 5.0; });
   add("additive-odd-row-d80-causal-extras", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });

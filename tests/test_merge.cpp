@@ -24,6 +24,26 @@ TEST(Merge, RowWeightsByLse) {
   EXPECT_NEAR(l, std::log(4.0), 1e-15);
 }
 
+// Note [Split clamped rows]: parts whose lse is float's lowest value plus ln of their key counts
+// (10 and 1), given apart, weigh 10 : 1; given as one number each, ln 10 is lost and they would
+// weigh equally. A part with an ordinary lse outweighs them entirely.
+TEST(Merge, RowWeightsBySecondPartAtTheClamp) {
+  const double bias = std::numeric_limits<float>::lowest();
+  const double low[2] = {std::log(10.0), 0.0};
+  const double val[2] = {1.0, 0.0};
+  double got = -1;
+  double l = merge_row(
+      2, 1, [&](std::int64_t) { return bias; }, [&](std::int64_t s) { return low[s]; },
+      [&](std::int64_t s, std::int64_t) { return val[s]; }, [&](std::int64_t, double x) { got = x; });
+  EXPECT_NEAR(got, 10.0 / 11.0, 1e-15);
+  EXPECT_EQ(l, bias);  // bias + ln 11 is the bias at this magnitude, as the reference's lse
+  l = merge_row(
+      2, 1, [&](std::int64_t s) { return s == 0 ? bias : 0.25; }, [&](std::int64_t s) { return low[s]; },
+      [&](std::int64_t s, std::int64_t) { return val[s]; }, [&](std::int64_t, double x) { got = x; });
+  EXPECT_EQ(got, 0.0);
+  EXPECT_EQ(l, 0.25);
+}
+
 TEST(Merge, EmptyPartsWeighNothingAndNanPropagates) {
   constexpr double inf = std::numeric_limits<double>::infinity();
   double out = -1;

@@ -20,8 +20,18 @@ namespace attend {
 
 // One row of Note [LSE merge]: `parts` partials of `dv` values. lse(s) gives l_s, value(s, d) gives
 // o_s[d] (read only where the weight is non-zero), emit(d, x) receives o[d]. Returns l.
-template <class Lse, class Value, class Emit>
-double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, Emit&& emit) {
+//
+// Note [Split clamped rows]: a part may give its l_s as an unevaluated sum lse(s) + low(s) (low
+// finite, 0 for most parts), weighed by exp(lse(s) - top + low(s)), top the largest lse(s). The
+// split-KV paths of flash_cpu and flash_cuda use it for a row whose every score was clamped (an
+// additive bias near float's lowest value, the usual padding value: Note [Flash clamped rows],
+// [GPU clamped scores]): its l_s is that bias plus ln of its key count, and at -3.4e38 the count
+// is below the ulp of float and double alike, so a single number would weigh every part equally,
+// not by the keys each saw. With lse(s) the bias and low(s) the ln of the count, the parts weigh
+// as the reference weighs their keys. The returned l is top + ln Σ weights, which at that
+// magnitude is the bias, as the reference's lse is.
+template <class Lse, class Low, class Value, class Emit>
+double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Low&& low, Value&& value, Emit&& emit) {
   constexpr double neg_inf = -std::numeric_limits<double>::infinity();
   double top = neg_inf;
   bool is_nan = false;
@@ -38,10 +48,10 @@ double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, 
   // Weights exp(l_s - top) once per part (kept for the first k_kept parts; more are recomputed).
   constexpr std::int64_t k_kept = 64;
   double kept[k_kept];
-  auto weight = [&](std::int64_t s) { return s < k_kept ? kept[s] : std::exp(lse(s) - top); };
+  auto weight = [&](std::int64_t s) { return s < k_kept ? kept[s] : std::exp(lse(s) - top + low(s)); };
   double total = 0;
   for (std::int64_t s = 0; s < parts; ++s) {
-    const double w = std::exp(lse(s) - top);
+    const double w = std::exp(lse(s) - top + low(s));
     if (s < k_kept) kept[s] = w;
     total += w;
   }
@@ -52,6 +62,10 @@ double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, 
     emit(d, acc / total);
   }
   return top + std::log(total);
+}
+template <class Lse, class Value, class Emit>
+double merge_row(std::int64_t parts, std::int64_t dv, Lse&& lse, Value&& value, Emit&& emit) {
+  return merge_row(parts, dv, lse, [](std::int64_t) { return 0.0; }, value, emit);
 }
 
 // Note [LSE merge] over whole tensors on the host. outs[s]: [B, Sq, H, Dv] (f32, f16 or bf16, any

@@ -33,9 +33,8 @@
 // flash_cuda_keep_mask_ignores_nan_scores).
 // Additive masks as low as float's lowest value (how Hugging Face builds padding masks) weigh
 // their keys as the reference does on every backend: a row whose every visible key carries one
-// averages v over those keys, with the reference's lse (Note [GPU clamped scores]). Except under
-// split-KV (decode shapes on flash_cpu and flash_cuda): such a row's splits weigh equally, exact
-// only when they hold equally many of its keys (Note [Flash split KV]).
+// averages v over those keys, with the reference's lse (Note [GPU clamped scores]), split-KV
+// included (Note [Split clamped rows]).
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
 // additive mask, or scale * dot past float's range; past FLT_MAX / log2(e), about 2.36e38, on
 // flash_cpu and flash_cuda, which score in log2 units), and so does a row whose every visible score

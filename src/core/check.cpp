@@ -84,9 +84,9 @@ std::vector<case_spec> default_grid(std::uint64_t seed, bool quick) {
   add("additive-mask-bf16-key-padding", [](case_spec& c) { c.seqlen_q = 33; c.seqlen_kv = 70; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 3; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-lowest", [](case_spec& c) { c.seqlen_q = 19; c.seqlen_kv = 40; c.mask = mask_type::additive; c.mask_lowest = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   // Decode-shaped, so flash_cpu and flash_cuda split the keys: the row of only lowest-value keys
-  // merges splits whose lse lost log l (Note [Flash split KV]); equal splits keep it exact, and
-  // 3072 keys split evenly at any thread count (2, 4 or 6 pieces on flash_cpu, 6 on flash_cuda).
-  add("additive-mask-lowest-decode", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 3072; c.mask = mask_type::additive; c.mask_lowest = true; c.fully_masked_rows = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
+  // must merge its splits by their key counts (Note [Split clamped rows]), and 3001 keys split
+  // unevenly at any count (weighing the splits equally would not match the reference).
+  add("additive-mask-lowest-decode", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 3001; c.mask = mask_type::additive; c.mask_lowest = true; c.fully_masked_rows = true; c.heads_q = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-key-major", [](case_spec& c) { c.seqlen_q = 21; c.seqlen_kv = 150; c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.fully_masked_rows = true; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("additive-mask-f16", [](case_spec& c) { c.seqlen_q = 20; c.seqlen_kv = 37; c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.heads_q = 2; c.batch = 2; c.head_dim_qk = c.head_dim_v = 64; });
   add("key-padding-mask", [](case_spec& c) { c.seqlen_q = 70; c.seqlen_kv = 150; c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.heads_q = 4; c.heads_kv = 2; c.batch = 2; c.causal = true; c.alignment = alignment::bottom_right; c.head_dim_qk = c.head_dim_v = 64; });

@@ -56,6 +56,7 @@ struct flash_params {
   int num_splits = 1;
   float* maybe_partial_out = nullptr;  // [splits, B, Hq, Sq, Dv]
   float* maybe_partial_lse = nullptr;  // [splits, B, Hq, Sq]
+  float* maybe_partial_lse_low = nullptr;  // the same: each lse's second part (Note [Split clamped rows])
 
   // The Hopper path's persistent schedule (Note [Hopper scheduler], flash_sm90.cuh): an int in the
   // workspace that its launcher zeroes on the stream and its CTAs count work items with, and the

@@ -111,11 +111,11 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
 
 // Workspace layout: [Hopper work counter (256 B, when the Hopper path runs)] [a boolean mask's
 // packed bits (when a tensor-core kernel reads them: packed_mask)] [split-KV partial outputs]
-// [split-KV partial LSEs].
+// [split-KV partial LSEs] [their second parts (Note [Split clamped rows])].
 struct workspace_plan {
   int splits = 1;
   std::size_t counter_bytes = 0, bits_bytes = 0, out_bytes = 0, lse_bytes = 0;
-  std::size_t total() const { return counter_bytes + bits_bytes + (splits > 1 ? out_bytes + lse_bytes : 0); }
+  std::size_t total() const { return counter_bytes + bits_bytes + (splits > 1 ? out_bytes + 2 * lse_bytes : 0); }
 };
 workspace_plan plan_splits(const problem& p, const tc_entry* kernel) {
   workspace_plan w;
@@ -255,6 +255,7 @@ class flash_cuda_backend final : public backend {
       std::byte* const partials = ws + plan.ws.counter_bytes + plan.ws.bits_bytes;
       p.maybe_partial_out = reinterpret_cast<float*>(partials);
       p.maybe_partial_lse = reinterpret_cast<float*>(partials + plan.ws.out_bytes);
+      p.maybe_partial_lse_low = reinterpret_cast<float*>(partials + plan.ws.out_bytes + plan.ws.lse_bytes);
     }
     if (plan.kernel) {
       plan.kernel->launch(p, ctx.maybe_cuda_stream);

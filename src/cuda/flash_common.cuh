@@ -202,13 +202,18 @@ __device__ __forceinline__ float to_log2_units(float z) {
 __device__ __forceinline__ bool clamped_row(const flash_params& p, float m, float l) {
   return l > 0.0f && m <= k_lowest_log2 && p.mask != mask_kind::none && p.mask != mask_kind::keep_u8;
 }
-// The lse of a row whose running max is at the clamp: its largest additive bias over keys
-// [lo, hi) (local positions) plus ln l.
-__device__ __forceinline__ float clamped_row_lse(const flash_params& p, int b, int h, std::int64_t i, std::int64_t lo,
-                                                 std::int64_t hi, float l) {
+// The largest additive bias over keys [lo, hi) (local positions) of a row whose running max is at
+// the clamp; its lse is that plus ln l (a split-KV partial keeps the two apart: Note [Split
+// clamped rows], attend/merge.h).
+__device__ __forceinline__ float clamped_row_bias(const flash_params& p, int b, int h, std::int64_t i, std::int64_t lo,
+                                                  std::int64_t hi) {
   float bias = k_neg_inf;
   for (std::int64_t j = lo; j < hi; ++j) bias = fmaxf(bias, mask_term(p, b, h, i, j));
-  return bias + logf(l);
+  return bias;
+}
+__device__ __forceinline__ float clamped_row_lse(const flash_params& p, int b, int h, std::int64_t i, std::int64_t lo,
+                                                 std::int64_t hi, float l) {
+  return clamped_row_bias(p, b, h, i, lo, hi) + logf(l);
 }
 
 }  // namespace attend::cuda

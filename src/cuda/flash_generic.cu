@@ -88,10 +88,10 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_generic_kernel(co
 
 // The split-KV merge (Note [Split KV] in flash_backend.cpp): split s of row (b, h, i) wrote its
 // normalised output o_s and lse_s, merged as in Note [LSE merge] (attend/merge.h: the same rule,
-// written again here because .cu files are C++17 and merge.h is C++20): weights exp(lse_s - max)
-// normalised by their sum. Normalising matters for a row of only clamped scores (Note [GPU
-// clamped scores]): its lse_s all round to the same float near -FLT_MAX, which has lost log l_s,
-// so the splits weigh equally (as flash_cpu's, Note [Flash split KV]) instead of adding up.
+// written again here because .cu files are C++17 and merge.h is C++20): weights
+// exp(lse_s - max + low_s) normalised by their sum, low_s the second part of a split's lse: ln l_s
+// for a row of only clamped scores (Note [GPU clamped scores]), whose lse_s is its bias near
+// -FLT_MAX alone, else 0 (Note [Split clamped rows]), so such a row's splits weigh by their keys.
 template <typename T>
 __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(const flash_params p) {
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
@@ -114,7 +114,8 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
   } else if (lmax == k_neg_inf) {
     total_lse = k_neg_inf;
   } else {
-    for (int s = 0; s < p.num_splits; ++s) sum += expf(p.maybe_partial_lse[s * split_rows + row] - lmax);
+    for (int s = 0; s < p.num_splits; ++s)
+      sum += expf(p.maybe_partial_lse[s * split_rows + row] - lmax + p.maybe_partial_lse_low[s * split_rows + row]);
     total_lse = lmax + logf(sum);
   }
   T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + i) * p.out_stride[1] + h * p.out_stride[2];
@@ -124,7 +125,8 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
       acc = total_lse;
     } else if (total_lse != k_neg_inf) {
       for (int s = 0; s < p.num_splits; ++s) {
-        const float w = expf(p.maybe_partial_lse[s * split_rows + row] - lmax);
+        const float w =
+            expf(p.maybe_partial_lse[s * split_rows + row] - lmax + p.maybe_partial_lse_low[s * split_rows + row]);
         if (w != 0.0f) acc = fmaf(w, p.maybe_partial_out[(s * split_rows + row) * p.head_dim_v + d], acc);
       }
       acc /= sum;

@@ -503,12 +503,15 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       const int i = i_base + 16 * mb + 8 * r;
       const float inv = l == 0.0f ? 0.0f : 1.0f / l;  // fully masked: out 0; NaN stays NaN
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
+      float lse_low = 0.0f;  // a split's lse is lse + lse_low (Note [Split clamped rows])
       if constexpr (terms) {  // Note [GPU clamped scores]
         if (clamped_row(p, row_m[mb][r], l) && i < sb.len_q) {
           const band bd = visible(p, i, sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
-          lse = clamped_row_lse(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
-                                min(bd.hi, std::int64_t{t_end} * BlockN), l);
+          const float bias = clamped_row_bias(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
+                                              min(bd.hi, std::int64_t{t_end} * BlockN));
+          lse_low = logf(l);
+          lse = p.num_splits > 1 ? bias : bias + lse_low;
         }
       }
       if (p.num_splits > 1) {
@@ -521,7 +524,10 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
           if (d < p.head_dim_v)
             *reinterpret_cast<float2*>(po + d) = make_float2(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
         }
-        if ((lane & 3) == 0) p.maybe_partial_lse[row] = lse;
+        if ((lane & 3) == 0) {
+          p.maybe_partial_lse[row] = lse;
+          p.maybe_partial_lse_low[row] = lse_low;
+        }
       } else {
         // Stage the row in this warp's own rows of the Q tile (no other warp touches them now).
         const int row_in_cta = warp_row0 + 16 * mb + 8 * r + lane / 4;

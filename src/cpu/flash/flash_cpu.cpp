@@ -32,9 +32,9 @@ using flash::tile_config;
 // write normalised partial rows plus their LSE; merge_row (Note [LSE merge], attend/merge.h) then
 // combines them. This is flash-decoding on the CPU. Limitation: a row whose scores all sit near
 // -FLT_MAX (every key carries the dtype's lowest value as an additive bias, the usual padding
-// value) has pieces whose float LSE cannot hold log(sum): the merge then weighs the pieces
-// equally, not by their key counts, so such a row's (meaningless but finite) average of V is
-// approximate here. Dense (unsplit) calls are exact.
+// value) has pieces whose LSE cannot hold log(sum) in one number: such a piece writes its bias
+// and ln l apart, and the merge weighs the pieces by their key counts (Note [Split clamped rows],
+// attend/merge.h), so the row is the reference's average of V over its keys.
 // Why 2 pieces per thread: dynamic scheduling can then even out uneven pieces.
 constexpr std::int64_t k_pieces_per_thread = 2;
 // Why 512 keys: below this a split's fixed cost (packing Q, the partial rows, the merge) is no
@@ -50,9 +50,10 @@ struct work_plan {
 
 std::int64_t q_tiles(const problem& p, const tile_config& c, std::int64_t b) { return ceil_div(p.len_q(b), c.block_q); }
 std::int64_t head_blocks(const problem& p, const tile_config& c) { return ceil_div(p.num_heads_kv, c.heads_per_item); }
-// Floats of one piece's partial output: [heads][rows][Dv] then [heads][rows] LSE.
+// Floats of one piece's partial output: [heads][rows][Dv], then [heads][rows] LSE, then
+// [heads][rows] of the LSE's second part (Note [Split clamped rows]).
 std::int64_t piece_floats(const problem& p, const tile_config& c) {
-  return c.heads_per_item * c.rows * (p.head_dim_v + 1);
+  return c.heads_per_item * c.rows * (p.head_dim_v + 2);
 }
 
 work_plan plan_work(const problem& p, int threads, flash::isa target) {
@@ -130,6 +131,7 @@ class flash_backend final : public backend {
       if (splits > 1) {
         it.maybe_partial_out = partial + (index * splits + split) * piece;
         it.maybe_partial_lse = it.maybe_partial_out + hpi * w.tiles.rows * p.head_dim_v;
+        it.maybe_partial_lse_low = it.maybe_partial_lse + hpi * w.tiles.rows;
       }
       return it;
     };
@@ -154,11 +156,12 @@ class flash_backend final : public backend {
       const item it = item_of(index, 0);
       if (hh >= it.hk_count || m >= it.q_count * gs) continue;
       const float* first = partial + index * splits * piece;
-      const std::int64_t row = hh * rows + m, lse_at = hpi * rows * dv + row;
+      const std::int64_t row = hh * rows + m, lse_at = hpi * rows * dv + row, low_at = lse_at + hpi * rows;
       const std::int64_t h = (it.hk + hh) * gs + m % gs, i = it.q_begin + m / gs, q_row = p.start_q(it.b) + i;
       const std::int64_t o = it.b * p.out.batch + q_row * p.out.seq + h * p.out.head;
       double lse = merge_row(
           splits, dv, [&](std::int64_t s) { return double{first[s * piece + lse_at]}; },
+          [&](std::int64_t s) { return double{first[s * piece + low_at]}; },
           [&](std::int64_t s, std::int64_t d) { return double{first[s * piece + row * dv + d]}; },
           [&](std::int64_t d, double x) { store(p.params.out.data, p.dtype, o + d * p.out.dim, x); });
       // Every piece empty although the row has a key: the scores overflowed to -inf (as in

@@ -716,14 +716,16 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
   // (m + log2 l)·ln 2 would read about -2.36e38 where the reference's lse is near the bias
   // (-3.4e38 for float's lowest). Its lse is the largest bias over its visible keys plus ln l
   // instead: at that magnitude the score's own part (|scale·q·k| < 1e31) is below float's ulp, as
-  // it is below double's in the reference, and every clamped key counts once in l.
-  auto clamped_row_lse = [&](std::int64_t h, std::int64_t i, std::int64_t lo, std::int64_t hi, float l) {
+  // it is below double's in the reference, and every clamped key counts once in l. A split-KV
+  // piece gives the bias and ln l apart, for the merge to weigh pieces by their key counts (Note
+  // [Split clamped rows], attend/merge.h).
+  auto clamped_row_bias = [&](std::int64_t h, std::int64_t i, std::int64_t lo, std::int64_t hi) {
     float bias = k_neg_inf;
     for (std::int64_t j = lo; j < hi; ++j) {
       const float mv = mask_value(p, mask_offset(p, b, h, i, j));
       bias = mv > bias ? mv : bias;
     }
-    return bias + __builtin_logf(l);
+    return bias;
   };
 
   // Finalise: out = O / l, lse = (m + log2 l) · ln 2; NaN rows NaN; rows that saw nothing 0, -inf.
@@ -742,8 +744,12 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
       const bool empty = !is_nan && !(l > 0.0f);
       const float inv = is_nan ? k_nan : empty ? 0.0f : 1.0f / l;
       float lse = is_nan ? k_nan : empty ? k_neg_inf : (hp.rs.max_log2[m] + __builtin_log2f(l)) * k_ln2;
-      if (!is_nan && !empty && p.maybe_mask && p.mask_dtype != dtype::boolean && hp.rs.max_log2[m] <= k_lowest_log2)
-        lse = clamped_row_lse(h, i, hp.rs.lo[m], hp.rs.hi[m], l);  // Note [Flash clamped rows]
+      float lse_low = 0.0f;  // a piece's lse is lse + lse_low (Note [Split clamped rows])
+      if (!is_nan && !empty && p.maybe_mask && p.mask_dtype != dtype::boolean && hp.rs.max_log2[m] <= k_lowest_log2) {
+        const float bias = clamped_row_bias(h, i, hp.rs.lo[m], hp.rs.hi[m]);  // Note [Flash clamped rows]
+        lse_low = __builtin_logf(l);
+        lse = it.maybe_partial_out ? bias : bias + lse_low;
+      }
       const float* orow = hp.obuf + m * c.dv_pad;
       if (it.maybe_partial_out) {
         // Laid out per head at the tile's full row count (c.rows), as the merge reads them: an item
@@ -751,6 +757,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         float* po = it.maybe_partial_out + (hh * c.rows + m) * dv;
         for (std::int64_t d = 0; d < dv; ++d) po[d] = is_nan ? k_nan : orow[d] * inv;
         it.maybe_partial_lse[hh * c.rows + m] = lse;
+        it.maybe_partial_lse_low[hh * c.rows + m] = lse_low;
         continue;
       }
       st_t* out = static_cast<st_t*>(a.out.data) + b * p.out.batch + (q_start + i) * p.out.seq + h * p.out.head;

@@ -54,6 +54,7 @@ struct item {
   std::int64_t b = 0, hk = 0, hk_count = 1, q_begin = 0, q_count = 0, kv_begin = 0, kv_end = 0;
   float* maybe_partial_out = nullptr;  // [hk_count][tile_config::rows][head_dim_v], whatever q_count
   float* maybe_partial_lse = nullptr;  // [hk_count][tile_config::rows]
+  float* maybe_partial_lse_low = nullptr;  // the same: the lse's second part (Note [Split clamped rows])
 };
 
 // Visible keys of local query row i of sequence b (attend::visible_keys), out of line so the
