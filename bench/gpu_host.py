@@ -13,6 +13,11 @@ stream query, the extension call with prepared arguments), with the C++ floor fr
 bench/host_bench.cpp (attend_host_bench) to compare. `--profile FILE` writes a cProfile of
 attend.attention calls.
 
+A second table times the same short calls end to end (host and GPU: calls back to back,
+synchronised at the end), made eagerly and replayed from a CUDA graph of DRAIN calls captured
+with torch.cuda.graph (Note [Workspace under capture] in src/core/attention.cpp), for attend and
+for SDPA: how much of a short call's time a graph gives back.
+
     python3 bench/gpu_host.py [--rounds 5] [--calls 2000] [--markdown out.md] [--profile prof.txt]
 """
 import argparse
@@ -97,6 +102,55 @@ def ways(name, b, sq, skv, h, d):
     }
 
 
+def wall_us(fn, per_call, calls):
+    """Mean wall time of one call in µs, host and GPU: fn (per_call calls) repeated back to back
+    for about `calls` calls, synchronised before and after."""
+    repeats = max(1, calls // per_call)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / (repeats * per_call) * 1e6
+
+
+def graphed(fn):
+    """A CUDA graph of DRAIN calls of fn (warmed up on a side stream first, as torch's recipe asks),
+    and its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(DRAIN):
+            fn()
+    return graph.replay
+
+
+def wall_ways(name, b, sq, skv, h, d):
+    """{way: (fn, calls fn makes)}: eager calls and replays of a graph of DRAIN calls."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, sq, h, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(b, skv, h, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    out = torch.empty_like(q)
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+
+    def attend_call():
+        attend.attention(q, k, v, out=out, backend="flash_cuda")
+
+    def sdpa_call():
+        F.scaled_dot_product_attention(qt, kt, vt)
+
+    return {
+        "attend.attention(out=), eager": (attend_call, 1),
+        f"attend.attention(out=), CUDA graph of {DRAIN} calls": (graphed(attend_call), DRAIN),
+        "torch SDPA default, eager": (sdpa_call, 1),
+        f"torch SDPA default, CUDA graph of {DRAIN} calls": (graphed(sdpa_call), DRAIN),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -135,6 +189,17 @@ def main():
             pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
             with open(a.profile, "w") as f:
                 f.write(text.getvalue())
+    lines += ["", f"End to end (host and GPU), µs per call, median of {a.rounds} rounds of {a.calls} calls:", "",
+              "| shape | way | µs per call |", "|---|---|---|"]
+    for shape in SHAPES:
+        fns = wall_ways(*shape)
+        times = {w: [] for w in fns}
+        for _ in range(a.rounds):
+            for w, (fn, per_call) in fns.items():
+                times[w].append(wall_us(fn, per_call, a.calls))
+        for w in fns:
+            lines.append(f"| {shape[0]} | {w} | {statistics.median(times[w]):.1f} |")
+            print(lines[-1], flush=True)
     if a.markdown:
         with open(a.markdown, "w") as f:
             f.write("\n".join(lines) + "\n")

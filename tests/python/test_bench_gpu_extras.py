@@ -6,6 +6,7 @@ TFLOP/s, and that errors become table cells instead of aborting the run."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import types
@@ -207,13 +208,34 @@ def test_child_runs_print_one_json_line(monkeypatch, tmp_path, capsys):
 def test_host_times_every_way_with_drained_queues(monkeypatch, tmp_path):
     """bench/gpu_host.py: every way of every shape timed in each round (interleaved), the queued
     GPU work drained after each batch of DRAIN calls (outside the timed spans), one table row per
-    (shape, way), and the cProfile file written. Every stand-in call appends to `calls` once."""
+    (shape, way), and the cProfile file written; then the end-to-end table: eager calls and replays
+    of graphs that each captured DRAIN calls, every way in each round. Every stand-in call appends
+    to `calls` once."""
     calls = []
     mods = _modules(calls)
     torch = mods["torch"]
     drains = []
     torch.cuda.synchronize = lambda: drains.append(len(calls))
-    torch.cuda.current_stream = lambda device=None: calls.append(("stream", None))
+
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
+    captures = []
+
+    class CUDAGraph:
+        def replay(self):
+            calls.append(("replay", None))
+
+    @contextlib.contextmanager
+    def graph(g):
+        start = len(calls)
+        yield
+        captures.append(len(calls) - start)
+
+    torch.cuda.Stream, torch.cuda.CUDAGraph, torch.cuda.graph = Stream, CUDAGraph, graph
+    torch.cuda.stream = lambda stream: contextlib.nullcontext()
+    torch.cuda.current_stream = lambda device=None: calls.append(("stream", None)) or Stream()
     torch.empty_like = lambda x: calls.append(("empty_like", None)) or _Array(*x.shape)
     torch.Generator = type("Generator", (), {"__init__": lambda self, device=None: None,
                                              "manual_seed": lambda self, _: self})
@@ -244,13 +266,23 @@ def test_host_times_every_way_with_drained_queues(monkeypatch, tmp_path):
     gpu_host.main()
     ways = list(gpu_host.ways(*gpu_host.SHAPES[0]))
     shapes = [s[0] for s in gpu_host.SHAPES]
-    rows = [line.split(" | ") for line in md.read_text().splitlines() if line.startswith("| ") and "---" not in line][1:]
-    assert [(r[0].lstrip("| "), r[1]) for r in rows] == [(s, w) for s in shapes for w in ways]
-    assert all(float(r[2].rstrip(" |")) >= 0 for r in rows)
-    # Each way: DRAIN warm-up calls, then --calls calls in each round, per shape.
+    host_table, wall_table = md.read_text().split("End to end")
+
+    def rows(table):
+        return [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+
+    assert [(r[0].lstrip("| "), r[1]) for r in rows(host_table)] == [(s, w) for s in shapes for w in ways]
+    assert all(float(r[2].rstrip(" |")) >= 0 for r in rows(host_table) + rows(wall_table))
+    # Each way: DRAIN warm-up calls, then --calls calls in each round, per shape. SDPA default
+    # also runs in the end-to-end table: --calls eager calls per round, and per shape one warm-up
+    # and DRAIN captured calls for its graph, which each round replays --calls / DRAIN times.
     per_way = len(shapes) * (gpu_host.DRAIN + rounds * n)
     assert calls.count(("torch_flash", False)) == per_way
-    assert calls.count(("default", False)) == per_way
+    assert calls.count(("default", False)) == per_way + len(shapes) * (rounds * n + 1 + gpu_host.DRAIN)
+    assert captures == [gpu_host.DRAIN] * (2 * len(shapes))  # attend's graph and SDPA's, per shape
+    assert calls.count(("replay", None)) == 2 * len(shapes) * rounds * (n // gpu_host.DRAIN)
+    wall_ways = list(gpu_host.wall_ways(*gpu_host.SHAPES[0]))  # (after the counts: it captures graphs too)
+    assert [(r[0].lstrip("| "), r[1]) for r in rows(wall_table)] == [(s, w) for s in shapes for w in wall_ways]
     assert calls.count(("describe", "q")) == per_way
     assert calls.count(("flash_cuda", "op")) == per_way
     # The timed calls come in batches of exactly DRAIN between two drains.
