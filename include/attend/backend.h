@@ -58,7 +58,8 @@ class memory_resource {
   // CUDA graph capture (Note [Workspace under capture]). Whether work queued on `stream` is being
   // recorded into a graph rather than run (throws attend::runtime_error when the stream cannot be
   // asked); and memory allocated and freed in the order of `stream`, which a capturing stream
-  // records as nodes of its graph, so the graph owns it. Memory that has no streams never captures.
+  // records as nodes of its graph, so the graph owns it. Memory that has no streams never captures;
+  // a GPU memory of a third party's must override all three for its captured calls to be safe.
   virtual bool capturing(void* stream) {
     (void)stream;
     return false;

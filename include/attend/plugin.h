@@ -96,7 +96,10 @@ typedef struct attend_problem_v1 {
 typedef struct attend_run_v1 {
   void* maybe_cuda_stream;    /* cudaStream_t on cuda */
   int32_t num_threads;        /* cpu: 0 = the OpenMP default */
-  void* workspace;            /* workspace_bytes() bytes, 64-byte aligned (NULL when 0) */
+  void* workspace;            /* workspace_bytes() bytes, 64-byte aligned (NULL when 0); valid
+                                 for work queued on maybe_cuda_stream before run returns (while
+                                 the stream captures a CUDA graph, it is freed in stream order
+                                 right after: Note [Workspace under capture]) */
   size_t workspace_bytes;
   const attend_forward_v1* maybe_forward; /* NULL: no forward context */
 } attend_run_v1;

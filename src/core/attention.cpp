@@ -33,7 +33,12 @@ namespace {
 // the backend's work (cudaFreeAsync): the capture records both as nodes of the graph, which then
 // owns the memory for as long as it exists, per replay. A caller's maybe_workspace is used as
 // given, its lifetime the caller's to keep. Timing candidates ("measure") cannot run while
-// capturing (it synchronizes the device); it is refused with a reason.
+// capturing (it synchronizes the device); it is refused with a reason. Only memory that answers
+// capturing() does this: the built-in CUDA memory does; host memory never captures; a third
+// party's GPU memory_resource must override the three members for its captured calls to get it
+// (the defaults say "not capturing", the cache's behaviour before this Note). A backend must
+// queue its work on the call's stream, in order, before run() returns: under capture the
+// workspace is freed in that order right after.
 inline constexpr std::size_t k_cached_workspaces = 8;  // why: a few streams per thread is the
                                                        // common case; bounds memory when a caller
                                                        // makes a new stream per call
@@ -77,6 +82,38 @@ std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std
   return {static_cast<std::byte*>(slot->data), bytes};
 }
 
+// A workspace allocated in stream order while the stream captures (Note [Workspace under
+// capture]), freed in stream order when this goes out of scope: after the backend's run() has
+// queued its work, or when run() throws, so the capture stays balanced.
+class in_order_workspace {
+ public:
+  in_order_workspace() = default;
+  in_order_workspace(const in_order_workspace&) = delete;
+  in_order_workspace& operator=(const in_order_workspace&) = delete;
+  ~in_order_workspace() {
+    if (data_) memory_->deallocate_in_order(data_, stream_);
+  }
+  std::span<std::byte> allocate(memory_resource& memory, void* stream, std::size_t bytes) {
+    data_ = memory.allocate_in_order(bytes, stream);
+    memory_ = &memory;
+    stream_ = stream;
+    if (reinterpret_cast<std::uintptr_t>(data_) % 64 != 0)
+      throw runtime_error("workspace: stream-ordered memory is not 64-byte aligned");
+    return {static_cast<std::byte*>(data_), bytes};
+  }
+
+ private:
+  memory_resource* memory_ = nullptr;
+  void* data_ = nullptr;
+  void* stream_ = nullptr;
+};
+
+// Whether b's memory for p's device says `stream` captures a CUDA graph.
+bool captures(const backend& b, const problem& p, void* stream) {
+  memory_resource* memory = b.memory_for(p.device);
+  return memory != nullptr && memory->capturing(stream);
+}
+
 // Why 4096: more threads than any CPU has; per-thread workspaces scale with the count, so an
 // absurd value must be an error, not a terabyte allocation.
 constexpr int k_max_threads = 4096;
@@ -102,6 +139,7 @@ void run_on(const backend& b, const problem& p, const run_options& options) {
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
+  in_order_workspace graph_owned;  // declared before run(): freed after it, also when it throws
   if (bytes > 0) {
     if (options.maybe_workspace.size() >= bytes) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
@@ -111,21 +149,10 @@ void run_on(const backend& b, const problem& p, const run_options& options) {
       memory_resource* memory = b.memory_for(p.device);
       if (memory == nullptr)
         throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
-      if (memory->capturing(options.maybe_cuda_stream)) {
-        void* const owned = memory->allocate_in_order(bytes, options.maybe_cuda_stream);
-        struct release_in_order {  // also when run() throws: the capture must stay balanced
-          memory_resource& memory;
-          void* data;
-          void* stream;
-          ~release_in_order() { memory.deallocate_in_order(data, stream); }
-        } release{*memory, owned, options.maybe_cuda_stream};
-        if (reinterpret_cast<std::uintptr_t>(owned) % 64 != 0)
-          throw runtime_error("workspace: stream-ordered memory is not 64-byte aligned");
-        ctx.workspace = {static_cast<std::byte*>(owned), bytes};
-        b.run(p, ctx);
-        return;
-      }
-      ctx.workspace = thread_workspace(*memory, options.maybe_cuda_stream, bytes);
+      if (memory->capturing(options.maybe_cuda_stream))
+        ctx.workspace = graph_owned.allocate(*memory, options.maybe_cuda_stream, bytes);
+      else
+        ctx.workspace = thread_workspace(*memory, options.maybe_cuda_stream, bytes);
     }
   }
   b.run(p, ctx);
@@ -149,7 +176,7 @@ std::string attention(const attention_params& params, const run_options& options
     // cached: the failure may be transient (memory in use elsewhere).
     const auto found = r.candidates(p, options.select);
     for (const auto& b : found)  // Note [Workspace under capture]
-      if (memory_resource* memory = b->memory_for(p.device); memory && memory->capturing(options.maybe_cuda_stream))
+      if (captures(*b, p, options.maybe_cuda_stream))
         throw invalid_argument(
             "backend 'measure': cannot time the candidates while the stream captures a CUDA graph; make the "
             "same call once before capturing, and the capture reuses the measured choice");

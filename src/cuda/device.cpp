@@ -32,23 +32,35 @@ class cuda_memory final : public memory_resource {
     device_guard guard(index_);
     ATTEND_CUDA_CHECK(cudaDeviceSynchronize());
   }
-  // Note [Workspace under capture]. The guard picks the device whose legacy default stream a null
-  // stream means. On that stream the query fails while another stream captures in global mode (an
-  // implicit dependency), which is an error for the call that would queue work there anyway.
+  // Note [Workspace under capture]. The guards pick the device whose streams a null stream (the
+  // legacy default stream) and cudaStreamPerThread mean. A query of the legacy stream fails while
+  // a blocking stream of its device captures (an implicit dependency), which is an error for the
+  // call that would queue work there anyway. Errors are cleared from the runtime's last error, so
+  // a later launch check does not report them as its own.
   bool capturing(void* stream) override {
     device_guard guard(index_);
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    ATTEND_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status));
+    if (const cudaError_t e = cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status); e != cudaSuccess) {
+      static_cast<void>(cudaGetLastError());
+      throw_cuda_error(e, "cudaStreamIsCapturing", __FILE__, __LINE__);
+    }
     return status != cudaStreamCaptureStatusNone;  // active, or invalidated (the capture fails at its end)
   }
   void* allocate_in_order(std::size_t bytes, void* stream) override {
     device_guard guard(index_);
     void* p = nullptr;
-    ATTEND_CUDA_CHECK(cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)));
+    if (const cudaError_t e = cudaMallocAsync(&p, bytes, static_cast<cudaStream_t>(stream)); e != cudaSuccess) {
+      static_cast<void>(cudaGetLastError());
+      throw_cuda_error(e, "cudaMallocAsync", __FILE__, __LINE__);
+    }
     return p;
   }
   void deallocate_in_order(void* p, void* stream) noexcept override {
-    static_cast<void>(cudaFreeAsync(p, static_cast<cudaStream_t>(stream)));
+    int previous = -1;  // device_guard throws; this may not
+    if (cudaGetDevice(&previous) != cudaSuccess) previous = -1;
+    const bool switched = previous != index_ && cudaSetDevice(index_) == cudaSuccess;
+    if (cudaFreeAsync(p, static_cast<cudaStream_t>(stream)) != cudaSuccess) static_cast<void>(cudaGetLastError());
+    if (switched && previous >= 0) static_cast<void>(cudaSetDevice(previous));
   }
 
  private:

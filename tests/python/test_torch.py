@@ -184,9 +184,10 @@ def test_cuda_graph_capture(backend, with_out):
     assert_close(got, want, "bfloat16")
 
 
-def test_cuda_graphs_under_torch_compile():
+def test_cuda_graphs_under_torch_compile(monkeypatch):
     """torch.compile's CUDA graphs (the "cudagraphs" backend: what mode="reduce-overhead" uses,
-    without Inductor's code generation) capture the op and replay it correctly after churn."""
+    without Inductor's code generation) capture the op and replay it correctly after churn; the
+    replays do not call into attend (so they are replays, not eager calls)."""
     if not CUDA:
         pytest.skip(NO_CUDA)
     if not cuda_backends():
@@ -195,6 +196,21 @@ def test_cuda_graphs_under_torch_compile():
         pytest.skip("torch.library.custom_op is not available")
     from torch._dynamo.utils import counters
 
+    from attend import _api
+
+    class Counting:  # the extension module, counting its attention calls
+        def __init__(self, module):
+            self.module, self.calls = module, 0
+
+        def __getattr__(self, name):
+            return getattr(self.module, name)
+
+        def attention(self, *args, **kwargs):
+            self.calls += 1
+            return self.module.attention(*args, **kwargs)
+
+    counting = Counting(_api._attend)
+    monkeypatch.setattr(_api, "_attend", counting)
     q, k, v = inputs("cuda", torch.float16, shape=(2, 300, 8, 64), seed=4)
     want = ref_of(q * 2, k, v, causal=True)[0]
     counters.clear()
@@ -202,10 +218,15 @@ def test_cuda_graphs_under_torch_compile():
         compiled = torch.compile(lambda q, k, v: attend.torch.attention(q * 2, k, v, causal=True), backend="cudagraphs")
         for _ in range(3):  # the first runs record; later ones replay
             got = compiled(q, k, v)
+        assert counting.calls >= 1
         _churn_workspaces()
-        got = compiled(q, k, v).clone()
+        churned = counting.calls
+        for _ in range(3):
+            got = compiled(q, k, v).clone()
+        replays_called_attend = counting.calls - churned
     torch.cuda.synchronize()
     assert not counters["inductor"]["cudagraph_skips"], dict(counters["inductor"])
+    assert replays_called_attend < 3, "the compiled calls ran eagerly, not from a CUDA graph"
     assert_close(got, want, "float16")
 
 
