@@ -27,9 +27,11 @@ class narrow final : public test::cpu_backend {
     return registry::global().find("unfused_cpu")->workspace_bytes(p, t);
   }
   mutable int runs = 0;
+  mutable int checks = 0;  // supports() calls (each runs check_limits)
 
  protected:
   bool check_limits(const problem& p, diagnostics& d) const override {
+    ++checks;
     if (p.seqlen_kv > 4096) d.reject("seqlen_kv must be <= 4096; got " + std::to_string(p.seqlen_kv));
     return d.ok();
   }
@@ -76,6 +78,23 @@ TEST(Selection, TableOfCalls) {
   EXPECT_EQ(attention(odd.params, f.opts()), "unfused_cpu");
   test::dense_call longer(1, 4, 5000, 1, 1, 8, 8);  // backend's own limit
   EXPECT_EQ(attention(longer.params, f.opts()), "unfused_cpu");
+}
+
+// attention() asks the chosen backend's supports() once: select() asked it, and the run does not
+// ask again; run_on, which anyone may call with any backend, asks it itself.
+TEST(Selection, AttentionAsksSupportsOnce) {
+  fixture f;
+  test::dense_call c(1, 5, 5, 2, 2, 16, 16, test::test_seed());
+  for (const char* name : {"fast_f32", "auto"}) {
+    f.fast->checks = 0;
+    EXPECT_EQ(attention(c.params, f.opts(name)), "fast_f32");
+    EXPECT_EQ(f.fast->checks, 1) << name;
+  }
+  f.fast->checks = 0;
+  run_on(*f.fast, make_problem(c.params), f.opts());
+  EXPECT_EQ(f.fast->checks, 1);
+  c.params.softcap = 3.0;  // a feature fast_f32 lacks: run_on refuses it
+  EXPECT_THROW(run_on(*f.fast, make_problem(c.params), f.opts()), unsupported);
 }
 
 TEST(Selection, ByNameAllowDeny) {

@@ -118,19 +118,20 @@ bool captures(const backend& b, const problem& p, void* stream) {
 // absurd value must be an error, not a terabyte allocation.
 constexpr int k_max_threads = 4096;
 
-}  // namespace
-
-void run_on(const backend& b, const problem& p, const run_options& options) {
+void check_run_options(const run_options& options) {
   if (options.num_threads < 0 || options.num_threads > k_max_threads)
     throw invalid_argument("num_threads: must be between 0 (the default) and " + std::to_string(k_max_threads) +
                            "; got " + std::to_string(options.num_threads));
   if (options.maybe_workspace.data() == nullptr && !options.maybe_workspace.empty())
     throw invalid_argument("workspace: data is null but its size is " + std::to_string(options.maybe_workspace.size()) +
                            " bytes");
-  diagnostics d;
-  if (!b.supports(p, &d))
-    throw unsupported("backend '" + std::string(b.name()) + "' does not support this call:",
-                      {{std::string(b.name()), d.joined()}});
+}
+
+// run_on for a backend whose supports() has accepted p, with options check_run_options accepted:
+// attention() runs what registry::select or candidates() returned, both of which asked supports()
+// (asking again cost flash_cuda 0.1 µs of the host's time and cudnn a lock and a graph-cache
+// lookup per call).
+void run_supported(const backend& b, const problem& p, const run_options& options) {
   // Nothing to write (no output or LSE elements: no query heads, rows or value dims): the call is
   // complete, and backends need not handle the degenerate sizes.
   if (p.params.out.numel() == 0 && (p.params.maybe_lse.empty() || p.params.maybe_lse.numel() == 0)) return;
@@ -158,10 +159,22 @@ void run_on(const backend& b, const problem& p, const run_options& options) {
   b.run(p, ctx);
 }
 
+}  // namespace
+
+void run_on(const backend& b, const problem& p, const run_options& options) {
+  check_run_options(options);
+  diagnostics d;
+  if (!b.supports(p, &d))
+    throw unsupported("backend '" + std::string(b.name()) + "' does not support this call:",
+                      {{std::string(b.name()), d.joined()}});
+  run_supported(b, p, options);
+}
+
 std::string attention(const attention_params& params, const run_options& options) {
   const problem p = make_problem(params);
   registry& r = options.maybe_registry ? *options.maybe_registry : registry::global();
-  const auto chosen = r.select(p, options.select);
+  const auto chosen = r.select(p, options.select);  // asked supports(): run_supported below
+  check_run_options(options);
   const bool measure = chosen && [&] {
     const char* env = options.select.honour_environment ? std::getenv("ATTEND_BACKEND") : nullptr;
     const std::string name = env && *env ? env : options.select.name;
@@ -187,11 +200,11 @@ std::string attention(const attention_params& params, const run_options& options
       memory_resource* memory = b->memory_for(p.device);
       double fastest = 1e300;
       try {
-        run_on(*b, p, options);
+        run_supported(*b, p, options);
         for (int rep = 0; rep < 3; ++rep) {
           if (memory) memory->synchronize();
           const auto t0 = std::chrono::steady_clock::now();
-          run_on(*b, p, options);
+          run_supported(*b, p, options);
           if (memory) memory->synchronize();
           fastest = std::min(fastest, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
@@ -207,10 +220,10 @@ std::string attention(const attention_params& params, const run_options& options
     if (best.empty()) std::rethrow_exception(failure);
     if (!failure) r.remember_measured(registry::measure_key(p, options.select), best);
     const auto winner = r.find(best);
-    run_on(*winner, p, options);
+    run_supported(*winner, p, options);
     return best;
   }
-  run_on(*chosen, p, options);
+  run_supported(*chosen, p, options);
   return std::string(chosen->name());
 }
 
