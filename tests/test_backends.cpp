@@ -289,24 +289,26 @@ TEST(Grid, CoversTheAwkwardSizes) {
 
 // Note [Workspace cache]: without a caller workspace, calls on one (thread, stream) reuse one
 // buffer; calls on another stream get their own, because GPU kernels still use it after run().
+// Host memory that counts what the workspace cache asks of it: the buffers alive and allocated,
+// and synchronisations.
+class counting_memory : public memory_resource {
+ public:
+  void* allocate(std::size_t bytes) override {
+    ++live, ++allocations;
+    return host_memory().allocate(bytes);
+  }
+  void deallocate(void* p) noexcept override {
+    --live;
+    host_memory().deallocate(p);
+  }
+  void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) override {
+    host_memory().copy(dst, src, bytes, dir);
+  }
+  void synchronize() override { ++synchronized; }
+  int live = 0, allocations = 0, synchronized = 0;
+};
+
 TEST(Workspace, CachedPerThreadAndStream) {
-  // Host memory that counts the buffers alive, so the cache's bound is observed.
-  class counting_memory final : public memory_resource {
-   public:
-    void* allocate(std::size_t bytes) override {
-      ++live;
-      return host_memory().allocate(bytes);
-    }
-    void deallocate(void* p) noexcept override {
-      --live;
-      host_memory().deallocate(p);
-    }
-    void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) override {
-      host_memory().copy(dst, src, bytes, dir);
-    }
-    void synchronize() override {}
-    int live = 0;
-  };
   static counting_memory memory;  // outlives the thread's workspace cache, which frees into it
   class records_workspace final : public test::cpu_backend {
    public:
@@ -359,17 +361,8 @@ TEST(Workspace, CachedPerThreadAndStream) {
 // also when the run throws, and never the cache's; a caller's workspace is used as given; and
 // "measure" is refused before anything runs. The memory here is a stand-in for a CUDA device's.
 TEST(Workspace, UnderCaptureAllocatedInStreamOrder) {
-  class capture_memory final : public memory_resource {
+  class capture_memory final : public counting_memory {
    public:
-    void* allocate(std::size_t bytes) override {
-      ++cached;
-      return host_memory().allocate(bytes);
-    }
-    void deallocate(void* p) noexcept override { host_memory().deallocate(p); }
-    void copy(void* dst, const void* src, std::size_t bytes, copy_direction dir) override {
-      host_memory().copy(dst, src, bytes, dir);
-    }
-    void synchronize() override { ++synchronized; }
     bool capturing(void* stream) override { return stream == capturing_stream; }
     void* allocate_in_order(std::size_t bytes, void* stream) override {
       EXPECT_EQ(stream, capturing_stream);
@@ -387,7 +380,7 @@ TEST(Workspace, UnderCaptureAllocatedInStreamOrder) {
     }
     void* capturing_stream = nullptr;
     void* last_in_order = nullptr;
-    int cached = 0, in_order = 0, in_order_allocations = 0, synchronized = 0;
+    int in_order = 0, in_order_allocations = 0;
     bool run_finished = false, freed_after_run = false;
   };
   static capture_memory memory;  // outlives the thread's workspace cache, which frees into it
@@ -419,7 +412,7 @@ TEST(Workspace, UnderCaptureAllocatedInStreamOrder) {
   EXPECT_EQ(b.last, memory.last_in_order);
   EXPECT_EQ(memory.in_order, 0) << "freed in stream order";
   EXPECT_TRUE(memory.freed_after_run) << "freed only after the backend's run";
-  EXPECT_EQ(memory.cached, 0) << "the cache was not touched";
+  EXPECT_EQ(memory.allocations, 0) << "the cache was not touched";
   b.fail = true;
   EXPECT_THROW(run_on(b, p, o), runtime_error);
   EXPECT_EQ(memory.in_order, 0) << "freed when the run throws";
@@ -434,7 +427,7 @@ TEST(Workspace, UnderCaptureAllocatedInStreamOrder) {
   o.maybe_cuda_stream = &plain_stream;
   const int allocations = memory.in_order_allocations;
   run_on(b, p, o);
-  EXPECT_EQ(memory.cached, 1);
+  EXPECT_EQ(memory.allocations, 1);
   EXPECT_EQ(memory.in_order_allocations, allocations);
   // "measure" times candidates (synchronizing the device), which a capture cannot hold.
   registry r;

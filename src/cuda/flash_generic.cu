@@ -108,14 +108,16 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
     nan = nan || isnan(x);
     lmax = fmaxf(lmax, x);
   }
+  auto weight = [&](int s) {  // relative to the largest split's (Note [Split clamped rows])
+    return expf(p.maybe_partial_lse[s * split_rows + row] - lmax + p.maybe_partial_lse_low[s * split_rows + row]);
+  };
   float total_lse, sum = 0.0f;
   if (nan) {
     total_lse = __int_as_float(0x7fc00000);
   } else if (lmax == k_neg_inf) {
     total_lse = k_neg_inf;
   } else {
-    for (int s = 0; s < p.num_splits; ++s)
-      sum += expf(p.maybe_partial_lse[s * split_rows + row] - lmax + p.maybe_partial_lse_low[s * split_rows + row]);
+    for (int s = 0; s < p.num_splits; ++s) sum += weight(s);
     total_lse = lmax + logf(sum);
   }
   T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + i) * p.out_stride[1] + h * p.out_stride[2];
@@ -125,8 +127,7 @@ __global__ void __launch_bounds__(k_rows_per_block * 32) flash_combine_kernel(co
       acc = total_lse;
     } else if (total_lse != k_neg_inf) {
       for (int s = 0; s < p.num_splits; ++s) {
-        const float w =
-            expf(p.maybe_partial_lse[s * split_rows + row] - lmax + p.maybe_partial_lse_low[s * split_rows + row]);
+        const float w = weight(s);
         if (w != 0.0f) acc = fmaf(w, p.maybe_partial_out[(s * split_rows + row) * p.head_dim_v + d], acc);
       }
       acc /= sum;
