@@ -767,6 +767,40 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   check_cases("flash_cuda", v, true);
 }
 
+// Split-KV on the mma.sync kernel's plain score path (Note [Split KV], src/cuda/flash_backend.cpp):
+// decode and a few query rows at head dims of both its widths up to 128, with GQA, head_dim_v !=
+// head_dim_qk, padded head dims, strided views (loads without cp.async), varlen, both causal
+// alignments and a window, splits whose key ranges are a tile or two or empty (a 41-key window over
+// 5000 keys, top-left causal rows that see a few keys), a warp's second row block with and without
+// rows (Sq = 5, 17, 40). Each case is checked to plan the split kernel, and against the reference.
+TEST(cuda, flash_cuda_split_kv_plain) {
+  ATTEND_REQUIRE_GPU();
+  std::vector<case_spec> v;
+  const std::uint64_t seed = fresh_seed();
+  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
+    case_spec c = typed_case("split-kv-" + name, t, d, seed * 7919u + v.size());
+    edit(c);
+    v.push_back(std::move(c));
+  };
+  add("d128-decode-gqa", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 8; c.heads_kv = 2; });
+  add("d64-decode", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 2049; c.heads_q = 4; c.heads_kv = 4; });
+  add("d128-dv64-rows17", dtype::f16, 128, [](case_spec& c) { c.head_dim_v = 64; c.seqlen_q = 17; c.seqlen_kv = 1500; c.heads_q = 2; });
+  add("d80-rows5-causal-br", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 5; c.seqlen_kv = 2500; c.heads_q = 4; c.heads_kv = 1; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d128-window-decode", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 5000; c.heads_q = 2; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 40; });
+  add("d64-strided-rows2", dtype::bf16, 64, [](case_spec& c) { c.strided = true; c.seqlen_q = 2; c.seqlen_kv = 1100; c.heads_q = 3; c.heads_kv = 1; });
+  add("d128-varlen", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {1, 2, 0}; c.varlen_kv = {3000, 40, 700}; c.heads_q = 4; c.heads_kv = 2; });
+  add("d64-rows40-window", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 40; c.seqlen_kv = 1300; c.heads_q = 2; c.window_left = 100; c.window_right = 20; });
+  add("d128-rows3-causal-top-left", dtype::bf16, 128, [](case_spec& c) { c.seqlen_q = 3; c.seqlen_kv = 4000; c.heads_q = 2; c.heads_kv = 2; c.causal = true; });
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  for (const case_spec& spec : v) {
+    const gpu_plan plan = planned(spec);
+    EXPECT_EQ(plan.kernel, "tc-split") << spec.name;
+    EXPECT_EQ(plan.tc_mode, "plain") << spec.name;
+  }
+#endif
+  check_cases("flash_cuda", v, true);
+}
+
 // The Hopper kernel scales scores inside the exponent after the row maximum, which needs
 // scale * log2(e) positive and normal in float (sm90_kernel_for): zero, negative and tiny scales
 // (1e-50 is 0 as a float) must still be right, on the mma.sync kernel, while the same shape with
