@@ -356,6 +356,41 @@ TEST(Workspace, CachedPerThreadAndStream) {
   EXPECT_NE(from_another_thread, a1);
 }
 
+// A workspace no host can hold (a plugin returning (size_t)-1 from workspace_bytes, say) is a typed
+// error, and the thread's cached workspace stays usable: near SIZE_MAX the aligned new's rounding
+// used to wrap to a small block, which the cache then took for a huge one (a heap overflow on the
+// next call; ASan reports it).
+TEST(Workspace, AbsurdSizeIsAnErrorAndTheCacheSurvives) {
+  for (const std::size_t bytes : {std::numeric_limits<std::size_t>::max(), std::numeric_limits<std::size_t>::max() - 62,
+                                  static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) + 1}) {
+    EXPECT_THROW(host_memory().allocate(bytes), runtime_error) << bytes;
+  }
+  class asks_too_much final : public test::cpu_backend {
+   public:
+    asks_too_much() : cpu_backend("asks_too_much") {}
+    std::size_t workspace_bytes(const problem&, int) const override { return std::numeric_limits<std::size_t>::max(); }
+    void run(const problem&, const run_context&) const override { ADD_FAILURE() << "ran without its workspace"; }
+  };
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 5;
+  spec.seed = test::test_seed();
+  testing::case_data small(spec);
+  EXPECT_THROW(run_on(asks_too_much{}, make_problem(small.params())), runtime_error);
+  // The next call on this thread and stream (the same cache slot) gets a workspace of its own size.
+  testing::case_spec big_spec = spec;
+  big_spec.seqlen_q = big_spec.seqlen_kv = 700;
+  big_spec.heads_q = big_spec.heads_kv = 2;
+  big_spec.head_dim_qk = big_spec.head_dim_v = 64;
+  testing::case_data big(big_spec);
+  const auto flash = registry::global().find("flash_cpu");
+  ASSERT_NE(flash, nullptr);
+  ASSERT_GT(flash->workspace_bytes(make_problem(big.params()), 1), 4096u);
+  testing::poison_outputs(big.params());
+  run_on(*flash, make_problem(big.params()));
+  const testing::comparison c = testing::compare_outputs(big);
+  EXPECT_TRUE(c.ok) << c.detail;
+}
+
 // Note [Workspace under capture]: while the memory says the stream captures, a call without a
 // caller workspace gets one allocated in stream order and freed in stream order after the run,
 // also when the run throws, and never the cache's; a caller's workspace is used as given; and

@@ -2,6 +2,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 
 #include "attend/backend.h"
@@ -58,6 +59,11 @@ void check_features(const backend_traits& t, const problem& p, diagnostics& d) {
 class host_memory_resource final : public memory_resource {
  public:
   void* allocate(std::size_t bytes) override {
+    // Past PTRDIFF_MAX no object can exist, and near SIZE_MAX the aligned new's rounding up to the
+    // alignment wraps (libstdc++), returning a small block for a huge request: refused here, so a
+    // plugin's workspace_bytes of (size_t)-1 is an error, not a heap overflow.
+    if (bytes > static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()))
+      throw runtime_error("host allocation of " + std::to_string(bytes) + " bytes refused: larger than any object");
     void* p = ::operator new(bytes == 0 ? 1 : bytes, std::align_val_t{64}, std::nothrow);
     if (p == nullptr) throw runtime_error("host allocation of " + std::to_string(bytes) + " bytes failed");
     return p;
