@@ -282,17 +282,37 @@ def _window(window: Optional[Tuple[Optional[int], Optional[int]]]) -> Tuple[int,
     return _bound(window[0], "left"), _bound(window[1], "right")
 
 
-def _selection(backend: str) -> _Scoped:
+def _backend_name(backend: str) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend: must be a str (a backend name, 'auto' or 'measure'); got {backend!r}")
     if not backend:
         raise ValueError("backend: the name is empty; give a backend name, 'auto' or 'measure'")
-    _text(backend, "backend:")
+    return _text(backend, "backend:")
+
+
+def _selection(backend: str) -> _Scoped:
+    _backend_name(backend)
     if backend == "auto":
         scoped = _backend_var.get()
         if scoped is not None:
             return scoped
     return backend, ()
+
+
+def _check_options(layout: str, scale: Optional[float], causal_align: str, softcap: float) -> None:
+    """TypeError (or ValueError, for text that is not text) naming the option that has the wrong
+    type; the values themselves are checked by attend."""
+    if not isinstance(layout, str):
+        raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
+    if type(causal_align) is not str or causal_align not in ("top_left", "bottom_right"):
+        if not isinstance(causal_align, str):
+            raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
+        _text(causal_align, "causal_align:")
+    # type() first: isinstance against the numbers ABCs costs about 0.3 µs a call.
+    if scale is not None and type(scale) is not float and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
+        raise TypeError(f"scale: must be a real number or None; got {scale!r}")
+    if type(softcap) is not float and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)):
+        raise TypeError(f"softcap: must be a real number (0 disables it); got {softcap!r}")
 
 
 def _prepare(
@@ -363,17 +383,7 @@ def _prepare(
                                      "out= arguments refuse such tensors too); pass one that does not, or call under "
                                      "torch.no_grad()")
     q, k, v, out, mask, cu_seqlens_q, cu_seqlens_k = arrays
-    if not isinstance(layout, str):
-        raise TypeError(f"layout: must be 'bshd' or 'bhsd'; got {layout!r}")
-    if type(causal_align) is not str or causal_align not in ("top_left", "bottom_right"):
-        if not isinstance(causal_align, str):
-            raise TypeError(f"causal_align: must be 'top_left' or 'bottom_right'; got {causal_align!r}")
-        _text(causal_align, "causal_align:")
-    # type() first: isinstance against the numbers ABCs costs about 0.3 µs a call.
-    if scale is not None and type(scale) is not float and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise TypeError(f"scale: must be a real number or None; got {scale!r}")
-    if type(softcap) is not float and (isinstance(softcap, bool) or not isinstance(softcap, numbers.Real)):
-        raise TypeError(f"softcap: must be a real number (0 disables it); got {softcap!r}")
+    _check_options(layout, scale, causal_align, softcap)
     name, allow = _selection(backend)
     window_left, window_right = _window(window)
     varlen = cu_seqlens_q is not None or cu_seqlens_k is not None

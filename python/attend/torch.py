@@ -11,6 +11,7 @@ On torch without ``torch.library.custom_op`` (< 2.4) the function is a plain eag
 """
 
 # No `from __future__ import annotations`: torch.library reads these annotations as types.
+import numbers
 from typing import Any, Optional, Tuple
 
 import torch
@@ -18,6 +19,8 @@ import torch
 from . import _api
 
 __all__ = ["attention", "HAS_CUSTOM_OP"]
+
+_SYM_INT: Any = getattr(torch, "SymInt", ())
 
 #: True when ``attend::attention`` is registered with torch.library.
 HAS_CUSTOM_OP: bool = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
@@ -57,8 +60,8 @@ def _run(
         return_lse=return_lse,
         cu_seqlens_q=cu_seqlens_q,
         cu_seqlens_k=cu_seqlens_k,
-        max_seqlen_q=max_seqlen_q if max_seqlen_q > 0 else None,
-        max_seqlen_k=max_seqlen_k if max_seqlen_k > 0 else None,
+        max_seqlen_q=max_seqlen_q if max_seqlen_q >= 0 else None,
+        max_seqlen_k=max_seqlen_k if max_seqlen_k >= 0 else None,
     )
     if return_lse:
         return result[0], result[1]
@@ -99,6 +102,19 @@ else:  # pragma: no cover - old torch
     _op = _run
 
 
+def _max_seqlen(given: Optional[int], name: str) -> int:
+    """The op's encoding of max_seqlen: -1 for None (not given), else the checked value."""
+    if given is None:
+        return -1
+    if isinstance(given, _SYM_INT):  # a symbolic size under torch.compile: the op checks it when it runs
+        return given  # type: ignore[return-value]
+    if isinstance(given, bool) or not isinstance(given, numbers.Integral):
+        raise TypeError(f"{name}: must be an int or None; got {given!r}")
+    if given < 0:
+        raise ValueError(f"{name}: must be non-negative; got {given}")
+    return _api._int64(given, name + ":")
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -124,6 +140,16 @@ def attention(
     freshly allocated (no ``out=``). The backend is resolved when the op runs, so
     ``attend.use_backend`` and ``attend.forward_context`` scopes apply to compiled code too.
     """
+    # The op's schema would turn a wrong type into torch's RuntimeError, and float()/int() would turn
+    # True, "0.5" or 5.9 into numbers: each argument is checked here first, as attend.attention does.
+    for x, what in ((q, "q"), (k, "k"), (v, "v")):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what}: attend.torch.attention takes torch tensors; got {type(x).__name__}")
+    for x, what in ((mask, "mask"), (cu_seqlens_q, "cu_seqlens_q"), (cu_seqlens_k, "cu_seqlens_k")):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what}: must be a torch tensor or None; got {type(x).__name__}")
+    _api._backend_name(backend)
+    _api._check_options(layout, scale, causal_align, softcap)
     window_left, window_right = _api._window(window)
     out, lse = _op(
         q,
@@ -134,14 +160,14 @@ def attention(
         cu_seqlens_k,
         backend,
         layout,
-        None if scale is None else float(scale),
+        None if scale is None else _api._real(scale, "scale:"),
         _api._flag(causal, "causal"),
         causal_align,
         window_left,
         window_right,
-        float(softcap),
+        _api._real(softcap, "softcap:"),
         _api._flag(return_lse, "return_lse"),
-        0 if max_seqlen_q is None else int(max_seqlen_q),
-        0 if max_seqlen_k is None else int(max_seqlen_k),
+        _max_seqlen(max_seqlen_q, "max_seqlen_q"),
+        _max_seqlen(max_seqlen_k, "max_seqlen_k"),
     )
     return (out, lse) if return_lse else out

@@ -297,6 +297,54 @@ def test_attend_torch_attention_matches(device):
         attend.torch.attention(q, k, v, return_lse=1)
 
 
+def test_attend_torch_attention_checks_arguments_as_attention_does():
+    """Each wrong argument gets the TypeError/ValueError attend.attention gives, naming it: not
+    torch's RuntimeError from the op's schema, and not a silent float()/int() of True, "0.5" or 5.9."""
+    q, k, v = inputs("cpu", shape=(1, 5, 2, 16))
+    cu = torch.tensor([0, 2, 5], dtype=torch.int32)
+    packed = [x.reshape(5, 2, 16) for x in (q, k, v)]
+    cases = [
+        (dict(scale=True), TypeError, r"^scale: must be a real number"),
+        (dict(scale="0.25"), TypeError, r"^scale: must be a real number"),
+        (dict(scale=10**400), ValueError, r"^scale: does not fit a float"),
+        (dict(softcap=True), TypeError, r"^softcap: must be a real number"),
+        (dict(softcap="30"), TypeError, r"^softcap: must be a real number"),
+        (dict(softcap=None), TypeError, r"^softcap: must be a real number"),
+        (dict(layout=1), TypeError, r"^layout: must be 'bshd' or 'bhsd'"),
+        (dict(backend=None), TypeError, r"^backend: must be a str"),
+        (dict(backend=""), ValueError, r"^backend: the name is empty"),
+        (dict(causal_align=None), TypeError, r"^causal_align: must be"),
+    ]
+    for kwargs, error, message in cases:
+        for call in (attend.attention, attend.torch.attention):
+            with pytest.raises(error, match=message):
+                call(q, k, v, **kwargs)
+    bounds = [
+        (dict(max_seqlen_q=-7), ValueError, r"^max_seqlen_q(/k)?: must be non-negative"),
+        (dict(max_seqlen_q=5.9), TypeError, r"^max_seqlen_q: must be an int or None"),
+        (dict(max_seqlen_k="5"), TypeError, r"^max_seqlen_k: must be an int or None"),
+        (dict(max_seqlen_q=2**70), ValueError, r"^max_seqlen_q: does not fit in 64 bits"),
+    ]
+    for kwargs, error, message in bounds:
+        for call in (attend.attention, attend.torch.attention):
+            with pytest.raises(error, match=message):
+                call(*packed, cu_seqlens_q=cu, cu_seqlens_k=cu, **kwargs)
+    with pytest.raises(TypeError, match=r"^q: attend.torch.attention takes torch tensors; got list"):
+        attend.torch.attention([[1.0]], k, v)
+    # (attend.attention takes any arrays; the op, torch tensors only.)
+    with pytest.raises(TypeError, match=r"^mask: must be a torch tensor or None; got ndarray"):
+        attend.torch.attention(q, k, v, mask=np.ones((5, 5), dtype=bool))
+    with pytest.raises(TypeError, match=r"^cu_seqlens_q: must be a torch tensor or None; got list"):
+        attend.torch.attention(*packed, cu_seqlens_q=[0, 2, 5], cu_seqlens_k=cu)
+    # A bound on a call without cu_seqlens is refused by both, and a looser bound is taken by both.
+    for call in (attend.attention, attend.torch.attention):
+        with pytest.raises(ValueError, match="cu_seqlens"):
+            call(q, k, v, max_seqlen_q=3)
+        got = call(*packed, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=16, max_seqlen_k=16, backend="reference")
+        want = attend.attention(*packed, cu_seqlens_q=cu, cu_seqlens_k=cu, backend="reference")
+        assert torch.equal(got, want)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_traces_through(device):
     if not attend.torch.HAS_CUSTOM_OP:
