@@ -103,6 +103,18 @@ expect_exit(0 bench --seqlen 64 --heads 2 --head-dim 32 --dtype f32 --min-time 0
 expect_match("${last_out}" "GFLOP/s")
 expect_exit(0 check --quick --backend unfused_cpu --seed 7)
 expect_match("${last_out}" "[0-9]+ passed, 0 failed")
+# A check or demo whose backends skip every case checked nothing: it must not pass. (A CUDA
+# backend without a device skips every case; this file assumes no device, as `explain --device
+# cuda` above does.)
+expect_exit(0 list)
+if("${last_out}" MATCHES "flash_cuda")
+  expect_exit(1 check --quick --backend flash_cuda)
+  expect_match("${last_out}" "0 passed, 0 failed, [0-9]+ skipped\nnothing was checked")
+  expect_exit(1 demo --quick --backend flash_cuda)
+  expect_match("${last_out}" "nothing was checked")
+else()
+  message(STATUS "not run: the checks that skip every case need the CUDA backends built")
+endif()
 # Variable-length batches from the command line.
 expect_exit(0 explain --varlen 3,0,5 --varlen-kv 4,2,0 --causal --align bottom_right)
 expect_match("${last_out}" "features=causal, varlen, bottom_right alignment")

@@ -264,6 +264,10 @@ int run_check(const cli_options& o) {
   for (const auto& [reason, count] : skip_reasons)
     std::cout << "skip  " << reason << " (" << count << (count == 1 ? " case)\n" : " cases)\n");
   std::cout << passed << " passed, " << failed << " failed, " << skipped << " skipped\n";
+  if (passed + failed == 0) {  // a gate that checked nothing must not pass
+    std::cout << "nothing was checked: the chosen backends skipped every case (the reasons above)\n";
+    return 1;
+  }
   return failed == 0 ? 0 : 1;
 }
 
@@ -366,6 +370,7 @@ int run_demo(const cli_options& o) {
   };
   std::vector<row> rows;
   bool all_ok = true;
+  int checked = 0;
   for (testing::case_spec& spec : work) {
     spec.seed = seed + rows.size();
     bar.step("reference for " + spec.name);
@@ -393,6 +398,7 @@ int run_demo(const cli_options& o) {
           use = copy.get();
         }
         const testing::comparison c = testing::check_backend(*b, *use, o.threads);
+        ++checked;
         r.status = c.ok ? "ok" : "MISMATCH";
         r.error = sci(c.max_abs_error);
         all_ok = all_ok && c.ok;
@@ -421,8 +427,13 @@ int run_demo(const cli_options& o) {
     std::cout << std::setw(10) << r.status << std::setw(11) << r.error << std::right << std::setw(10) << r.ms
               << std::setw(10) << r.gflops << '\n';
   }
-  std::cout << "* FLOPs of the score pairs each row can see (a window or mask computes less than 4*B*H*Sq*Skv*D)\n"
-            << (all_ok ? "every backend matches the exact reference\n" : "MISMATCH: a backend disagrees with the reference\n");
+  std::cout << "* FLOPs of the score pairs each row can see (a window or mask computes less than 4*B*H*Sq*Skv*D)\n";
+  if (checked == 0) {  // every row skipped: nothing was compared
+    std::cout << "nothing was checked: the chosen backends skipped every workload (each row says why)\n";
+    return 1;
+  }
+  std::cout << (all_ok ? "every backend that ran matches the exact reference\n"
+                       : "MISMATCH: a backend disagrees with the reference\n");
   return all_ok ? 0 : 1;
 }
 

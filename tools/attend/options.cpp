@@ -171,10 +171,11 @@ std::string help_text() {
      << "  explain   which backend would run the call the flags describe, and why each other is rejected\n"
      << "            (exit 1 when none can)\n"
      << "  check     run every available backend against the exact reference over a grid of awkward cases\n"
-     << "            (exit 1 on any mismatch)\n"
+     << "            (exit 1 on any mismatch, or when the chosen backends skip every case)\n"
      << "  bench     time backends on the call the flags describe; GFLOP/s with FLOPs = 4*B*H*Sq*Skv*D,\n"
      << "            halved for causal (exit 1 when none could be timed)\n"
-     << "  demo      the main job: a diffusion-transformer-like workload, every backend checked and timed\n\n"
+     << "  demo      the main job: a diffusion-transformer-like workload, every backend checked and timed\n"
+     << "            (exit 1 on any mismatch, or when every backend skips every workload)\n\n"
      << "flags:\n";
   for (const flag_spec& f : flags()) {
     std::string lhs = std::string(f.name) + (f.value ? std::string(" ") + f.value : "");

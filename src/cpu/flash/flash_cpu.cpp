@@ -179,7 +179,8 @@ class flash_backend final : public backend {
   bool check_limits(const problem& p, diagnostics& diag) const override {
     constexpr std::int64_t k_max_keys = std::numeric_limits<std::int32_t>::max() - 2 * 64;
     if (p.seqlen_kv > k_max_keys)
-      diag.reject("sequence length (keys) must be below 2^31 (32-bit band bounds); got " + std::to_string(p.seqlen_kv));
+      diag.reject("sequence length (keys) must be at most 2^31 - 129 = " + std::to_string(k_max_keys) +
+                  " (32-bit band bounds, two 64-key tiles of room); got " + std::to_string(p.seqlen_kv));
     return diag.ok();
   }
 
