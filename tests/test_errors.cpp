@@ -344,14 +344,38 @@ TEST(Errors, VarlenBoundsAndOffsetAliasing) {
     attention(p);
     return c.out;
   }();
-  attention_params bucket = p;
-  bucket.max_seqlen_q = bucket.max_seqlen_kv = 16;
-  for (const char* name : {"reference", "flash_cpu", "unfused_cpu"}) {
-    run_options o;
-    o.select.name = name;
+  // Host offsets: the problem carries the real longest sequences whatever the bound, so no backend
+  // refuses a loose one or sizes its workspace by it (flash_cpu refused 2^31 - 1, unfused_cpu
+  // 2^20, and the reference asked for 34 GB of scores before).
+  for (const std::int64_t loose : {std::int64_t{16}, std::int64_t{1} << 20, std::int64_t{2147483647}}) {
+    attention_params bucket = p;
+    bucket.max_seqlen_q = bucket.max_seqlen_kv = loose;
+    const problem pr = make_problem(bucket);
+    EXPECT_EQ(pr.seqlen_q, 5);
+    EXPECT_EQ(pr.seqlen_kv, 5);
+    for (const char* name : {"reference", "flash_cpu", "unfused_cpu"}) {
+      const auto b = registry::global().find(name);
+      ASSERT_NE(b, nullptr);
+      EXPECT_LT(b->workspace_bytes(pr, 2), std::size_t{1} << 24) << name << " at bound " << loose;
+      run_options o;
+      o.select.name = name;
+      std::fill(c.out.begin(), c.out.end(), 0.0f);
+      attention(bucket, o);
+      for (std::size_t i = 0; i < exact.size(); ++i)
+        ASSERT_NEAR(c.out[i], exact[i], 1e-5) << name << " out[" << i << "] at bound " << loose;
+    }
+  }
+  // A mask is shaped by the bound it was given with: [B, Hq, max_seqlen_q, max_seqlen_kv].
+  {
+    attention_params masked = p;
+    masked.max_seqlen_q = masked.max_seqlen_kv = 9;
+    std::vector<std::uint8_t> keep(2 * 2 * 9 * 9, 1);
+    masked.maybe_mask = tensor_view::contiguous(keep.data(), dtype::boolean, {2, 2, 9, 9});
     std::fill(c.out.begin(), c.out.end(), 0.0f);
-    attention(bucket, o);
-    for (std::size_t i = 0; i < exact.size(); ++i) ASSERT_NEAR(c.out[i], exact[i], 1e-5) << name << " out[" << i << "]";
+    attention(masked);
+    for (std::size_t i = 0; i < exact.size(); ++i) ASSERT_NEAR(c.out[i], exact[i], 1e-5) << "masked out[" << i << "]";
+    masked.maybe_mask = tensor_view::contiguous(keep.data(), dtype::boolean, {2, 2, 5, 5});
+    expect_invalid(masked, "mask: shape [2, 2, 5, 5] does not broadcast to [B, Hq, Sq, Skv] = [2, 2, 9, 9]");
   }
   // out (or lse) sharing memory with the offsets it is read by.
   std::vector<float> buf(256);

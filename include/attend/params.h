@@ -80,7 +80,8 @@ struct attention_params {
   // Varlen: both set or neither. max_seqlen_* are required when the offsets live on a device the
   // host cannot read (cuda); on the CPU they are computed when left at 0. A given value must be
   // at least the longest sequence (checked where the host can read the offsets) and at most
-  // 2^31 - 1 (offsets are int32); a looser bound, such as a bucket size, is fine.
+  // 2^31 - 1 (offsets are int32); a looser bound, such as a bucket size, is fine: it shapes a
+  // mask, and where the host reads the offsets the problem carries the real longest sequences.
   tensor_view maybe_cu_seqlens_q;
   tensor_view maybe_cu_seqlens_kv;
   std::int64_t max_seqlen_q = 0;
@@ -134,8 +135,8 @@ struct problem {
   attend::dtype dtype = attend::dtype::f32;  // of q, k, v and out
   attend::device device{};
   std::int64_t batch = 0;
-  std::int64_t seqlen_q = 0;   // varlen: max over sequences
-  std::int64_t seqlen_kv = 0;  // varlen: max over sequences
+  std::int64_t seqlen_q = 0;   // varlen: the longest sequence (host offsets), else max_seqlen_q
+  std::int64_t seqlen_kv = 0;  // varlen: the longest sequence (host offsets), else max_seqlen_kv
   std::int64_t num_heads_q = 0;
   std::int64_t num_heads_kv = 0;
   std::int64_t head_dim_qk = 0;

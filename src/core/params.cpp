@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <numbers>
 #include <sstream>
 #include <string>
@@ -403,6 +404,7 @@ problem make_problem(const attention_params& params) {
     if (!t->empty() && overlaps(a.out, *t)) fail(std::string("out: memory overlaps ") + name);
 
   // varlen offsets
+  std::optional<std::pair<std::int64_t, std::int64_t>> host_longest;  // the offsets' longest sequences, read on the host
   if (p.is_varlen) {
     for (auto [t, name] : {std::pair{&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}}) {
       check_view(*t, name);
@@ -439,6 +441,7 @@ problem make_problem(const attention_params& params) {
              std::to_string(longest_kv) + ")");
       p.seqlen_q = a.max_seqlen_q != 0 ? a.max_seqlen_q : longest_q;
       p.seqlen_kv = a.max_seqlen_kv != 0 ? a.max_seqlen_kv : longest_kv;
+      host_longest = {longest_q, longest_kv};
     } else {
       if ((a.max_seqlen_q == 0 && p.total_q > 0) || (a.max_seqlen_kv == 0 && p.total_kv > 0))
         fail("max_seqlen_q/kv: required when cu_seqlens live on " + to_string(p.device));
@@ -533,6 +536,14 @@ problem make_problem(const attention_params& params) {
     p.maybe_mask = m.data;
     p.mask_dtype = m.dtype;
     p.mask = {strides[0], strides[1], strides[2], strides[3]};
+  }
+  // A loose max_seqlen (a bucket size) shapes the mask above and nothing else: where the offsets
+  // were read here, the problem carries the longest sequences, so a backend's limits, workspace
+  // and work follow the real lengths (a bound of 2^31 - 1 over 5-row sequences was refused by
+  // flash_cpu and asked the reference for 34 GB before).
+  if (host_longest) {
+    p.seqlen_q = host_longest->first;
+    p.seqlen_kv = host_longest->second;
   }
 
   // features used
