@@ -126,6 +126,9 @@ expect_exit(2 bench --varlen 4,4 --batch 3)
 expect_match("${last_err}" "^attend: --batch does not apply with --varlen")
 expect_exit(2 explain --varlen 1073741824,1073741824)
 expect_match("${last_err}" "^attend: --varlen: the lengths add up to 2147483648; the total must be below 2\\^31\n$")
+# --min-time is bounded (1e308 ran a call 10^4 times and stopped there, silently).
+expect_exit(2 bench --min-time 1e308)
+expect_match("${last_err}" "^attend: --min-time must be between 0 and 3600 seconds\n$")
 # Numbers in messages are short (std::to_string printed 3e38 with 39 digits).
 expect_exit(2 explain --scale 3e38)
 expect_match("${last_err}" "got 3e\\+38\n$")

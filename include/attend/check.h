@@ -126,7 +126,7 @@ class device_copy {
 void poison_outputs(const attention_params& host);
 
 // Median seconds of one run of `b` on `p` (after one warm-up), over at least `min_reps` runs and
-// `min_seconds` in total.
+// `min_seconds` in total; past 10^6 runs (and min_reps) it stops short of min_seconds.
 double time_backend(const backend& b, const problem& p, int num_threads, double min_seconds, int min_reps,
                     void* maybe_cuda_stream = nullptr);
 

@@ -354,6 +354,9 @@ double time_backend(const backend& b, const problem& p, int num_threads, double 
   memory_resource* memory = b.memory_for(p.device);
   run_on(b, p, options);  // warm-up: workspace, caches, lazy initialisation
   if (memory) memory->synchronize();
+  // The runs stop at min_reps and min_seconds both met, or at k_max_runs (8 MB of samples): past
+  // that a tiny call is timed well enough, and min_seconds is not met (time_backend's contract).
+  constexpr std::size_t k_max_runs = 1000000;
   std::vector<double> samples;
   double total = 0;
   while (static_cast<int>(samples.size()) < min_reps || total < min_seconds) {
@@ -363,7 +366,7 @@ double time_backend(const backend& b, const problem& p, int num_threads, double 
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     samples.push_back(s);
     total += s;
-    if (samples.size() >= 10000) break;
+    if (samples.size() >= std::max(k_max_runs, static_cast<std::size_t>(std::max(min_reps, 0)))) break;
   }
   std::nth_element(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(samples.size() / 2), samples.end());
   return samples[samples.size() / 2];

@@ -151,7 +151,7 @@ const std::vector<flag_spec>& flags() {
          o.seed_given = true;
        }},
       {"--quick", nullptr, "check/demo: a smaller grid", [](cli_options& o, const std::string&) { o.quick = true; }},
-      {"--min-time", "SECONDS", "bench: minimum time per measurement (default 0.5)",
+      {"--min-time", "SECONDS", "bench: minimum time per measurement, at most 3600 (default 0.5; stops at 10^6 runs)",
        [](cli_options& o, const std::string& v) { o.min_time = to_real("--min-time", v); }},
       {"--reps", "N", "bench: minimum repetitions (default 5)",
        [](cli_options& o, const std::string& v) { o.reps = static_cast<int>(to_int("--reps", v, 1, 1000000)); }},
@@ -236,7 +236,7 @@ cli_options parse(int argc, char** argv) {
                           "; the total must be below 2^31");
     }
   }
-  if (o.min_time < 0) throw usage_error("--min-time must be >= 0");
+  if (!(o.min_time >= 0 && o.min_time <= 3600)) throw usage_error("--min-time must be between 0 and 3600 seconds");
   return o;
 }
 
