@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <thread>
@@ -354,6 +355,72 @@ TEST(Workspace, CachedPerThreadAndStream) {
   std::byte* from_another_thread = nullptr;
   std::thread([&] { from_another_thread = const_cast<std::byte*>(run_with(&stream_a)); }).join();
   EXPECT_NE(from_another_thread, a1);
+}
+
+// A call made from inside a backend's run() (a composite backend calling attention(), a plugin
+// calling back) on the same memory and stream must not grow or evict the buffer the outer run
+// holds: it gets memory of its own, freed after its run (Note [Workspace cache]). Before, the
+// inner call freed the outer run's workspace and the outer run wrote into freed memory.
+TEST(Workspace, ReentrantCallKeepsTheOuterWorkspace) {
+  class watching_memory final : public counting_memory {
+   public:
+    void deallocate(void* p) noexcept override {
+      if (p == watched) watched_freed = true;
+      counting_memory::deallocate(p);
+    }
+    void* watched = nullptr;
+    bool watched_freed = false;
+  };
+  static watching_memory memory;  // outlives the thread's workspace cache, which frees into it
+  class inner_backend final : public test::cpu_backend {
+   public:
+    inner_backend() : cpu_backend("reentrant_inner") {}
+    std::size_t workspace_bytes(const problem&, int) const override { return std::size_t{1} << 20; }
+    memory_resource* memory_for(device) const override { return &memory; }
+    void run(const problem& p, const run_context& ctx) const override {
+      seen = ctx.workspace.data();
+      std::memset(ctx.workspace.data(), 0, ctx.workspace.size());
+      registry::global().find("reference")->run(p, ctx);
+    }
+    mutable std::byte* seen = nullptr;
+  };
+  class outer_backend final : public test::cpu_backend {
+   public:
+    explicit outer_backend(const backend& inner) : cpu_backend("reentrant_outer"), inner_(inner) {}
+    std::size_t workspace_bytes(const problem&, int) const override { return 4096; }
+    memory_resource* memory_for(device) const override { return &memory; }
+    void run(const problem& p, const run_context& ctx) const override {
+      seen = ctx.workspace.data();
+      memory.watched = seen;
+      std::memset(seen, 0xab, ctx.workspace.size());
+      run_on(inner_, p);  // the same memory and stream: the slot this run holds
+      intact = std::all_of(ctx.workspace.begin(), ctx.workspace.end(), [](std::byte b) { return b == std::byte{0xab}; });
+      registry::global().find("reference")->run(p, ctx);
+    }
+    mutable std::byte* seen = nullptr;
+    mutable bool intact = false;
+
+   private:
+    const backend& inner_;
+  };
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 5;
+  spec.seed = test::test_seed();
+  testing::case_data data(spec);
+  const inner_backend inner;
+  const outer_backend outer(inner);
+  for (int call = 0; call < 2; ++call) {
+    testing::poison_outputs(data.params());
+    run_on(outer, make_problem(data.params()));
+    EXPECT_FALSE(memory.watched_freed) << "call " << call;
+    EXPECT_TRUE(outer.intact) << "call " << call;
+    EXPECT_NE(inner.seen, outer.seen);
+    EXPECT_EQ(memory.live, 1) << "the inner call's own workspace is freed after its run";
+    const testing::comparison c = testing::compare_outputs(data);
+    EXPECT_TRUE(c.ok) << c.detail;
+  }
+  // The outer run's buffer stays cached: the second call allocated only the inner call's.
+  EXPECT_EQ(memory.allocations, 3);
 }
 
 // A workspace no host can hold (a plugin returning (size_t)-1 from workspace_bytes, say) is a typed

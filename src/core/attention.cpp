@@ -20,7 +20,10 @@ namespace {
 // k_cached_workspaces entries per thread, least recently used evicted first (a CUDA memory
 // resource frees with cudaFree, which waits for the device, so in-flight kernels finish first).
 // A call whose stream is capturing a CUDA graph never uses this cache: Note [Workspace under
-// capture].
+// capture]. A run holds its buffer until run() returns: a call made from inside it (a composite
+// backend calling attention(), a plugin calling back) would otherwise grow or evict the buffer the
+// outer run is still writing (a use after free). Such a call gets memory of its own instead, freed
+// after its run (on a device, in the stream's order, as under capture).
 //
 // Note [Workspace under capture]: a call captured into a CUDA graph (cudaStreamBeginCapture,
 // torch.cuda.graph, torch.compile's "reduce-overhead") records the workspace pointer it saw, and
@@ -47,6 +50,7 @@ struct cached_workspace {
   void* stream = nullptr;
   void* data = nullptr;
   std::size_t bytes = 0;
+  bool in_use = false;  // a run on this thread holds it (Note [Workspace cache]: re-entrant calls)
   cached_workspace() = default;
   cached_workspace(const cached_workspace&) = delete;
   cached_workspace& operator=(const cached_workspace&) = delete;
@@ -55,18 +59,27 @@ struct cached_workspace {
   }
 };
 
-std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std::size_t bytes) {
+// The thread's cached workspace for (memory, stream), grown to `bytes`; nullptr when a run on this
+// thread holds that slot (a call made from inside a backend's run(), as a composite backend
+// makes) or holds every slot the cache could evict: growing or evicting it would free memory
+// the outer run is still using. The caller holds the slot for its run (held_workspace).
+cached_workspace* thread_workspace(memory_resource& memory, void* stream, std::size_t bytes) {
   thread_local std::vector<std::unique_ptr<cached_workspace>> cache;
   cached_workspace* slot = nullptr;
   for (std::size_t i = 0; i < cache.size(); ++i)
     if (cache[i]->memory == &memory && cache[i]->stream == stream) {
+      if (cache[i]->in_use) return nullptr;
       std::rotate(cache.begin() + static_cast<std::ptrdiff_t>(i), cache.begin() + static_cast<std::ptrdiff_t>(i) + 1,
                   cache.end());  // most recently used last
       slot = cache.back().get();
       break;
     }
   if (slot == nullptr) {
-    if (cache.size() >= k_cached_workspaces) cache.erase(cache.begin());
+    if (cache.size() >= k_cached_workspaces) {  // evict the least recently used slot no run holds
+      const auto free_slot = std::find_if(cache.begin(), cache.end(), [](const auto& c) { return !c->in_use; });
+      if (free_slot == cache.end()) return nullptr;
+      cache.erase(free_slot);
+    }
     cache.push_back(std::make_unique<cached_workspace>());
     slot = cache.back().get();
     slot->memory = &memory;
@@ -79,8 +92,48 @@ std::span<std::byte> thread_workspace(memory_resource& memory, void* stream, std
     slot->data = memory.allocate(bytes);
     slot->bytes = bytes;
   }
-  return {static_cast<std::byte*>(slot->data), bytes};
+  return slot;
 }
+
+// Holds a cached slot for one run (declared before run(), released after it, also when it throws).
+class held_workspace {
+ public:
+  held_workspace() = default;
+  held_workspace(const held_workspace&) = delete;
+  held_workspace& operator=(const held_workspace&) = delete;
+  ~held_workspace() {
+    if (slot_) slot_->in_use = false;
+  }
+  std::span<std::byte> hold(cached_workspace& slot, std::size_t bytes) {
+    slot_ = &slot;
+    slot.in_use = true;
+    return {static_cast<std::byte*>(slot.data), bytes};
+  }
+
+ private:
+  cached_workspace* slot_ = nullptr;
+};
+
+// A host workspace of one run's own, freed after it (a re-entrant call's on the CPU, whose run is
+// synchronous).
+class own_workspace {
+ public:
+  own_workspace() = default;
+  own_workspace(const own_workspace&) = delete;
+  own_workspace& operator=(const own_workspace&) = delete;
+  ~own_workspace() {
+    if (data_) memory_->deallocate(data_);
+  }
+  std::span<std::byte> allocate(memory_resource& memory, std::size_t bytes) {
+    data_ = memory.allocate(bytes);
+    memory_ = &memory;
+    return {static_cast<std::byte*>(data_), bytes};
+  }
+
+ private:
+  memory_resource* memory_ = nullptr;
+  void* data_ = nullptr;
+};
 
 // A workspace allocated in stream order while the stream captures (Note [Workspace under
 // capture]), freed in stream order when this goes out of scope: after the backend's run() has
@@ -140,7 +193,10 @@ void run_supported(const backend& b, const problem& p, const run_options& option
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
-  in_order_workspace graph_owned;  // declared before run(): freed after it, also when it throws
+  // Declared before run(): released after it, also when it throws.
+  in_order_workspace graph_owned;
+  held_workspace held;
+  own_workspace own;
   if (bytes > 0) {
     if (options.maybe_workspace.size() >= bytes) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
@@ -152,8 +208,12 @@ void run_supported(const backend& b, const problem& p, const run_options& option
         throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
       if (memory->capturing(options.maybe_cuda_stream))
         ctx.workspace = graph_owned.allocate(*memory, options.maybe_cuda_stream, bytes);
-      else
-        ctx.workspace = thread_workspace(*memory, options.maybe_cuda_stream, bytes);
+      else if (cached_workspace* slot = thread_workspace(*memory, options.maybe_cuda_stream, bytes))
+        ctx.workspace = held.hold(*slot, bytes);
+      else if (p.device.kind == device_kind::cpu)  // a re-entrant call: memory of its own
+        ctx.workspace = own.allocate(*memory, bytes);
+      else  // on a device, freed in the stream's order, after the kernels that use it
+        ctx.workspace = graph_owned.allocate(*memory, options.maybe_cuda_stream, bytes);
     }
   }
   b.run(p, ctx);
