@@ -63,6 +63,25 @@ TEST(Plugin, RegistersAndExplainsRejections) {
   EXPECT_TRUE(explained);
 }
 
+// plugin.h promises that a call reaches the plugin accepted by its traits: its check_limits is not
+// asked about a call its traits refuse (a plugin may size arrays by its declared head dims, say).
+// The naive plugin refuses more than 2^20 keys in check_limits, and takes f32 only.
+TEST(Plugin, LimitsAskedOnlyAboutCallsItsTraitsAccept) {
+  const auto b = load_plugin(ATTEND_TEST_PLUGIN);
+  test::dense_call call(1, 17, 17, 2, 2, 64, 64);
+  problem p = make_problem(call.params);
+  p.seqlen_kv = (std::int64_t{1} << 20) + 1;  // past the plugin's own limit
+  diagnostics accepted_by_traits;
+  EXPECT_FALSE(b->supports(p, &accepted_by_traits));
+  EXPECT_NE(accepted_by_traits.joined().find("seqlen_kv must be <= 1048576"), std::string::npos)
+      << accepted_by_traits.joined();
+  p.dtype = dtype::f16;  // refused by its traits: the plugin is not asked
+  diagnostics refused_by_traits;
+  EXPECT_FALSE(b->supports(p, &refused_by_traits));
+  EXPECT_NE(refused_by_traits.joined().find("dtype"), std::string::npos) << refused_by_traits.joined();
+  EXPECT_EQ(refused_by_traits.joined().find("seqlen_kv must be"), std::string::npos) << refused_by_traits.joined();
+}
+
 TEST(Plugin, RunErrorsCrossTheBoundaryAsTypedErrors) {
   registry r;
   register_builtin_backends(r);

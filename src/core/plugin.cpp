@@ -165,7 +165,9 @@ class plugin_backend final : public backend {
 
  protected:
   bool check_limits(const problem& p, diagnostics& diag) const override {
-    if (d_.check_limits == nullptr) return diag.ok();
+    // plugin.h: a call reaches the plugin accepted by its traits; supports() reports the traits'
+    // reasons itself.
+    if (d_.check_limits == nullptr || !traits_accept(p)) return diag.ok();
     const attend_problem_v1 c = to_c(p);
     std::array<char, 512> why{};
     if (d_.check_limits(d_.user, &c, why.data(), why.size()) == 0) diag.reject(message_of(why, "rejected (no reason given)"));
