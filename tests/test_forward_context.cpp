@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <thread>
 
 #include "test_helpers.h"
@@ -36,6 +37,36 @@ TEST(ForwardContext, NestsAndRestores) {
     EXPECT_EQ(outer.find("window"), nullptr);
   }
   EXPECT_EQ(forward_context::current(), nullptr);
+}
+
+// Contexts held by unique_ptrs can be destroyed out of order: the one destroyed first is unlinked,
+// so current() and every lookup never reach freed memory (ASan would say so). Destroying a
+// context on another thread aborts with the reason instead of leaving its thread's chain dangling.
+TEST(ForwardContext, DestroyedOutOfOrderIsUnlinked) {
+  auto a = std::make_unique<forward_context>(forward_metadata{1.0, 1, {}});
+  auto b = std::make_unique<forward_context>(forward_metadata{std::nullopt, 2, {}});
+  auto c = std::make_unique<forward_context>(forward_metadata{std::nullopt, 3, {}});
+  b.reset();  // the middle one
+  ASSERT_EQ(forward_context::current(), c.get());
+  EXPECT_EQ(c->parent(), a.get());
+  EXPECT_EQ(c->depth(), 2);
+  EXPECT_EQ(c->timestep(), 1.0);
+  a.reset();  // the outermost, before the innermost
+  EXPECT_EQ(c->parent(), nullptr);
+  EXPECT_EQ(c->depth(), 1);
+  EXPECT_EQ(c->timestep(), std::nullopt);
+  c.reset();
+  EXPECT_EQ(forward_context::current(), nullptr);
+}
+
+TEST(ForwardContextDeathTest, DestroyedOnAnotherThreadAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        auto a = std::make_unique<forward_context>(forward_metadata{1.0, 1, {}});
+        std::thread([&] { a.reset(); }).join();
+      },
+      "destroyed on a thread other than the one that created it");
 }
 
 TEST(ForwardContext, IsolatedBetweenThreads) {

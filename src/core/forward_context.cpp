@@ -1,5 +1,8 @@
 #include "attend/forward_context.h"
 
+#include <cstdio>
+#include <cstdlib>
+
 namespace attend {
 
 namespace {
@@ -12,9 +15,26 @@ forward_context::forward_context(forward_metadata metadata)
   t_innermost = this;
 }
 
-// Guards are scoped objects, so they are destroyed in reverse order of construction on their
-// own thread; restoring the parent keeps the stack exact.
-forward_context::~forward_context() { t_innermost = parent_; }
+// Guards are scoped objects, so they are usually destroyed in reverse order of construction on
+// their own thread, and restoring the parent keeps the stack exact. One destroyed out of that
+// order (held by unique_ptrs released in another order) is unlinked from the chain, so no inner
+// context keeps pointing at it. One destroyed on another thread is not on this thread's chain,
+// and its own thread's chain would keep pointing at freed memory: that aborts, with the reason.
+forward_context::~forward_context() {
+  if (t_innermost == this) {
+    t_innermost = parent_;
+    return;
+  }
+  for (const forward_context* c = t_innermost; c != nullptr; c = c->parent_)
+    if (c->parent_ == this) {
+      c->parent_ = parent_;
+      return;
+    }
+  std::fputs("attend: a forward_context was destroyed on a thread other than the one that created it; "
+             "contexts are scoped to their thread (attend/forward_context.h)\n",
+             stderr);
+  std::abort();
+}
 
 const forward_context* forward_context::current() noexcept { return t_innermost; }
 
