@@ -45,6 +45,19 @@ TEST(Errors, MismatchedShapes) {
   expect_invalid(p, "lse: must be [B, Hq, Sq] = [2, 4, 8]");
 }
 
+// contiguous() kept the first four of five sizes (a call then read the view in another layout)
+// and multiplied sizes into strides past int64 (signed overflow): both are errors now.
+TEST(Errors, ContiguousViewSizes) {
+  float x = 0;
+  EXPECT_THROW(tensor_view::contiguous(&x, dtype::f32, {1, 2, 16, 4, 8}), invalid_argument);
+  EXPECT_THROW(tensor_view::contiguous(&x, dtype::f32, {std::int64_t{1} << 40, std::int64_t{1} << 40, std::int64_t{1} << 40}),
+               invalid_argument);
+  const tensor_view t = tensor_view::contiguous(&x, dtype::f32, {2, 3, 4, 5});
+  EXPECT_EQ(t.rank, 4);
+  EXPECT_EQ(t.strides[0], 60);
+  EXPECT_EQ(tensor_view::contiguous(&x, dtype::f32, {std::int64_t{1} << 62}).strides[0], 1);
+}
+
 TEST(Errors, HeadsNotDivisible) {
   test::dense_call c(1, 8, 8, 6, 4, 16, 16);
   expect_invalid(c.params, "query heads must be a multiple of key/value heads");

@@ -56,7 +56,8 @@ struct tensor_view {
   // "[2, 17, 8, 64] f16 cpu"
   std::string describe() const;
 
-  // A rank-N view with row-major (contiguous) strides.
+  // A rank-N view (N <= 4) with row-major (contiguous) strides. Throws attend::invalid_argument
+  // for more than 4 sizes, or a stride (a product of sizes) past int64.
   static tensor_view contiguous(void* data, attend::dtype dtype, std::initializer_list<std::int64_t> sizes,
                                 attend::device device = {});
 };

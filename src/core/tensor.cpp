@@ -1,8 +1,10 @@
 #include <bit>
 #include <cstring>
 #include <sstream>
+#include <string>
 
 #include "attend/tensor.h"
+#include "attend/errors.h"
 
 namespace attend {
 
@@ -61,16 +63,19 @@ tensor_view tensor_view::contiguous(void* data, attend::dtype dtype,
   t.data = data;
   t.dtype = dtype;
   t.device = device;
-  t.rank = static_cast<int>(sizes.size() > k_max_rank ? k_max_rank : sizes.size());
+  // More sizes than a view holds was truncated to the first four, which a call then read in
+  // another layout; a product past int64 was signed overflow.
+  if (sizes.size() > k_max_rank)
+    throw invalid_argument("tensor_view::contiguous: at most " + std::to_string(k_max_rank) + " sizes; got " +
+                           std::to_string(sizes.size()));
+  t.rank = static_cast<int>(sizes.size());
   int i = 0;
-  for (std::int64_t s : sizes) {
-    if (i == t.rank) break;
-    t.sizes[i++] = s;
-  }
+  for (std::int64_t s : sizes) t.sizes[i++] = s;
   std::int64_t stride = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.strides[d] = stride;
-    stride *= t.sizes[d];
+    if (d > 0 && __builtin_mul_overflow(stride, t.sizes[d], &stride))
+      throw invalid_argument("tensor_view::contiguous: a stride (a product of sizes) does not fit int64");
   }
   return t;
 }
