@@ -1,6 +1,7 @@
 // Every CPU backend of this build against the exact reference over the shared awkward-size grid
 // (fresh seed per run), in every dtype. GPU backends are checked by tests/test_cuda.cpp.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cstring>
@@ -308,6 +309,25 @@ class counting_memory : public memory_resource {
   void synchronize() override { ++synchronized; }
   int live = 0, allocations = 0, synchronized = 0;
 };
+
+// unfused_cpu with num_threads sets OpenBLAS's thread count, which is global, and OpenBLAS on
+// OpenMP also set the calling thread's OpenMP default with it: one call with num_threads = 1 left
+// every later default call on one thread. The call now restores both.
+TEST(Unfused, LeavesTheCallersThreadCountAlone) {
+  const int before = omp_get_max_threads();
+  omp_set_num_threads(before + 1);  // a count OpenBLAS would not pick by itself
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 33;
+  spec.head_dim_qk = spec.head_dim_v = 16;
+  spec.seed = test::test_seed();
+  testing::case_data data(spec);
+  run_options o;
+  o.select.name = "unfused_cpu";
+  o.num_threads = 1;
+  attention(data.params(), o);
+  EXPECT_EQ(omp_get_max_threads(), before + 1);
+  omp_set_num_threads(before);
+}
 
 TEST(Workspace, CachedPerThreadAndStream) {
   static counting_memory memory;  // outlives the thread's workspace cache, which frees into it

@@ -66,6 +66,31 @@ void guarded_pv(const float* pw, const float* vp, float* op, std::int64_t lq, st
   }
 }
 
+// A call's thread count for OpenBLAS, restored after the call: openblas_set_num_threads is
+// global, and OpenBLAS built on OpenMP also sets the calling thread's OpenMP default with it, so
+// one call with num_threads = 1 left every later default call (flash_cpu's, the reference's, the
+// user's own OpenMP code) on one thread.
+class blas_threads_for_call {
+ public:
+  explicit blas_threads_for_call(int n) : set_(n > 0) {
+    if (!set_) return;
+    blas_before_ = openblas_get_num_threads();
+    omp_before_ = omp_get_max_threads();
+    openblas_set_num_threads(n);
+  }
+  ~blas_threads_for_call() {
+    if (!set_) return;
+    openblas_set_num_threads(blas_before_);
+    omp_set_num_threads(omp_before_);
+  }
+  blas_threads_for_call(const blas_threads_for_call&) = delete;
+  blas_threads_for_call& operator=(const blas_threads_for_call&) = delete;
+
+ private:
+  bool set_;
+  int blas_before_ = 0, omp_before_ = 0;
+};
+
 // Copies rows [0, rows) × dims of a strided tensor into a dense fp32 panel. The dtype switch is
 // outside the loops so each element is one load and one conversion.
 template <class T, class Convert>
@@ -114,7 +139,7 @@ class unfused_backend final : public backend {
 
   void run(const problem& p, const run_context& ctx) const override {
     const int threads = thread_count(ctx.num_threads);
-    if (ctx.num_threads > 0) openblas_set_num_threads(ctx.num_threads);
+    const blas_threads_for_call blas_threads(ctx.num_threads);
     const panel_sizes n = sizes_for(p);
     float* qf = reinterpret_cast<float*>(ctx.workspace.data());
     float* kf = qf + n.q;
