@@ -4,7 +4,9 @@
 #include <dlpack/dlpack.h>
 
 #include <algorithm>
+#include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "attend/dlpack.h"
@@ -440,6 +442,35 @@ TEST(Errors, FloatRangeEnumsAndRunOptions) {
   } catch (const invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("workspace: data is null"), std::string::npos) << e.what();
   }
+  // A caller's workspace over an input or output: the backend would write it while reading them.
+  test::dense_call big(1, 64, 64, 2, 2, 64, 64);
+  memory_resource& host = host_memory();
+  const std::size_t q_bytes = big.q.size() * sizeof(float), out_bytes = big.out.size() * sizeof(float);
+  void* q64 = host.allocate(q_bytes);  // 64-byte aligned, so the overlap is what is refused
+  void* out64 = host.allocate(out_bytes);
+  std::memcpy(q64, big.q.data(), q_bytes);
+  attention_params a = big.params;
+  a.q.data = q64;
+  a.out.data = out64;
+  for (const char* name : {"flash_cpu", "unfused_cpu"}) {
+    const std::size_t need = registry::global().find(name)->workspace_bytes(make_problem(a), 1);
+    ASSERT_GT(need, 0u) << name;
+    for (auto [victim, bytes, what] : {std::tuple{q64, q_bytes, "q"}, {out64, out_bytes, "out"}}) {
+      run_options w;
+      w.select.name = name;
+      w.num_threads = 1;
+      w.maybe_workspace = std::span<std::byte>(static_cast<std::byte*>(victim), std::max(need, bytes));
+      try {
+        attention(a, w);
+        ADD_FAILURE() << name << ": a workspace over " << what << " was accepted";
+      } catch (const invalid_argument& e) {
+        EXPECT_NE(std::string(e.what()).find(std::string("workspace: memory overlaps ") + what), std::string::npos)
+            << e.what();
+      }
+    }
+  }
+  host.deallocate(q64);
+  host.deallocate(out64);
 }
 
 TEST(Errors, ZeroLengthIsNotAnError) {

@@ -1,9 +1,11 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
+#include <utility>
 #include <vector>
 
 #include "attend/attend.h"
+#include "core/views.h"
 
 namespace attend {
 
@@ -201,6 +203,15 @@ void run_supported(const backend& b, const problem& p, const run_options& option
     if (options.maybe_workspace.size() >= bytes) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
         throw invalid_argument("workspace: must be 64-byte aligned");
+      // The backend writes the workspace's first `bytes` while it reads the inputs and writes out
+      // and lse: a caller's workspace over any of them would be a silent wrong answer.
+      const tensor_view used = tensor_view::contiguous(options.maybe_workspace.data(), dtype::boolean,
+                                                       {static_cast<std::int64_t>(bytes)}, p.device);
+      const attention_params& a = p.params;
+      for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_lse, "lse"},
+                             {&a.maybe_mask, "mask"}, {&a.maybe_cu_seqlens_q, "cu_seqlens_q"},
+                             {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}})
+        if (!t->empty() && detail::overlaps(*t, used)) throw invalid_argument(std::string("workspace: memory overlaps ") + name);
       ctx.workspace = options.maybe_workspace;
     } else {
       memory_resource* memory = b.memory_for(p.device);
