@@ -60,6 +60,18 @@ TEST(Errors, ContiguousViewSizes) {
   EXPECT_EQ(tensor_view::contiguous(&x, dtype::f32, {std::int64_t{1} << 62}).strides[0], 1);
 }
 
+// A device kind past the enum was reported as a backend refusal ("cudnn: device must be cuda; got
+// cuda:0"); and cpu:0 against cpu:5 read "cpu" and "cpu".
+TEST(Errors, DeviceKindAndIndexInMessages) {
+  test::dense_call c(1, 4, 4, 1, 1, 8, 8);
+  attention_params a = c.params;
+  for (tensor_view* t : {&a.q, &a.k, &a.v, &a.out}) t->device.kind = static_cast<device_kind>(7);
+  expect_invalid(a, "q: device kind must be cpu or cuda; got 7");
+  a = c.params;
+  a.k.device.index = 5;
+  expect_invalid(a, "k: device must match q (cpu); got cpu:5");
+}
+
 TEST(Errors, HeadsNotDivisible) {
   test::dense_call c(1, 8, 8, 6, 4, 16, 16);
   expect_invalid(c.params, "query heads must be a multiple of key/value heads");

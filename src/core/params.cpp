@@ -112,6 +112,9 @@ std::int64_t check_view(const tensor_view& t, const char* name) {
       fail(std::string(name) + ": data must be aligned to its element size (" +
            std::to_string(size_bytes(t.dtype)) + " bytes)");
   }
+  if (t.device.kind != device_kind::cpu && t.device.kind != device_kind::cuda)
+    fail(std::string(name) + ": device kind must be cpu or cuda; got " +
+         std::to_string(static_cast<int>(t.device.kind)));
   if (t.device.index < 0)
     fail(std::string(name) + ": device index must be non-negative; got " + std::to_string(t.device.index));
   return numel;

@@ -31,7 +31,10 @@ std::size_t size_bytes(dtype t) noexcept {
 }
 
 std::string to_string(device d) {
-  return d.kind == device_kind::cpu ? std::string("cpu") : "cuda:" + std::to_string(d.index);
+  // cpu:0 is "cpu"; another index is shown, or cpu:0 against cpu:5 would read "cpu" and "cpu".
+  if (d.kind == device_kind::cpu) return d.index == 0 ? std::string("cpu") : "cpu:" + std::to_string(d.index);
+  if (d.kind == device_kind::cuda) return "cuda:" + std::to_string(d.index);
+  return "device kind " + std::to_string(static_cast<int>(d.kind)) + ":" + std::to_string(d.index);
 }
 
 std::int64_t tensor_view::numel() const noexcept {
