@@ -102,6 +102,15 @@ TEST(Merge, DisjointKeySetsEqualTheirUnion) {
   for (std::size_t i = 0; i < merged.size(); ++i) ASSERT_NEAR(outs[2][i], full.out[i], 2e-6) << "in place " << i;
 }
 
+// Empty tensors may have null data (an empty torch tensor does), as attention() accepts: merging
+// such parts is a no-op, not an error.
+TEST(Merge, EmptyTensorsWithNullData) {
+  const tensor_view out = tensor_view::contiguous(nullptr, dtype::f32, {0, 3, 2, 4});
+  const tensor_view lse = tensor_view::contiguous(nullptr, dtype::f32, {0, 2, 3});
+  const std::vector<tensor_view> outs{out, out}, lses{lse, lse};
+  EXPECT_NO_THROW(merge_partials(outs, lses, out, lse));
+}
+
 TEST(Merge, NamesTheBadArgument) {
   std::vector<float> o(2 * 3 * 4 * 5), l(2 * 4 * 3), o2(2 * 3 * 4 * 6);
   const tensor_view out = tensor_view::contiguous(o.data(), dtype::f32, {2, 3, 4, 5});
