@@ -116,42 +116,32 @@ class held_workspace {
   cached_workspace* slot_ = nullptr;
 };
 
-// A host workspace of one run's own, freed after it (a re-entrant call's on the CPU, whose run is
-// synchronous).
-class own_workspace {
+// A workspace of one run's own, freed when this goes out of scope: after the backend's run() has
+// queued its work, or when run() throws. In stream order (allocate_in_order) while the stream
+// captures (Note [Workspace under capture]: the capture records both, and stays balanced) and for
+// a re-entrant call on a device; plainly for a re-entrant call on the CPU, whose run is synchronous.
+class owned_workspace {
  public:
-  own_workspace() = default;
-  own_workspace(const own_workspace&) = delete;
-  own_workspace& operator=(const own_workspace&) = delete;
-  ~own_workspace() {
-    if (data_) memory_->deallocate(data_);
+  owned_workspace() = default;
+  owned_workspace(const owned_workspace&) = delete;
+  owned_workspace& operator=(const owned_workspace&) = delete;
+  ~owned_workspace() {
+    if (data_ == nullptr) return;
+    if (in_order_)
+      memory_->deallocate_in_order(data_, stream_);
+    else
+      memory_->deallocate(data_);
   }
   std::span<std::byte> allocate(memory_resource& memory, std::size_t bytes) {
     data_ = memory.allocate(bytes);
     memory_ = &memory;
     return {static_cast<std::byte*>(data_), bytes};
   }
-
- private:
-  memory_resource* memory_ = nullptr;
-  void* data_ = nullptr;
-};
-
-// A workspace allocated in stream order while the stream captures (Note [Workspace under
-// capture]), freed in stream order when this goes out of scope: after the backend's run() has
-// queued its work, or when run() throws, so the capture stays balanced.
-class in_order_workspace {
- public:
-  in_order_workspace() = default;
-  in_order_workspace(const in_order_workspace&) = delete;
-  in_order_workspace& operator=(const in_order_workspace&) = delete;
-  ~in_order_workspace() {
-    if (data_) memory_->deallocate_in_order(data_, stream_);
-  }
-  std::span<std::byte> allocate(memory_resource& memory, void* stream, std::size_t bytes) {
+  std::span<std::byte> allocate_in_order(memory_resource& memory, void* stream, std::size_t bytes) {
     data_ = memory.allocate_in_order(bytes, stream);
     memory_ = &memory;
     stream_ = stream;
+    in_order_ = true;
     if (reinterpret_cast<std::uintptr_t>(data_) % 64 != 0)
       throw runtime_error("workspace: stream-ordered memory is not 64-byte aligned");
     return {static_cast<std::byte*>(data_), bytes};
@@ -161,6 +151,7 @@ class in_order_workspace {
   memory_resource* memory_ = nullptr;
   void* data_ = nullptr;
   void* stream_ = nullptr;
+  bool in_order_ = false;
 };
 
 // Whether b's memory for p's device says `stream` captures a CUDA graph.
@@ -196,9 +187,8 @@ void run_supported(const backend& b, const problem& p, const run_options& option
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
   // Declared before run(): released after it, also when it throws.
-  in_order_workspace graph_owned;
+  owned_workspace owned;
   held_workspace held;
-  own_workspace own;
   if (bytes > 0) {
     if (options.maybe_workspace.size() >= bytes) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
@@ -218,13 +208,13 @@ void run_supported(const backend& b, const problem& p, const run_options& option
       if (memory == nullptr)
         throw runtime_error("backend '" + std::string(b.name()) + "' has no memory for " + to_string(p.device));
       if (memory->capturing(options.maybe_cuda_stream))
-        ctx.workspace = graph_owned.allocate(*memory, options.maybe_cuda_stream, bytes);
+        ctx.workspace = owned.allocate_in_order(*memory, options.maybe_cuda_stream, bytes);
       else if (cached_workspace* slot = thread_workspace(*memory, options.maybe_cuda_stream, bytes))
         ctx.workspace = held.hold(*slot, bytes);
       else if (p.device.kind == device_kind::cpu)  // a re-entrant call: memory of its own
-        ctx.workspace = own.allocate(*memory, bytes);
+        ctx.workspace = owned.allocate(*memory, bytes);
       else  // on a device, freed in the stream's order, after the kernels that use it
-        ctx.workspace = graph_owned.allocate(*memory, options.maybe_cuda_stream, bytes);
+        ctx.workspace = owned.allocate_in_order(*memory, options.maybe_cuda_stream, bytes);
     }
   }
   b.run(p, ctx);
