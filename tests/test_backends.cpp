@@ -379,26 +379,33 @@ TEST(Workspace, CachedPerThreadAndStream) {
 
 // A call made from inside a backend's run() (a composite backend calling attention(), a plugin
 // calling back) on the same memory and stream must not grow or evict the buffer the outer run
-// holds: it gets memory of its own, freed after its run (Note [Workspace cache]). Before, the
-// inner call freed the outer run's workspace and the outer run wrote into freed memory.
+// holds: it gets memory of its own, freed after its run (Note [Workspace cache]); on a device,
+// after the memory's synchronize() (the kernels that used it are done). Before, the inner call
+// freed the outer run's workspace and the outer run wrote into freed memory. The "device" here is
+// host memory labelled cuda: what is checked is the order of the memory's calls.
 TEST(Workspace, ReentrantCallKeepsTheOuterWorkspace) {
   class watching_memory final : public counting_memory {
    public:
     void deallocate(void* p) noexcept override {
       if (p == watched) watched_freed = true;
+      if (p == inner_seen) inner_freed_after_sync = synchronized > sync_at_inner_run;
       counting_memory::deallocate(p);
     }
     void* watched = nullptr;
-    bool watched_freed = false;
+    void* inner_seen = nullptr;
+    int sync_at_inner_run = 0;
+    bool watched_freed = false, inner_freed_after_sync = false;
   };
   static watching_memory memory;  // outlives the thread's workspace cache, which frees into it
   class inner_backend final : public test::cpu_backend {
    public:
-    inner_backend() : cpu_backend("reentrant_inner") {}
+    explicit inner_backend(device_kind kind) : cpu_backend("reentrant_inner") { traits_.devices = {kind}; }
     std::size_t workspace_bytes(const problem&, int) const override { return std::size_t{1} << 20; }
     memory_resource* memory_for(device) const override { return &memory; }
     void run(const problem& p, const run_context& ctx) const override {
       seen = ctx.workspace.data();
+      memory.inner_seen = seen;
+      memory.sync_at_inner_run = memory.synchronized;
       std::memset(ctx.workspace.data(), 0, ctx.workspace.size());
       registry::global().find("reference")->run(p, ctx);
     }
@@ -406,7 +413,9 @@ TEST(Workspace, ReentrantCallKeepsTheOuterWorkspace) {
   };
   class outer_backend final : public test::cpu_backend {
    public:
-    explicit outer_backend(const backend& inner) : cpu_backend("reentrant_outer"), inner_(inner) {}
+    outer_backend(device_kind kind, const backend& inner) : cpu_backend("reentrant_outer"), inner_(inner) {
+      traits_.devices = {kind};
+    }
     std::size_t workspace_bytes(const problem&, int) const override { return 4096; }
     memory_resource* memory_for(device) const override { return &memory; }
     void run(const problem& p, const run_context& ctx) const override {
@@ -427,20 +436,33 @@ TEST(Workspace, ReentrantCallKeepsTheOuterWorkspace) {
   spec.seqlen_q = spec.seqlen_kv = 5;
   spec.seed = test::test_seed();
   testing::case_data data(spec);
-  const inner_backend inner;
-  const outer_backend outer(inner);
-  for (int call = 0; call < 2; ++call) {
-    testing::poison_outputs(data.params());
-    run_on(outer, make_problem(data.params()));
-    EXPECT_FALSE(memory.watched_freed) << "call " << call;
-    EXPECT_TRUE(outer.intact) << "call " << call;
-    EXPECT_NE(inner.seen, outer.seen);
-    EXPECT_EQ(memory.live, 1) << "the inner call's own workspace is freed after its run";
-    const testing::comparison c = testing::compare_outputs(data);
-    EXPECT_TRUE(c.ok) << c.detail;
+  int allocations = 0;
+  for (const device_kind kind : {device_kind::cpu, device_kind::cuda}) {
+    SCOPED_TRACE(kind == device_kind::cpu ? "cpu" : "cuda");
+    attention_params a = data.params();
+    for (tensor_view* t : {&a.q, &a.k, &a.v, &a.out, &a.maybe_lse})
+      if (!t->empty()) t->device = device{kind, 0};
+    const inner_backend inner(kind);
+    const outer_backend outer(kind, inner);
+    for (int call = 0; call < 2; ++call) {
+      testing::poison_outputs(data.params());
+      memory.inner_freed_after_sync = false;
+      run_on(outer, make_problem(a));
+      EXPECT_FALSE(memory.watched_freed) << "call " << call;
+      EXPECT_TRUE(outer.intact) << "call " << call;
+      EXPECT_NE(inner.seen, outer.seen);
+      EXPECT_EQ(memory.live, 1) << "the inner call's own workspace is freed after its run";
+      if (kind == device_kind::cuda) {
+        EXPECT_TRUE(memory.inner_freed_after_sync) << "call " << call;
+      }
+      const testing::comparison c = testing::compare_outputs(data);
+      EXPECT_TRUE(c.ok) << c.detail;
+    }
+    // The outer run's buffer stays cached (one slot for this memory and stream, both kinds): after
+    // the first allocation, each call allocated only the inner call's.
+    allocations += kind == device_kind::cpu ? 3 : 2;
+    EXPECT_EQ(memory.allocations, allocations);
   }
-  // The outer run's buffer stays cached: the second call allocated only the inner call's.
-  EXPECT_EQ(memory.allocations, 3);
 }
 
 // A workspace no host can hold (a plugin returning (size_t)-1 from workspace_bytes, say) is a typed

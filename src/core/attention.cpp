@@ -25,7 +25,7 @@ namespace {
 // capture]. A run holds its buffer until run() returns: a call made from inside it (a composite
 // backend calling attention(), a plugin calling back) would otherwise grow or evict the buffer the
 // outer run is still writing (a use after free). Such a call gets memory of its own instead, freed
-// after its run (on a device, in the stream's order, as under capture).
+// after its run (on a device, after the memory's synchronize()).
 //
 // Note [Workspace under capture]: a call captured into a CUDA graph (cudaStreamBeginCapture,
 // torch.cuda.graph, torch.compile's "reduce-overhead") records the workspace pointer it saw, and
@@ -118,8 +118,10 @@ class held_workspace {
 
 // A workspace of one run's own, freed when this goes out of scope: after the backend's run() has
 // queued its work, or when run() throws. In stream order (allocate_in_order) while the stream
-// captures (Note [Workspace under capture]: the capture records both, and stays balanced) and for
-// a re-entrant call on a device; plainly for a re-entrant call on the CPU, whose run is synchronous.
+// captures (Note [Workspace under capture]: the capture records both, and stays balanced). For a
+// re-entrant call, plainly: freed after memory_resource::synchronize() on a device (the kernels
+// that use it have finished; any memory has these members, and such calls are rare), right away
+// on the CPU, whose run is synchronous.
 class owned_workspace {
  public:
   owned_workspace() = default;
@@ -127,14 +129,22 @@ class owned_workspace {
   owned_workspace& operator=(const owned_workspace&) = delete;
   ~owned_workspace() {
     if (data_ == nullptr) return;
-    if (in_order_)
+    if (in_order_) {
       memory_->deallocate_in_order(data_, stream_);
-    else
-      memory_->deallocate(data_);
+      return;
+    }
+    if (synchronize_) {
+      try {
+        memory_->synchronize();
+      } catch (...) {  // the device failed: its work has stopped either way
+      }
+    }
+    memory_->deallocate(data_);
   }
-  std::span<std::byte> allocate(memory_resource& memory, std::size_t bytes) {
+  std::span<std::byte> allocate(memory_resource& memory, std::size_t bytes, bool synchronize_first) {
     data_ = memory.allocate(bytes);
     memory_ = &memory;
+    synchronize_ = synchronize_first;
     return {static_cast<std::byte*>(data_), bytes};
   }
   std::span<std::byte> allocate_in_order(memory_resource& memory, void* stream, std::size_t bytes) {
@@ -151,7 +161,7 @@ class owned_workspace {
   memory_resource* memory_ = nullptr;
   void* data_ = nullptr;
   void* stream_ = nullptr;
-  bool in_order_ = false;
+  bool in_order_ = false, synchronize_ = false;
 };
 
 // Whether b's memory for p's device says `stream` captures a CUDA graph.
@@ -211,10 +221,8 @@ void run_supported(const backend& b, const problem& p, const run_options& option
         ctx.workspace = owned.allocate_in_order(*memory, options.maybe_cuda_stream, bytes);
       else if (cached_workspace* slot = thread_workspace(*memory, options.maybe_cuda_stream, bytes))
         ctx.workspace = held.hold(*slot, bytes);
-      else if (p.device.kind == device_kind::cpu)  // a re-entrant call: memory of its own
-        ctx.workspace = owned.allocate(*memory, bytes);
-      else  // on a device, freed in the stream's order, after the kernels that use it
-        ctx.workspace = owned.allocate_in_order(*memory, options.maybe_cuda_stream, bytes);
+      else  // a re-entrant call: memory of its own
+        ctx.workspace = owned.allocate(*memory, bytes, p.device.kind != device_kind::cpu);
     }
   }
   b.run(p, ctx);
