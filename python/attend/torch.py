@@ -21,6 +21,7 @@ from . import _api
 __all__ = ["attention", "HAS_CUSTOM_OP"]
 
 _SYM_INT: Any = getattr(torch, "SymInt", ())
+_SYM_FLOAT: Any = getattr(torch, "SymFloat", ())
 
 #: True when ``attend::attention`` is registered with torch.library.
 HAS_CUSTOM_OP: bool = hasattr(torch, "library") and hasattr(torch.library, "custom_op")
@@ -149,7 +150,9 @@ def attention(
         if x is not None and not isinstance(x, torch.Tensor):
             raise TypeError(f"{what}: must be a torch tensor or None; got {type(x).__name__}")
     _api._backend_name(backend)
-    _api._check_options(layout, scale, causal_align, softcap)
+    # (A symbolic scale under torch.compile's dynamic shapes goes to the op as it is.)
+    symbolic_scale = isinstance(scale, _SYM_FLOAT)
+    _api._check_options(layout, None if symbolic_scale else scale, causal_align, softcap)
     window_left, window_right = _api._window(window)
     out, lse = _op(
         q,
@@ -160,7 +163,7 @@ def attention(
         cu_seqlens_k,
         backend,
         layout,
-        None if scale is None else _api._real(scale, "scale:"),
+        None if scale is None else scale if symbolic_scale else _api._real(scale, "scale:"),
         _api._flag(causal, "causal"),
         causal_align,
         window_left,

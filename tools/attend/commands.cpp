@@ -397,8 +397,8 @@ int run_demo(const cli_options& o) {
           copy = std::make_unique<testing::case_data>(on);
           use = copy.get();
         }
+        ++checked;  // attempted: a backend that throws is a failure, not a skip
         const testing::comparison c = testing::check_backend(*b, *use, o.threads);
-        ++checked;
         r.status = c.ok ? "ok" : "MISMATCH";
         r.error = sci(c.max_abs_error);
         all_ok = all_ok && c.ok;
