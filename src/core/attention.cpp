@@ -1,7 +1,6 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <utility>
 #include <vector>
 
 #include "attend/attend.h"
@@ -64,7 +63,7 @@ struct cached_workspace {
 // The thread's cached workspace for (memory, stream), grown to `bytes`; nullptr when a run on this
 // thread holds that slot (a call made from inside a backend's run(), as a composite backend
 // makes) or holds every slot the cache could evict: growing or evicting it would free memory
-// the outer run is still using. The caller holds the slot for its run (held_workspace).
+// the outer run is still using. The caller holds the slot for its run (run_workspace::hold).
 cached_workspace* thread_workspace(memory_resource& memory, void* stream, std::size_t bytes) {
   thread_local std::vector<std::unique_ptr<cached_workspace>> cache;
   cached_workspace* slot = nullptr;
@@ -97,37 +96,25 @@ cached_workspace* thread_workspace(memory_resource& memory, void* stream, std::s
   return slot;
 }
 
-// Holds a cached slot for one run (declared before run(), released after it, also when it throws).
-class held_workspace {
+// The workspace of one run, released when this goes out of scope: after the backend's run() has
+// queued its work, or when run() throws. One of:
+//   - a cached slot (thread_workspace), held so that a call made inside the run cannot grow or
+//     evict it, and released for the next run;
+//   - memory in stream order (allocate_in_order) while the stream captures (Note [Workspace under
+//     capture]: the capture records both, and stays balanced);
+//   - memory of a re-entrant call's own, freed after memory_resource::synchronize() on a device
+//     (the kernels that use it have finished; any memory has these members, and such calls are
+//     rare), right away on the CPU, whose run is synchronous.
+class run_workspace {
  public:
-  held_workspace() = default;
-  held_workspace(const held_workspace&) = delete;
-  held_workspace& operator=(const held_workspace&) = delete;
-  ~held_workspace() {
-    if (slot_) slot_->in_use = false;
-  }
-  std::span<std::byte> hold(cached_workspace& slot, std::size_t bytes) {
-    slot_ = &slot;
-    slot.in_use = true;
-    return {static_cast<std::byte*>(slot.data), bytes};
-  }
-
- private:
-  cached_workspace* slot_ = nullptr;
-};
-
-// A workspace of one run's own, freed when this goes out of scope: after the backend's run() has
-// queued its work, or when run() throws. In stream order (allocate_in_order) while the stream
-// captures (Note [Workspace under capture]: the capture records both, and stays balanced). For a
-// re-entrant call, plainly: freed after memory_resource::synchronize() on a device (the kernels
-// that use it have finished; any memory has these members, and such calls are rare), right away
-// on the CPU, whose run is synchronous.
-class owned_workspace {
- public:
-  owned_workspace() = default;
-  owned_workspace(const owned_workspace&) = delete;
-  owned_workspace& operator=(const owned_workspace&) = delete;
-  ~owned_workspace() {
+  run_workspace() = default;
+  run_workspace(const run_workspace&) = delete;
+  run_workspace& operator=(const run_workspace&) = delete;
+  ~run_workspace() {
+    if (slot_ != nullptr) {
+      slot_->in_use = false;
+      return;
+    }
     if (data_ == nullptr) return;
     if (in_order_) {
       memory_->deallocate_in_order(data_, stream_);
@@ -140,6 +127,11 @@ class owned_workspace {
       }
     }
     memory_->deallocate(data_);
+  }
+  std::span<std::byte> hold(cached_workspace& slot, std::size_t bytes) {
+    slot_ = &slot;
+    slot.in_use = true;
+    return {static_cast<std::byte*>(slot.data), bytes};
   }
   std::span<std::byte> allocate(memory_resource& memory, std::size_t bytes, bool synchronize_first) {
     data_ = memory.allocate(bytes);
@@ -158,6 +150,7 @@ class owned_workspace {
   }
 
  private:
+  cached_workspace* slot_ = nullptr;
   memory_resource* memory_ = nullptr;
   void* data_ = nullptr;
   void* stream_ = nullptr;
@@ -196,22 +189,16 @@ void run_supported(const backend& b, const problem& p, const run_options& option
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
-  // Declared before run(): released after it, also when it throws.
-  owned_workspace owned;
-  held_workspace held;
+  run_workspace owned;  // declared before run(): released after it, also when it throws
   if (bytes > 0) {
     if (options.maybe_workspace.size() >= bytes) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
         throw invalid_argument("workspace: must be 64-byte aligned");
       // The backend writes the workspace's first `bytes` while it reads the inputs and writes out
       // and lse: a caller's workspace over any of them would be a silent wrong answer.
-      const tensor_view used = tensor_view::contiguous(options.maybe_workspace.data(), dtype::boolean,
-                                                       {static_cast<std::int64_t>(bytes)}, p.device);
-      const attention_params& a = p.params;
-      for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_lse, "lse"},
-                             {&a.maybe_mask, "mask"}, {&a.maybe_cu_seqlens_q, "cu_seqlens_q"},
-                             {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}})
-        if (!t->empty() && detail::overlaps(*t, used)) throw invalid_argument(std::string("workspace: memory overlaps ") + name);
+      detail::check_apart_from_call(tensor_view::contiguous(options.maybe_workspace.data(), dtype::boolean,
+                                                            {static_cast<std::int64_t>(bytes)}, p.device),
+                                    p.params, "workspace");
       ctx.workspace = options.maybe_workspace;
     } else {
       memory_resource* memory = b.memory_for(p.device);
@@ -220,7 +207,7 @@ void run_supported(const backend& b, const problem& p, const run_options& option
       if (memory->capturing(options.maybe_cuda_stream))
         ctx.workspace = owned.allocate_in_order(*memory, options.maybe_cuda_stream, bytes);
       else if (cached_workspace* slot = thread_workspace(*memory, options.maybe_cuda_stream, bytes))
-        ctx.workspace = held.hold(*slot, bytes);
+        ctx.workspace = owned.hold(*slot, bytes);
       else  // a re-entrant call: memory of its own
         ctx.workspace = owned.allocate(*memory, bytes, p.device.kind != device_kind::cpu);
     }

@@ -9,7 +9,6 @@
 #include <charconv>
 #include <cstdint>
 #include <limits>
-#include <optional>
 #include <numbers>
 #include <sstream>
 #include <string>
@@ -219,6 +218,13 @@ class term_search {
 };
 }  // namespace
 
+void check_apart_from_call(const tensor_view& t, const attention_params& a, const char* name) {
+  for (auto [v, what] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_lse, "lse"},
+                         {&a.maybe_mask, "mask"}, {&a.maybe_cu_seqlens_q, "cu_seqlens_q"},
+                         {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}})
+    if (v != &t && !v->empty() && overlaps(t, *v)) fail(std::string(name) + ": memory overlaps " + what);
+}
+
 bool overlaps(const tensor_view& a, const tensor_view& b) {
   if (a.device != b.device) return false;
   const auto [a0, a1] = byte_span(a);
@@ -274,6 +280,7 @@ void check_no_self_overlap(const tensor_view& t, const char* name) {
 }  // namespace detail
 
 namespace {
+using detail::check_apart_from_call;
 using detail::check_no_self_overlap;
 using detail::check_view;
 using detail::overlaps;
@@ -407,7 +414,12 @@ problem make_problem(const attention_params& params) {
     if (!t->empty() && overlaps(a.out, *t)) fail(std::string("out: memory overlaps ") + name);
 
   // varlen offsets
-  std::optional<std::pair<std::int64_t, std::int64_t>> host_longest;  // the offsets' longest sequences, read on the host
+  // A varlen mask is [B, Hq, max_seqlen_q, max_seqlen_kv] as given; where the host reads the
+  // offsets, the problem carries the real longest sequences instead, so a loose bound (a bucket
+  // size) shapes the mask and nothing else: backends' limits, workspaces and work follow the real
+  // lengths (a bound of 2^31 - 1 over 5-row sequences was refused by flash_cpu and asked the
+  // reference for 34 GB before). -1: the problem's own lengths.
+  std::int64_t mask_sq = -1, mask_skv = -1;
   if (p.is_varlen) {
     for (auto [t, name] : {std::pair{&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}}) {
       check_view(*t, name);
@@ -442,9 +454,10 @@ problem make_problem(const attention_params& params) {
       if ((a.max_seqlen_q != 0 && a.max_seqlen_q < longest_q) || (a.max_seqlen_kv != 0 && a.max_seqlen_kv < longest_kv))
         fail("max_seqlen_q/kv: smaller than the longest sequence (" + std::to_string(longest_q) + ", " +
              std::to_string(longest_kv) + ")");
-      p.seqlen_q = a.max_seqlen_q != 0 ? a.max_seqlen_q : longest_q;
-      p.seqlen_kv = a.max_seqlen_kv != 0 ? a.max_seqlen_kv : longest_kv;
-      host_longest = {longest_q, longest_kv};
+      p.seqlen_q = longest_q;
+      p.seqlen_kv = longest_kv;
+      mask_sq = a.max_seqlen_q != 0 ? a.max_seqlen_q : longest_q;
+      mask_skv = a.max_seqlen_kv != 0 ? a.max_seqlen_kv : longest_kv;
     } else {
       if ((a.max_seqlen_q == 0 && p.total_q > 0) || (a.max_seqlen_kv == 0 && p.total_kv > 0))
         fail("max_seqlen_q/kv: required when cu_seqlens live on " + to_string(p.device));
@@ -509,9 +522,7 @@ problem make_problem(const attention_params& params) {
       p.lse_seq_stride = l.strides[2];
     }
     check_no_self_overlap(l, "lse");
-    for (auto [t, name] : {std::pair{&a.q, "q"}, {&a.k, "k"}, {&a.v, "v"}, {&a.out, "out"}, {&a.maybe_mask, "mask"},
-                           {&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}})
-      if (!t->empty() && overlaps(l, *t)) fail(std::string("lse: memory overlaps ") + name);
+    check_apart_from_call(l, a, "lse");
     p.maybe_lse = static_cast<float*>(l.data);
   }
 
@@ -523,7 +534,8 @@ problem make_problem(const attention_params& params) {
       fail("mask: dtype must be bool (keep-mask) or f32/f16/bf16 (additive); got i32");
     if (m.device != p.device)
       fail("mask: device must match q (" + to_string(p.device) + "); got " + to_string(m.device));
-    const std::int64_t full[4] = {p.batch, p.num_heads_q, p.seqlen_q, p.seqlen_kv};
+    const std::int64_t full[4] = {p.batch, p.num_heads_q, mask_sq >= 0 ? mask_sq : p.seqlen_q,
+                                  mask_skv >= 0 ? mask_skv : p.seqlen_kv};
     std::int64_t strides[4] = {0, 0, 0, 0};
     for (int i = 0; i < m.rank; ++i) {
       const int target = 4 - m.rank + i;
@@ -539,14 +551,6 @@ problem make_problem(const attention_params& params) {
     p.maybe_mask = m.data;
     p.mask_dtype = m.dtype;
     p.mask = {strides[0], strides[1], strides[2], strides[3]};
-  }
-  // A loose max_seqlen (a bucket size) shapes the mask above and nothing else: where the offsets
-  // were read here, the problem carries the longest sequences, so a backend's limits, workspace
-  // and work follow the real lengths (a bound of 2^31 - 1 over 5-row sequences was refused by
-  // flash_cpu and asked the reference for 34 GB before).
-  if (host_longest) {
-    p.seqlen_q = host_longest->first;
-    p.seqlen_kv = host_longest->second;
   }
 
   // features used

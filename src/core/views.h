@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "attend/params.h"
 #include "attend/tensor.h"
 
 namespace attend::detail {
@@ -15,5 +16,8 @@ std::int64_t check_view(const tensor_view& t, const char* name);
 bool overlaps(const tensor_view& a, const tensor_view& b);
 // An output must not write one element twice.
 void check_no_self_overlap(const tensor_view& t, const char* name);
+// Memory a call writes (`t`, named `name`: lse, a caller's workspace) must share no byte with any
+// other tensor of the call (q, k, v, out, lse, mask, varlen offsets; `t` itself skipped).
+void check_apart_from_call(const tensor_view& t, const attention_params& a, const char* name);
 
 }  // namespace attend::detail
