@@ -35,21 +35,27 @@ foreach(_row IN LISTS _attend_rows)
     endif()
     set(_kind sm90)
     set(_launch "bool launch_flash_sm90")
+    set(_launch2 "")
     set(_row_macro ATTEND_FLASH_SM90_ROW)
     set(_name flash_sm90_${_dt}_${_w})
   else()
     set(_kind tc)
     set(_launch "void launch_flash_tc")
+    set(_launch2 "void launch_flash_tc_decode")  # Note [Decode tile]
     set(_row_macro ATTEND_FLASH_ROW)
     set(_name flash_${_dt}_${_w})
   endif()
   set(_src ${_attend_cuda_gen}/${_name}.cu)
+  set(_second "")
+  if(_launch2)
+    set(_second "template ${_launch2}<elem::${_dt}, ${_w}>(const flash_params&, void*);\n")
+  endif()
   file(CONFIGURE OUTPUT ${_src} CONTENT
 "// Generated from src/cuda/flash_kernels.txt by cmake/attend_cuda.cmake; do not edit.
 #include \"cuda/flash_${_kind}.cuh\"
 namespace attend::cuda {
 template ${_launch}<elem::${_dt}, ${_w}>(const flash_params&, void*);
-}  // namespace attend::cuda
+${_second}}  // namespace attend::cuda
 ")
   list(APPEND _attend_flash_sources ${_src})
   if(_kind STREQUAL "sm90")

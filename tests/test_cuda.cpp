@@ -4,6 +4,7 @@
 // without CUDA) every test here is skipped with the reason printed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
@@ -752,7 +753,8 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   for (const case_spec& spec : v) {
     const gpu_plan plan = planned(spec);
     const std::string& kernel = plan.kernel;
-    EXPECT_TRUE(kernel == "tc" || kernel == "tc-split") << spec.name << " plans " << kernel;
+    EXPECT_TRUE(kernel == "tc" || kernel == "tc-split" || kernel == "tc-decode" || kernel == "tc-decode-split")
+        << spec.name << " plans " << kernel;
     std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
     if (mode == "staged" && !plan.staged_fits) {  // a GPU with less shared memory per SM than the H100
       std::cout << "[   INFO   ] " << spec.name << ": staging does not fit two CTAs per SM here; expecting extras" << std::endl;
@@ -760,7 +762,7 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
     }
     EXPECT_EQ(plan.tc_mode, mode) << spec.name;
     if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
-      EXPECT_EQ(kernel, "tc-split") << spec.name;
+      EXPECT_EQ(kernel, "tc-decode-split") << spec.name;  // Note [Decode tile]
     }
   }
 #endif
@@ -772,7 +774,8 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
 // head_dim_qk, padded head dims, strided views (loads without cp.async), varlen, both causal
 // alignments and a window, splits whose key ranges are a tile or two or empty (a 41-key window over
 // 5000 keys, top-left causal rows that see a few keys), a warp's second row block with and without
-// rows (Sq = 5, 17, 40). Each case is checked to plan the split kernel, and against the reference.
+// rows (Sq = 17, 40). Each case is checked to plan the split kernel (on the decode tile at up to 16
+// query rows, Note [Decode tile]), and against the reference.
 TEST(cuda, flash_cuda_split_kv_plain) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
@@ -794,7 +797,9 @@ TEST(cuda, flash_cuda_split_kv_plain) {
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {
     const gpu_plan plan = planned(spec);
-    EXPECT_EQ(plan.kernel, "tc-split") << spec.name;
+    // Note [Decode tile]: at most 16 query rows (varlen: the longest sequence) run on the decode tile.
+    const std::int64_t rows = spec.varlen_q.empty() ? spec.seqlen_q : *std::max_element(spec.varlen_q.begin(), spec.varlen_q.end());
+    EXPECT_EQ(plan.kernel, rows <= 16 ? "tc-decode-split" : "tc-split") << spec.name;
     EXPECT_EQ(plan.tc_mode, "plain") << spec.name;
   }
 #endif
@@ -958,7 +963,7 @@ TEST(cuda, graph_capture_owns_its_workspace) {
     if (cc.backend == "flash_cuda" && !cc.mma_sync) {  // each case reaches the workspace user it names
       const std::string kernel = planned(cc.spec).kernel;
       if (cc.spec.seqlen_q == 1) {
-        EXPECT_EQ(kernel, "tc-split");
+        EXPECT_EQ(kernel, "tc-decode-split");
       } else if (cuda::flash_cuda_hopper_available(k_gpu.index)) {
         EXPECT_EQ(kernel, "sm90");
       }

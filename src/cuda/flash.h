@@ -135,6 +135,27 @@ constexpr int flash_block_n(int width) {
   return width <= 64 ? 64 : 32;
 }
 constexpr int flash_rows_per_warp(int width) { return flash_block_m(width) / flash_warps(width); }
+// Note [Decode tile]: a call of at most 16 query rows per (batch, head) (decode, a few speculative
+// tokens) fills one m16 row block of one warp; on the tile above its CTA holds 128 rows, so three
+// of its four warps only load and the live one computes a second, empty row block. At 255
+// registers a thread two such CTAs fit an SM: two warps computing per SM. Split-KV decode measured
+// 2.6 TB/s on the H100 and on the H200 alike (0.60x cuDNN on the H200, bench/RESULTS.md), and a
+// deeper cp.async pipeline made it slower (0.75-0.83x): the bound is the live warps, not the
+// bytes in flight. So such calls run the same kernel on a one-warp CTA of 16 rows (Q 16 rows, K/V
+// tiles as above: 34-36 KB of shared memory at widths 64 and 128, 72 KB at 256), several CTAs per
+// SM, each warp computing only its rows. Split-KV counts CTAs per SM from the shared memory.
+constexpr int k_flash_decode_rows = 16;
+constexpr int flash_decode_warps(int width) {
+  (void)width;
+  return 1;
+}
+constexpr int flash_decode_block_m(int width) {
+  (void)width;
+  return k_flash_decode_rows;
+}
+constexpr int flash_decode_block_n(int width) { return flash_block_n(width); }
+// Whether a call with `seqlen_q` query rows (varlen: the longest) runs on the decode tile.
+constexpr bool flash_decode_tile(std::int64_t seqlen_q) { return seqlen_q <= k_flash_decode_rows; }
 // Whether the warp keeps its Q fragments in registers for the whole key loop (instead of reading
 // them from shared memory every key tile).
 constexpr bool flash_q_in_registers(int width, int rows_per_warp, int block_n) {
@@ -325,8 +346,11 @@ constexpr band32 sm90_varlen_offsets(const flash_params& p, int len_q, int len_k
 // One definition per (elem, width) row of flash_kernels.txt.
 template <elem E, int Width>
 void launch_flash_tc(const flash_params& p, void* stream);
+// The same kernel at the decode tile (Note [Decode tile]), for calls of at most 16 query rows.
+template <elem E, int Width>
+void launch_flash_tc_decode(const flash_params& p, void* stream);
 // The same kernel at an explicit tile shape (bench/flash_tune.cu compares shapes with it; the
-// backend uses only launch_flash_tc, i.e. the constexpr functions above).
+// backend uses only launch_flash_tc and launch_flash_tc_decode, i.e. the constexpr functions above).
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream);
 // The Hopper kernel (sm_90a; flash_sm90.cuh) for one (elem, width) `sm90` row of flash_kernels.txt.

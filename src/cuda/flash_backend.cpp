@@ -26,10 +26,11 @@ struct tc_entry {
   elem e;
   int width;
   void (*launch)(const flash_params&, void*);
+  void (*launch_decode)(const flash_params&, void*);  // Note [Decode tile]
 };
 // The rows of flash_kernels.txt (generated header), so dispatch and instantiation cannot drift.
 constexpr tc_entry k_tc_table[] = {
-#define ATTEND_FLASH_ROW(E, W) {elem::E, W, &launch_flash_tc<elem::E, W>},
+#define ATTEND_FLASH_ROW(E, W) {elem::E, W, &launch_flash_tc<elem::E, W>, &launch_flash_tc_decode<elem::E, W>},
 #define ATTEND_FLASH_SM90_ROW(E, W)
 #include "cuda/flash_dispatch.inc"
 #undef ATTEND_FLASH_SM90_ROW
@@ -91,14 +92,35 @@ int sm_count(int index) { return device_attribute<cudaDevAttrMultiProcessorCount
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
 // loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
 // each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
+// The tile a call of the mma.sync kernel runs on: Note [Tile sizes], or Note [Decode tile].
+struct tc_tile {
+  int warps, block_m, block_n;
+};
+tc_tile tile_of(const problem& p, const tc_entry& kernel) {
+  const int w = kernel.width;
+  if (flash_decode_tile(p.seqlen_q)) return {flash_decode_warps(w), flash_decode_block_m(w), flash_decode_block_n(w)};
+  return {flash_warps(w), flash_block_m(w), flash_block_n(w)};
+}
+// CTAs of the tile that fit an SM of the device.
+int ctas_per_sm(const tc_tile& t, int width, int device_index) {
+  if (t.warps == flash_warps(width) && t.block_m == flash_block_m(width)) return 2;  // Note [Tile sizes]: registers
+  const int per_sm = device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(device_index);
+  const int reserved = device_attribute<cudaDevAttrReservedSharedMemoryPerBlock>(device_index);
+  const int bytes = flash_smem_bytes_for(width, t.block_m, t.block_n);
+  // why 8: a one-warp CTA of up to 255 registers a thread; 8 of them fill the SM's 64K registers
+  return std::clamp(per_sm / (bytes + reserved), 1, 8 / t.warps);
+}
+
 int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
-  const std::int64_t bm = flash_block_m(kernel->width), bn = flash_block_n(kernel->width);
+  const tc_tile tile = tile_of(p, *kernel);
+  const std::int64_t bm = tile.block_m, bn = tile.block_n;
   const std::int64_t ctas = p.batch * p.num_heads_q * ((p.seqlen_q + bm - 1) / bm);
   const std::int64_t kv_tiles = (p.seqlen_kv + bn - 1) / bn;
-  constexpr std::int64_t waves = 8;          // why: enough CTAs that the last partial wave costs little
-  constexpr std::int64_t ctas_per_sm = 2;    // why: registers and shared memory allow 2 CTAs per SM
-                                             // (Note [Tile sizes])
+  constexpr std::int64_t waves = 8;  // why: enough CTAs that the last partial wave costs little
+  // why: the tile's CTAs that fit an SM: 2 for Note [Tile sizes]' (registers), several for the
+  // decode tile's (its shared memory)
+  const std::int64_t ctas_per_sm = attend::cuda::ctas_per_sm(tile, kernel->width, p.device.index);
   constexpr std::int64_t min_tiles = 8;      // why: each split must stream enough keys to amortise its
                                              // Q load and the merge
   constexpr std::int64_t max_splits = 64;    // why: bounds the workspace and the merge's loop
@@ -258,7 +280,7 @@ class flash_cuda_backend final : public backend {
       p.maybe_partial_lse_low = reinterpret_cast<float*>(partials + plan.ws.out_bytes + plan.ws.lse_bytes);
     }
     if (plan.kernel) {
-      plan.kernel->launch(p, ctx.maybe_cuda_stream);
+      (plan.decode ? plan.kernel->launch_decode : plan.kernel->launch)(p, ctx.maybe_cuda_stream);
       if (p.num_splits > 1) launch_flash_combine(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
     } else {
       launch_flash_generic(elem_of(pr.dtype), p, ctx.maybe_cuda_stream);
@@ -270,7 +292,8 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.hopper != nullptr || plan.kernel == nullptr) return "";
     const device_guard guard(pr.device.index);
-    switch (tc_mode_for(plan.params, plan.ws.bits_bytes > 0, plan.kernel->width)) {
+    const tc_tile t = tile_of(pr, *plan.kernel);
+    switch (tc_mode_for(plan.params, plan.ws.bits_bytes > 0, plan.kernel->width, t.warps, t.block_m, t.block_n)) {
       case tc_mode::plain: return "plain";
       case tc_mode::bits: return "bits";
       case tc_mode::staged: return "staged";
@@ -284,13 +307,17 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.kernel == nullptr) return false;
     const device_guard guard(pr.device.index);
-    return tc_staged_fits(plan.params.mask, plan.kernel->width);
+    const tc_tile t = tile_of(pr, *plan.kernel);
+    return tc_staged_fits(plan.params.mask, plan.kernel->width, t.warps, t.block_m, t.block_n);
   }
 
   // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
   static const char* kernel_name(const problem& pr) {
     const call_plan plan = plan_call(pr);
-    return plan.hopper != nullptr ? "sm90" : plan.kernel == nullptr ? "generic" : plan.params.num_splits > 1 ? "tc-split" : "tc";
+    if (plan.hopper != nullptr) return "sm90";
+    if (plan.kernel == nullptr) return "generic";
+    if (plan.decode) return plan.params.num_splits > 1 ? "tc-decode-split" : "tc-decode";
+    return plan.params.num_splits > 1 ? "tc-split" : "tc";
   }
 
  protected:
@@ -308,6 +335,7 @@ class flash_cuda_backend final : public backend {
   // Which kernel runs the call, its parameters (without workspace pointers) and its workspace.
   struct call_plan {
     const tc_entry* kernel = nullptr;   // nullptr: the scalar fp32 kernel
+    bool decode = false;                // the kernel runs on the decode tile (Note [Decode tile])
     const sm90_entry* hopper = nullptr;  // the Hopper kernel, when sm90_kernel_for allows it
     workspace_plan ws;
     flash_params params;
@@ -315,6 +343,7 @@ class flash_cuda_backend final : public backend {
   static call_plan plan_call(const problem& pr) {
     call_plan c;
     c.kernel = tc_kernel_for(pr);
+    c.decode = c.kernel != nullptr && flash_decode_tile(pr.seqlen_q);
     c.ws = plan_splits(pr, c.kernel);
     c.params = to_params(pr);
     c.params.num_splits = c.ws.splits;

@@ -594,4 +594,10 @@ void launch_flash_tc(const flash_params& p, void* stream) {
                        flash_skip_padded_steps(Width)>(p, stream);
 }
 
+template <elem E, int Width>
+void launch_flash_tc_decode(const flash_params& p, void* stream) {  // Note [Decode tile]
+  launch_flash_tc_tile<E, Width, flash_decode_warps(Width), flash_decode_block_m(Width), flash_decode_block_n(Width),
+                       flash_skip_padded_steps(Width)>(p, stream);
+}
+
 }  // namespace attend::cuda
