@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -156,12 +157,21 @@ def main():
     ap.add_argument("--markdown", help="write the table as Markdown here")
     ap.add_argument("--quick", action="store_true", help="only the first shape of each kind")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of timing per shape (median taken)")
+    ap.add_argument("--only", metavar="REGEX", help="only the shapes whose name matches (re.search)")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     cases = shapes()
     if args.quick:
         cases = cases[:2] + cases[-2:]
+    if args.only:
+        try:
+            pattern = re.compile(args.only)
+        except re.error as e:
+            ap.error(f"--only: {e}")
+        cases = [c for c in cases if pattern.search(c["name"])]
+        if not cases:
+            ap.error(f"--only {args.only!r} matches no shape")
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
     attend = attend_in_process()

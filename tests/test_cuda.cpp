@@ -799,9 +799,59 @@ TEST(cuda, flash_cuda_split_kv_plain) {
     const gpu_plan plan = planned(spec);
     // Note [Decode tile]: at most 16 query rows (varlen: the longest sequence) run on the decode tile.
     const std::int64_t rows = spec.varlen_q.empty() ? spec.seqlen_q : *std::max_element(spec.varlen_q.begin(), spec.varlen_q.end());
-    EXPECT_EQ(plan.kernel, rows <= 16 ? "tc-decode-split" : "tc-split") << spec.name;
+    // Note [Decode GQA packing]: the decode tile packs a GQA call's query heads into its rows.
+    const char* decode = spec.heads_q != spec.heads_kv ? "tc-decode-gqa-split" : "tc-decode-split";
+    EXPECT_EQ(plan.kernel, rows <= 16 ? decode : "tc-split") << spec.name;
     EXPECT_EQ(plan.tc_mode, "plain") << spec.name;
   }
+#endif
+  check_cases("flash_cuda", v, true);
+}
+
+// GQA on the decode tile (Note [Decode GQA packing], src/cuda/flash.h): a CTA's rows are (query
+// row, head) pairs of one KV head. Group sizes 2 to 64 (20: a query row's heads straddle two CTAs;
+// 64 rows over four CTAs), 1 to 16 query rows (16 at group 8: 128 packed rows), split and not (each
+// at least once), head dims of every width (256 skips padded k-steps) with head_dim_v !=
+// head_dim_qk, both layouts and strided views (loads without cp.async), varlen with an empty and a
+// one-row sequence, both causal alignments, a window, rows that see no key (bottom-right with Sq >
+// Skv: lse -inf, out 0). Softcap, which the packed kernel does not take, must not be packed.
+TEST(cuda, flash_cuda_decode_gqa_packing) {
+  ATTEND_REQUIRE_GPU();
+  const mma_sync_only mma;  // the non-split cases would otherwise take the Hopper kernel
+  std::vector<case_spec> v;
+  const std::uint64_t seed = fresh_seed();
+  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
+    case_spec c = typed_case("gqa-pack-" + name, t, d, seed * 7919u + v.size());
+    edit(c);
+    v.push_back(std::move(c));
+  };
+  add("d128-32:8-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 32; c.heads_kv = 8; });
+  add("d64-6:2", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 200; c.heads_q = 6; c.heads_kv = 2; });
+  add("d80-rows5-causal-br-split", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 5; c.seqlen_kv = 2500; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d128-dv64-rows16-causal-tl-split", dtype::f16, 128, [](case_spec& c) { c.head_dim_v = 64; c.seqlen_q = 16; c.seqlen_kv = 700; c.heads_q = 16; c.heads_kv = 2; c.causal = true; });
+  add("d256-rows2-mqa-split", dtype::bf16, 256, [](case_spec& c) { c.seqlen_q = 2; c.seqlen_kv = 1000; c.heads_q = 4; c.heads_kv = 1; });
+  add("d96-bhsd-rows3", dtype::f16, 96, [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = 3; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 2; });
+  add("d128-varlen-causal-br-split", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {1, 3, 0, 16}; c.varlen_kv = {3000, 40, 700, 17}; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d64-strided-rows3-split", dtype::bf16, 64, [](case_spec& c) { c.strided = true; c.seqlen_q = 3; c.seqlen_kv = 1100; c.heads_q = 6; c.heads_kv = 3; });
+  add("d128-window-rows4-split", dtype::bf16, 128, [](case_spec& c) { c.seqlen_q = 4; c.seqlen_kv = 5000; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 40; });
+  add("d64-64:1", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 513; c.heads_q = 64; c.heads_kv = 1; });
+  add("d128-40:2-straddle-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 3; c.seqlen_kv = 1777; c.heads_q = 40; c.heads_kv = 2; });
+  add("d64-rows8-no-keys", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 8; c.seqlen_kv = 5; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d64-softcap-unpacked", dtype::bf16, 64, [](case_spec& c) { c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; c.softcap = 20.0; });
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  int split = 0, whole = 0;
+  for (const case_spec& spec : v) {
+    const gpu_plan plan = planned(spec);
+    if (spec.softcap > 0) {
+      EXPECT_EQ(plan.kernel, "tc-decode") << spec.name;
+      continue;
+    }
+    EXPECT_TRUE(plan.kernel == "tc-decode-gqa" || plan.kernel == "tc-decode-gqa-split") << spec.name << " plans " << plan.kernel;
+    EXPECT_EQ(plan.kernel.ends_with("split"), spec.name.ends_with("split")) << spec.name << " plans " << plan.kernel;
+    (plan.kernel.ends_with("split") ? split : whole) += 1;
+  }
+  EXPECT_GT(split, 0);
+  EXPECT_GT(whole, 0);
 #endif
   check_cases("flash_cuda", v, true);
 }
@@ -962,8 +1012,8 @@ TEST(cuda, graph_capture_owns_its_workspace) {
     }
     if (cc.backend == "flash_cuda" && !cc.mma_sync) {  // each case reaches the workspace user it names
       const std::string kernel = planned(cc.spec).kernel;
-      if (cc.spec.seqlen_q == 1) {
-        EXPECT_EQ(kernel, "tc-decode-split");
+      if (cc.spec.seqlen_q == 1) {  // Note [Decode GQA packing]
+        EXPECT_EQ(kernel, cc.spec.heads_q != cc.spec.heads_kv ? "tc-decode-gqa-split" : "tc-decode-split");
       } else if (cuda::flash_cuda_hopper_available(k_gpu.index)) {
         EXPECT_EQ(kernel, "sm90");
       }

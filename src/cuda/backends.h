@@ -14,7 +14,8 @@ std::shared_ptr<const backend> make_cudnn_backend();
 
 // Which of flash_cuda's kernels its plan picks for `p` (a call it supports): "sm90" (the Hopper
 // wgmma/TMA kernel, Note [Hopper path]), "tc" (mma.sync), "tc-split" (mma.sync, split-KV),
-// "tc-decode" and "tc-decode-split" (the same on the decode tile, Note [Decode tile]) or "generic"
+// "tc-decode" and "tc-decode-split" (the same on the decode tile, Note [Decode tile]),
+// "tc-decode-gqa" and "tc-decode-gqa-split" (its rows packing GQA heads, Note [Decode GQA packing]) or "generic"
 // (scalar fp32). Tests use it to know a case reached the kernel it was written for.
 const char* flash_cuda_kernel(const problem& p);
 // The score path of flash_cuda's mma.sync kernel for `p` (cuda::tc_mode_for, on the current

@@ -37,6 +37,9 @@ struct flash_params {
 
   int batch = 0, seqlen_q = 0, seqlen_kv = 0;  // varlen: max over sequences
   int num_heads_q = 0, num_heads_kv = 0, group_size = 1;
+  // Note [Decode GQA packing]: the decode tile's rows are (query row, head of the group) pairs of
+  // one KV head: blockIdx.y is the KV head, and the rows of a sequence are seqlen_q * group_size.
+  bool pack_gqa = false;
   int head_dim_qk = 0, head_dim_v = 0;
   float scale = 1.0f;
   float softcap = 0.0f;        // 0: off
@@ -156,6 +159,17 @@ constexpr int flash_decode_block_m(int width) {
 constexpr int flash_decode_block_n(int width) { return flash_block_n(width); }
 // Whether a call with `seqlen_q` query rows (varlen: the longest) runs on the decode tile.
 constexpr bool flash_decode_tile(std::int64_t seqlen_q) { return seqlen_q <= k_flash_decode_rows; }
+// Note [Decode GQA packing]: under GQA a decode call has one query row per query head, so each
+// one-warp CTA of the decode tile computed 15 empty rows of its 16 and the group_size CTAs of a KV
+// head each streamed that head's K and V (through L2, at one row's work per MMA). On the decode
+// tile the rows of a CTA are instead (query row i, head g of the group) pairs of one KV head,
+// packed row r = i * group_size + g (rows of one query row are adjacent, so the band stays
+// monotone in r): a 32:8 decode fills 4 of 16 rows and streams each K/V tile once for them. Only
+// on the plain score path (no mask, no softcap: a mask's row depends on the head, which the other
+// paths read per CTA), and only where it shrinks the grid: group_size > 1.
+constexpr bool flash_pack_gqa(bool decode_tile, std::int64_t group_size, bool plain) {
+  return decode_tile && group_size > 1 && plain;
+}
 // Whether the warp keeps its Q fragments in registers for the whole key loop (instead of reading
 // them from shared memory every key tile).
 constexpr bool flash_q_in_registers(int width, int rows_per_warp, int block_n) {

@@ -111,11 +111,22 @@ int ctas_per_sm(const tc_tile& t, int width, int device_index) {
   return std::clamp(per_sm / (bytes + reserved), 1, 8 / t.warps);
 }
 
+// Whether the call's decode tile packs the query heads of a KV head into its rows (Note [Decode
+// GQA packing], flash.h): on the plain score path only (no mask, no softcap).
+bool pack_gqa(const problem& p, const tc_entry* kernel) {
+  return kernel != nullptr && flash_pack_gqa(flash_decode_tile(p.seqlen_q), p.group_size,
+                                             p.maybe_mask == nullptr && p.params.softcap == 0.0);
+}
+
 int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
   const tc_tile tile = tile_of(p, *kernel);
   const std::int64_t bm = tile.block_m, bn = tile.block_n;
-  const std::int64_t ctas = p.batch * p.num_heads_q * ((p.seqlen_q + bm - 1) / bm);
+  // the grid of launch_flash_tc_tile: row blocks x heads (packed: of group_size rows per query row,
+  // per KV head) x batch
+  const bool pack = pack_gqa(p, kernel);
+  const std::int64_t rows = p.seqlen_q * (pack ? p.group_size : 1);
+  const std::int64_t ctas = p.batch * (pack ? p.num_heads_kv : p.num_heads_q) * ((rows + bm - 1) / bm);
   const std::int64_t kv_tiles = (p.seqlen_kv + bn - 1) / bn;
   constexpr std::int64_t waves = 8;  // why: enough CTAs that the last partial wave costs little
   // why: the tile's CTAs that fit an SM: 2 for Note [Tile sizes]' (registers), several for the
@@ -316,6 +327,7 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.hopper != nullptr) return "sm90";
     if (plan.kernel == nullptr) return "generic";
+    if (plan.decode && plan.params.pack_gqa) return plan.params.num_splits > 1 ? "tc-decode-gqa-split" : "tc-decode-gqa";
     if (plan.decode) return plan.params.num_splits > 1 ? "tc-decode-split" : "tc-decode";
     return plan.params.num_splits > 1 ? "tc-split" : "tc";
   }
@@ -347,6 +359,7 @@ class flash_cuda_backend final : public backend {
     c.ws = plan_splits(pr, c.kernel);
     c.params = to_params(pr);
     c.params.num_splits = c.ws.splits;
+    c.params.pack_gqa = c.decode && pack_gqa(pr, c.kernel);
     c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
     if (c.hopper != nullptr) c.ws.counter_bytes = 256;
     if (c.kernel != nullptr && packed_mask(c.params))

@@ -18,6 +18,7 @@
 
 #include <cuda_runtime.h>
 
+#include <stdexcept>
 #include <type_traits>
 
 #include "cuda/cuda_check.h"
@@ -100,6 +101,33 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
   }
 }
 
+// The same for rows at addresses of their own: row_at(r) is row r's first element, or nullptr for
+// a row to zero-fill (the packed rows of Note [Decode GQA packing], loaded once per CTA).
+template <int Rows, int Width, int Threads, typename T, typename RowAt>
+__device__ __forceinline__ void load_rows(T* tile, int dim, bool vec, std::int64_t dim_stride, RowAt&& row_at) {
+  constexpr int chunks = Width / 8;
+  static_assert(Threads % chunks == 0 && Rows % (Threads / chunks) == 0, "every thread loads whole rows' chunks");
+  constexpr int rows_step = Threads / chunks;
+  const int r0 = static_cast<int>(threadIdx.x) / chunks, ch = static_cast<int>(threadIdx.x) % chunks;
+#pragma unroll
+  for (int it = 0; it < Rows / rows_step; ++it) {
+    const int r = r0 + it * rows_step;
+    T* dst = tile_at<Width>(tile, r, ch);
+    const T* row = row_at(r);
+    if (row != nullptr && ch * 8 < dim) {
+      const T* src = row + static_cast<std::int64_t>(ch) * 8 * dim_stride;
+      if (vec) {
+        cp_async16(dst, src);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = src[e * dim_stride];
+      }
+    } else {
+      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
 // The staged mask terms of one row of a tile (Note [mma.sync staged masks]): pair nb of this
 // thread's row at `src` (its slot of the row's first pair; pairs are Threads slots apart).
 template <int NB, int Threads>
@@ -158,8 +186,9 @@ __device__ __forceinline__ void staged_terms(const unsigned char* src, mask_kind
 // others: plain (the band only), bits (a boolean mask read from its packed bits, Note [mma.sync
 // mask bits]), staged (an additive mask through shared memory, Note [mma.sync staged masks]) and
 // extras (any other mask or softcap: score_of's steps beyond the scale, a row's mask terms read
-// element by element, mask_row_terms).
-template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, tc_mode Mode>
+// element by element, mask_row_terms). Pack: the CTA's rows are (query row, head) pairs of one KV
+// head (Note [Decode GQA packing], flash.h; plain mode only).
+template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, tc_mode Mode, bool Pack = false>
 __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
   using T = typename elem_traits<E>::type;
   constexpr int threads = Warps * 32;
@@ -173,25 +202,32 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   static_assert(BlockN % 16 == 0 && rows % 16 == 0 && (mb_count == 1 || mb_count == 2), "tile shape");
   constexpr bool extras = Mode == tc_mode::extras, packed = Mode == tc_mode::bits, staged = Mode == tc_mode::staged;
   constexpr bool terms = extras || staged;  // every tile takes the per-element score path
+  static_assert(!Pack || Mode == tc_mode::plain, "a packed row's head varies: only the plain path takes it");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);
   T* s_k = s_q + BlockM * Width;        // 2 stages
   T* s_v = s_k + 2 * BlockN * Width;    // 2 stages
   unsigned char* s_m = reinterpret_cast<unsigned char*>(s_v + 2 * BlockN * Width);  // staged: 2 stages
 
-  const int h = static_cast<int>(blockIdx.y);
   const int b = static_cast<int>(blockIdx.z) / p.num_splits, split = static_cast<int>(blockIdx.z) % p.num_splits;
   const seq_bounds sb = bounds_of(p, b);
+  // The CTA's rows of the sequence: its query rows, or with Pack (query row, head) pairs, row r
+  // being query row r / group of head hk * group + r % group (Note [Decode GQA packing]).
+  const int group = Pack ? p.group_size : 1;
+  const int len_rows = sb.len_q * group;
+  const int h = Pack ? -1 : static_cast<int>(blockIdx.y);  // Pack: per row, head_of
+  const int hk = Pack ? static_cast<int>(blockIdx.y) : h / p.group_size;
+  auto query_of = [&](int r) { return Pack ? r / group : r; };
+  auto head_of = [&](int r) { return Pack ? hk * group + r % group : h; };
   const int m0 = static_cast<int>(gridDim.x - 1 - blockIdx.x) * BlockM;  // Note [CTA order]
-  if (m0 >= sb.len_q) return;  // varlen: this sequence is shorter than max_seqlen_q
-  const int hk = h / p.group_size;
+  if (m0 >= len_rows) return;  // varlen: this sequence is shorter than max_seqlen_q
   const int warp = static_cast<int>(threadIdx.x) / 32, lane = static_cast<int>(threadIdx.x) % 32;
   const int warp_row0 = warp * rows;                      // first row of this warp within the CTA
-  const bool warp_live = m0 + warp_row0 < sb.len_q;       // warp-uniform: has at least one real row
+  const bool warp_live = m0 + warp_row0 < len_rows;       // warp-uniform: has at least one real row
 
   // Visible key tiles of the CTA's rows: bands are monotone in the row (Note [Causal alignment]).
-  const int m_last = min(m0 + BlockM, sb.len_q) - 1;
-  const band first = visible(p, m0, sb.len_q, sb.len_kv), last = visible(p, m_last, sb.len_q, sb.len_kv);
+  const int m_last = min(m0 + BlockM, len_rows) - 1;
+  const band first = visible(p, query_of(m0), sb.len_q, sb.len_kv), last = visible(p, query_of(m_last), sb.len_q, sb.len_kv);
   const std::int64_t key_lo = first.lo, key_hi = last.hi;
   int t_begin = 0, t_end = 0;
   if (key_hi > key_lo) {
@@ -207,11 +243,20 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   // (Bands lie within [0, len_kv], so these bounds and key positions fit int32.)
   const int full_lo = static_cast<int>(last.lo), full_hi = static_cast<int>(first.hi);
 
-  const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + (sb.start_q + m0) * p.q_stride[1] + h * p.q_stride[2];
   const T* k = static_cast<const T*>(p.k) + b * p.k_stride[0] + sb.start_kv * p.k_stride[1] + hk * p.k_stride[2];
   const T* v = static_cast<const T*>(p.v) + b * p.v_stride[0] + sb.start_kv * p.v_stride[1] + hk * p.v_stride[2];
 
-  tc::load_tile<BlockM, Width, threads>(s_q, q, p.q_stride[1], p.q_stride[3], sb.len_q - m0, p.head_dim_qk, p.q_vec);
+  if constexpr (Pack) {
+    tc::load_rows<BlockM, Width, threads>(s_q, p.head_dim_qk, p.q_vec, p.q_stride[3], [&](int r) -> const T* {
+      const int pr = m0 + r;
+      if (pr >= len_rows) return nullptr;
+      return static_cast<const T*>(p.q) + b * p.q_stride[0] + (sb.start_q + query_of(pr)) * p.q_stride[1] +
+             head_of(pr) * p.q_stride[2];
+    });
+  } else {
+    const T* q = static_cast<const T*>(p.q) + b * p.q_stride[0] + (sb.start_q + m0) * p.q_stride[1] + h * p.q_stride[2];
+    tc::load_tile<BlockM, Width, threads>(s_q, q, p.q_stride[1], p.q_stride[3], sb.len_q - m0, p.head_dim_qk, p.q_vec);
+  }
   const int i_base = m0 + warp_row0 + lane / 4;  // rows i_base + 16 mb + 8 r
   // Note [mma.sync staged masks]: pair bytes, one stage's bytes, and this thread's first slot.
   const int pair_bytes = tc_mask_pair_bytes(p.mask);
@@ -263,9 +308,9 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   const int dqk_steps = k16_steps(p.head_dim_qk), dv_steps = k16_steps(p.head_dim_v);  // if SkipPadded
   // Keys any row of this warp sees (bands are monotone in the row): a tile outside them is skipped
   // by the warp, e.g. the upper half of a causal diagonal tile pair for the CTA's first warps.
-  const int warp_row_last = min(m0 + warp_row0 + rows, sb.len_q) - 1;
-  const int warp_key_lo = static_cast<int>(visible(p, m0 + warp_row0, sb.len_q, sb.len_kv).lo);
-  const int warp_key_hi = static_cast<int>(visible(p, warp_row_last, sb.len_q, sb.len_kv).hi);
+  const int warp_row_last = min(m0 + warp_row0 + rows, len_rows) - 1;
+  const int warp_key_lo = static_cast<int>(visible(p, query_of(m0 + warp_row0), sb.len_q, sb.len_kv).lo);
+  const int warp_key_hi = static_cast<int>(visible(p, query_of(warp_row_last), sb.len_q, sb.len_kv).hi);
   // Note [mma.sync mask bits]: the packed row of this thread's first row; its others are 8, 16 and
   // 24 rows on (a row past the sequence reads the last row's; the band drops it anyway). Those
   // offsets fit an int: a row has at most 2^26 words (Skv < 2^31).
@@ -379,8 +424,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int i = i_base + 16 * mb + 8 * r;
-          const band bd = visible(p, i, sb.len_q, sb.len_kv);
-          const bool row_ok = i < sb.len_q;
+          const bool row_ok = i < len_rows;
+          const band bd = visible(p, Pack ? (row_ok ? query_of(i) : 0) : i, sb.len_q, sb.len_kv);
           const int lo = row_ok ? static_cast<int>(bd.lo) - col_base : 0;
           const int hi = row_ok ? static_cast<int>(bd.hi) - col_base : 0;
 #pragma unroll
@@ -515,8 +560,9 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
         }
       }
       if (p.num_splits > 1) {
-        if (i >= sb.len_q) continue;
-        const std::int64_t row = ((static_cast<std::int64_t>(split) * p.batch + b) * p.num_heads_q + h) * p.seqlen_q + i;
+        if (i >= len_rows) continue;
+        const std::int64_t row =
+            ((static_cast<std::int64_t>(split) * p.batch + b) * p.num_heads_q + head_of(i)) * p.seqlen_q + query_of(i);
         float* po = p.maybe_partial_out + row * p.head_dim_v;
 #pragma unroll
         for (int nd = 0; nd < nd_count; ++nd) {
@@ -535,22 +581,22 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
         for (int nd = 0; nd < nd_count; ++nd)
           *reinterpret_cast<std::uint32_t*>(tc::tile_at<Width>(s_q, row_in_cta, nd) + col0) =
               pack2<T>(o[mb][nd][2 * r] * inv, o[mb][nd][2 * r + 1] * inv);
-        if (p.maybe_lse && (lane & 3) == 0 && i < sb.len_q)
-          p.maybe_lse[b * p.lse_batch_stride + h * p.lse_head_stride + (sb.start_q + i) * p.lse_seq_stride] = lse;
+        if (p.maybe_lse && (lane & 3) == 0 && i < len_rows)
+          p.maybe_lse[b * p.lse_batch_stride + head_of(i) * p.lse_head_stride + (sb.start_q + query_of(i)) * p.lse_seq_stride] = lse;
       }
     }
   if (p.num_splits > 1) return;
   __syncwarp();
   // The warp's rows, 16 bytes per lane per step: consecutive lanes write consecutive chunks of a row.
-  T* out = static_cast<T*>(p.out) + b * p.out_stride[0] + (sb.start_q + m0 + warp_row0) * p.out_stride[1] +
-           h * p.out_stride[2];
+  T* const out = static_cast<T*>(p.out) + b * p.out_stride[0] + sb.start_q * p.out_stride[1];
 #pragma unroll
   for (int it = 0; it < rows * nd_count / 32; ++it) {
     const int c = it * 32 + lane;
     const int rr = c / nd_count, ch = c % nd_count;
-    if (m0 + warp_row0 + rr >= sb.len_q || ch * 8 >= p.head_dim_v) continue;
+    const int i = m0 + warp_row0 + rr;
+    if (i >= len_rows || ch * 8 >= p.head_dim_v) continue;
     const T* src = tc::tile_at<Width>(s_q, warp_row0 + rr, ch);
-    T* dst = out + rr * p.out_stride[1];
+    T* dst = out + query_of(i) * p.out_stride[1] + head_of(i) * p.out_stride[2];
     if (p.out_vec) {
       *reinterpret_cast<uint4*>(dst + ch * 8) = *reinterpret_cast<const uint4*>(src);
     } else {
@@ -563,8 +609,14 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded>
 void launch_flash_tc_tile(const flash_params& p, void* stream) {
   constexpr int smem = flash_smem_bytes_for(Width, BlockM, BlockN);
-  const dim3 grid(static_cast<unsigned>((p.seqlen_q + BlockM - 1) / BlockM), static_cast<unsigned>(p.num_heads_q),
-                  static_cast<unsigned>(p.batch * p.num_splits));
+  // Note [Decode GQA packing]: a CTA per BlockM packed rows of a KV head (only the decode tile
+  // instantiates the packed kernel).
+  constexpr bool can_pack = BlockM == k_flash_decode_rows;
+  const bool pack = can_pack && p.pack_gqa;
+  if (p.pack_gqa && !can_pack) throw std::logic_error("flash_cuda: GQA packing planned off the decode tile");
+  const std::int64_t rows = std::int64_t{p.seqlen_q} * (pack ? p.group_size : 1);
+  const dim3 grid(static_cast<unsigned>((rows + BlockM - 1) / BlockM),
+                  static_cast<unsigned>(pack ? p.num_heads_kv : p.num_heads_q), static_cast<unsigned>(p.batch * p.num_splits));
   const auto s = static_cast<cudaStream_t>(stream);
   // A kernel of mode M with `bytes` of shared memory, its limit set once to `limit` (the largest
   // any call of M asks for).
@@ -583,7 +635,17 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
              smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, tc_mask_pair_bytes(p.mask)));
       break;
     case tc_mode::extras: launch(std::integral_constant<tc_mode, tc_mode::extras>{}, smem, smem); break;
-    case tc_mode::plain: launch(std::integral_constant<tc_mode, tc_mode::plain>{}, smem, smem); break;
+    case tc_mode::plain:
+      if constexpr (can_pack) {
+        if (pack) {
+          constexpr auto kernel = &flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, tc_mode::plain, true>;
+          allow_dynamic_smem<kernel>(smem);
+          kernel<<<grid, Warps * 32, smem, s>>>(p);
+          break;
+        }
+      }
+      launch(std::integral_constant<tc_mode, tc_mode::plain>{}, smem, smem);
+      break;
   }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
