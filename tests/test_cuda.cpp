@@ -149,6 +149,18 @@ case_spec typed_case(std::string name, dtype t, std::int64_t d, std::uint64_t se
   return c;
 }
 
+// The cases of a table-like test: add(name, dtype, head dim, edit) appends typed_case(prefix +
+// name), each at a seed of its own drawn from one fresh seed, with `defaults` applied before `edit`.
+auto case_adder(std::vector<case_spec>& v, std::string prefix, void (*defaults)(case_spec&) = nullptr) {
+  return [&v, prefix = std::move(prefix), defaults, seed = fresh_seed()](const std::string& name, dtype t,
+                                                                         std::int64_t d, auto&& edit) {
+    case_spec c = typed_case(prefix + name, t, d, seed * 7919u + v.size());
+    if (defaults != nullptr) defaults(c);
+    edit(c);
+    v.push_back(std::move(c));
+  };
+}
+
 // Shapes for flash_cuda's Hopper path (Note [Hopper path], src/cuda/flash_sm90.cuh): f16/bf16 at
 // head dims 64 and 128, no softcap: dense and varlen, no mask, key masks and boolean masks with a
 // row per query (Note [Hopper key masks], [Hopper row masks]). On a compute capability 9.0 device they run the
@@ -717,14 +729,10 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   ATTEND_REQUIRE_GPU();
   const mma_sync_only mma;
   std::vector<case_spec> v;
-  const std::uint64_t seed = fresh_seed();
-  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
-    case_spec c = typed_case("mma-sync-" + name, t, d, seed * 7919u + v.size());
+  const auto add = case_adder(v, "mma-sync-", [](case_spec& c) {
     c.mask = at::mask_type::keep;
     c.fully_masked_rows = true;
-    edit(c);
-    v.push_back(std::move(c));
-  };
+  });
   using at::mask_type;
   add("row-mask-d80-causal-br-gqa-bits", dtype::bf16, 80, [](case_spec& c) { c.batch = 2; c.seqlen_q = 130; c.seqlen_kv = 301; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
   add("row-mask-hf-d96-bits", dtype::f16, 96, [](case_spec& c) { c.batch = 2; c.seqlen_q = 200; c.seqlen_kv = 333; c.heads_q = 4; c.heads_kv = 1; c.mask_one_head = true; c.mask_rows_repeat = true; });
@@ -779,12 +787,7 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
 TEST(cuda, flash_cuda_split_kv_plain) {
   ATTEND_REQUIRE_GPU();
   std::vector<case_spec> v;
-  const std::uint64_t seed = fresh_seed();
-  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
-    case_spec c = typed_case("split-kv-" + name, t, d, seed * 7919u + v.size());
-    edit(c);
-    v.push_back(std::move(c));
-  };
+  const auto add = case_adder(v, "split-kv-");
   add("d128-decode-gqa", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 8; c.heads_kv = 2; });
   add("d64-decode", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 2049; c.heads_q = 4; c.heads_kv = 4; });
   add("d128-dv64-rows17", dtype::f16, 128, [](case_spec& c) { c.head_dim_v = 64; c.seqlen_q = 17; c.seqlen_kv = 1500; c.heads_q = 2; });
@@ -819,12 +822,7 @@ TEST(cuda, flash_cuda_decode_gqa_packing) {
   ATTEND_REQUIRE_GPU();
   const mma_sync_only mma;  // the non-split cases would otherwise take the Hopper kernel
   std::vector<case_spec> v;
-  const std::uint64_t seed = fresh_seed();
-  auto add = [&](const std::string& name, dtype t, std::int64_t d, auto&& edit) {
-    case_spec c = typed_case("gqa-pack-" + name, t, d, seed * 7919u + v.size());
-    edit(c);
-    v.push_back(std::move(c));
-  };
+  const auto add = case_adder(v, "gqa-pack-");
   add("d128-32:8-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 32; c.heads_kv = 8; });
   add("d64-6:2", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 200; c.heads_q = 6; c.heads_kv = 2; });
   add("d80-rows5-causal-br-split", dtype::bf16, 80, [](case_spec& c) { c.seqlen_q = 5; c.seqlen_kv = 2500; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });

@@ -70,6 +70,21 @@ __device__ __forceinline__ T* tile_at(T* tile, int row, int chunk) {
   return tile + row * Width + ((chunk ^ (row & 7)) << 3);
 }
 
+// One 16-byte chunk of a tile: 8 elements from `src`, dim_stride apart (one cp.async when `vec`).
+template <typename T>
+__device__ __forceinline__ void load_chunk(T* dst, const T* src, std::int64_t dim_stride, bool vec) {
+  if (vec) {
+    cp_async16(dst, src);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[e] = src[e * dim_stride];
+  }
+}
+template <typename T>
+__device__ __forceinline__ void zero_chunk(T* dst) {
+  *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+}
+
 // Loads rows [0, Rows) x [0, Width) of a [seq, dim] matrix into a swizzled tile. Thread x owns
 // chunk x % chunks of rows x / chunks + k * (Threads / chunks): one running source pointer, so no
 // per-chunk 64-bit addresses stay live across the key loop. Rows at or past `rows_valid` and dims
@@ -88,16 +103,10 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
   for (int it = 0; it < Rows / rows_step; ++it, src += src_step) {
     const int r = r0 + it * rows_step;
     T* dst = tile_at<Width>(tile, r, ch);
-    if (r < rows_valid && dim_ok) {
-      if (vec) {
-        cp_async16(dst, src);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = src[e * dim_stride];
-      }
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
+    if (r < rows_valid && dim_ok)
+      load_chunk(dst, src, dim_stride, vec);
+    else
+      zero_chunk(dst);
   }
 }
 
@@ -106,25 +115,17 @@ __device__ __forceinline__ void load_tile(T* tile, const T* g, std::int64_t row_
 template <int Rows, int Width, int Threads, typename T, typename RowAt>
 __device__ __forceinline__ void load_rows(T* tile, int dim, bool vec, std::int64_t dim_stride, RowAt&& row_at) {
   constexpr int chunks = Width / 8;
-  static_assert(Threads % chunks == 0 && Rows % (Threads / chunks) == 0, "every thread loads whole rows' chunks");
   constexpr int rows_step = Threads / chunks;
+  static_assert(Threads % chunks == 0 && Rows % rows_step == 0, "every thread loads whole rows' chunks");
   const int r0 = static_cast<int>(threadIdx.x) / chunks, ch = static_cast<int>(threadIdx.x) % chunks;
 #pragma unroll
   for (int it = 0; it < Rows / rows_step; ++it) {
-    const int r = r0 + it * rows_step;
-    T* dst = tile_at<Width>(tile, r, ch);
-    const T* row = row_at(r);
-    if (row != nullptr && ch * 8 < dim) {
-      const T* src = row + static_cast<std::int64_t>(ch) * 8 * dim_stride;
-      if (vec) {
-        cp_async16(dst, src);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = src[e * dim_stride];
-      }
-    } else {
-      *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-    }
+    T* dst = tile_at<Width>(tile, r0 + it * rows_step, ch);
+    const T* row = row_at(r0 + it * rows_step);
+    if (row != nullptr && ch * 8 < dim)
+      load_chunk(dst, row + static_cast<std::int64_t>(ch) * 8 * dim_stride, dim_stride, vec);
+    else
+      zero_chunk(dst);
   }
 }
 
