@@ -814,7 +814,7 @@ TEST(cuda, flash_cuda_split_kv_plain) {
 // GQA on the decode tile (Note [Decode GQA packing], src/cuda/flash.h): a CTA's rows are (query
 // row, head) pairs of one KV head. Group sizes 2 to 64 (20: a query row's heads straddle two CTAs;
 // 64 rows over four CTAs), 1 to 16 query rows (16 at group 8: 128 packed rows), split and not (each
-// at least once), head dims of every width (256 skips padded k-steps) with head_dim_v !=
+// at least once; strided, varlen, width 256 and straddling rows both ways), head dims of every width (256 skips padded k-steps) with head_dim_v !=
 // head_dim_qk, both layouts and strided views (loads without cp.async), varlen with an empty and a
 // one-row sequence, both causal alignments, a window, rows that see no key (bottom-right with Sq >
 // Skv: lse -inf, out 0). Softcap, which the packed kernel does not take, must not be packed.
@@ -835,6 +835,13 @@ TEST(cuda, flash_cuda_decode_gqa_packing) {
   add("d64-64:1", dtype::f16, 64, [](case_spec& c) { c.seqlen_kv = 513; c.heads_q = 64; c.heads_kv = 1; });
   add("d128-40:2-straddle-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 3; c.seqlen_kv = 1777; c.heads_q = 40; c.heads_kv = 2; });
   add("d64-rows8-no-keys", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 8; c.seqlen_kv = 5; c.heads_q = 4; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  // Without split, the packed kernel itself stores out and lse (with split, the merge does):
+  // element stores of a strided out, varlen rows past a sequence's start, width 256, and a query
+  // row's heads straddling two CTAs.
+  add("d64-strided-rows3", dtype::bf16, 64, [](case_spec& c) { c.strided = true; c.seqlen_q = 3; c.seqlen_kv = 300; c.heads_q = 6; c.heads_kv = 3; });
+  add("d128-varlen-window", dtype::bf16, 128, [](case_spec& c) { c.varlen_q = {2, 0, 5, 1}; c.varlen_kv = {300, 7, 450, 64}; c.heads_q = 12; c.heads_kv = 4; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 100; });
+  add("d256-rows2-mqa", dtype::f16, 256, [](case_spec& c) { c.seqlen_q = 2; c.seqlen_kv = 300; c.heads_q = 4; c.heads_kv = 1; });
+  add("d128-40:2-straddle", dtype::f16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 333; c.heads_q = 40; c.heads_kv = 2; });
   add("d64-softcap-unpacked", dtype::bf16, 64, [](case_spec& c) { c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; c.softcap = 20.0; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   int split = 0, whole = 0;

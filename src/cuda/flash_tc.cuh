@@ -614,7 +614,10 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
   // instantiates the packed kernel).
   constexpr bool can_pack = BlockM == k_flash_decode_rows;
   const bool pack = can_pack && p.pack_gqa;
-  if (p.pack_gqa && !can_pack) throw std::logic_error("flash_cuda: GQA packing planned off the decode tile");
+  const tc_mode mode = tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN);
+  // The grid below is the packed one whenever pack_gqa is set, which only the packed plain kernel reads.
+  if (p.pack_gqa && (!can_pack || mode != tc_mode::plain))
+    throw std::logic_error("flash_cuda: GQA packing planned off the decode tile's plain score path");
   const std::int64_t rows = std::int64_t{p.seqlen_q} * (pack ? p.group_size : 1);
   const dim3 grid(static_cast<unsigned>((rows + BlockM - 1) / BlockM),
                   static_cast<unsigned>(pack ? p.num_heads_kv : p.num_heads_q), static_cast<unsigned>(p.batch * p.num_splits));
@@ -626,7 +629,7 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
     allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(limit);
     flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, bytes, s>>>(p);
   };
-  switch (tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN)) {
+  switch (mode) {
     case tc_mode::bits:
       launch_mask_bits(p, stream);  // Note [mma.sync mask bits]
       launch(std::integral_constant<tc_mode, tc_mode::bits>{}, smem, smem);
