@@ -4,9 +4,10 @@
 // A forward_context is a scoped RAII guard: constructing one pushes it onto the calling
 // thread's stack, destroying it pops it (or, destroyed out of order, unlinks it). Destroyed on
 // another thread, it cannot unlink itself from its own thread's stack: that thread must not look
-// contexts up (call attention()) afterwards; the destroying thread's stack is untouched. Contexts nest; a lookup walks from the innermost
-// context outwards, so an inner context overrides only the keys it sets. Each thread has its own
-// stack (no global mutable state): a context on one thread is invisible to every other thread.
+// contexts up (call attention()) afterwards; the destroying thread's stack is untouched. Contexts
+// nest; a lookup walks from the innermost context outwards, so an inner context overrides only
+// the keys it sets. Each thread has its own stack (no global mutable state): a context on one
+// thread is invisible to every other thread.
 // attend::attention() hands the innermost context of the calling thread to the backend through
 // run_context::maybe_forward, so a backend that runs work on other threads still sees it.
 #pragma once

@@ -354,9 +354,9 @@ double time_backend(const backend& b, const problem& p, int num_threads, double 
   memory_resource* memory = b.memory_for(p.device);
   run_on(b, p, options);  // warm-up: workspace, caches, lazy initialisation
   if (memory) memory->synchronize();
-  // The runs stop at min_reps and min_seconds both met, or at k_max_runs (8 MB of samples): past
+  // The runs stop at min_reps and min_seconds both met, or at max_runs (10^6, 8 MB of samples, or min_reps if more): past
   // that a tiny call is timed well enough, and min_seconds is not met (time_backend's contract).
-  constexpr std::size_t k_max_runs = 1000000;
+  const std::size_t max_runs = std::max<std::size_t>(1000000, static_cast<std::size_t>(std::max(min_reps, 0)));
   std::vector<double> samples;
   double total = 0;
   while (static_cast<int>(samples.size()) < min_reps || total < min_seconds) {
@@ -366,7 +366,7 @@ double time_backend(const backend& b, const problem& p, int num_threads, double 
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     samples.push_back(s);
     total += s;
-    if (samples.size() >= std::max(k_max_runs, static_cast<std::size_t>(std::max(min_reps, 0)))) break;
+    if (samples.size() >= max_runs) break;
   }
   std::nth_element(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(samples.size() / 2), samples.end());
   return samples[samples.size() / 2];

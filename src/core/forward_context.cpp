@@ -1,6 +1,5 @@
 #include "attend/forward_context.h"
 
-
 namespace attend {
 
 namespace {

@@ -31,19 +31,21 @@ void merge_partials(std::span<const tensor_view> outs, std::span<const tensor_vi
     detail::check_view(outs[s], ("merge_partials: outs[" + std::to_string(s) + "]").c_str());
     detail::check_view(lses[s], ("merge_partials: lses[" + std::to_string(s) + "]").c_str());
   }
-  require(out.rank == 4 && (out.data != nullptr || out.numel() == 0) && is_float(out.dtype) && out.device.kind == device_kind::cpu,
+  // A cpu view of `rank` dimensions with memory behind it (none needed when empty).
+  auto cpu_view = [](const tensor_view& t, int rank) {
+    return t.rank == rank && (t.data != nullptr || t.numel() == 0) && t.device.kind == device_kind::cpu;
+  };
+  require(cpu_view(out, 4) && is_float(out.dtype),
           "out must be a cpu [B, Sq, H, Dv] f32/f16/bf16 tensor; got " + out.describe());
   const std::int64_t b = out.sizes[0], sq = out.sizes[1], h = out.sizes[2], dv = out.sizes[3];
   auto check_lse = [&](const tensor_view& l, const std::string& name) {
-    require(l.rank == 3 && (l.data != nullptr || l.numel() == 0) && l.dtype == dtype::f32 && l.device.kind == device_kind::cpu &&
-                l.sizes[0] == b && l.sizes[1] == h && l.sizes[2] == sq,
+    require(cpu_view(l, 3) && l.dtype == dtype::f32 && l.sizes[0] == b && l.sizes[1] == h && l.sizes[2] == sq,
             name + " must be a cpu f32 [" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(sq) +
                 "] tensor (B, H, Sq of out); got " + l.describe());
   };
   for (std::size_t s = 0; s < outs.size(); ++s) {
     const tensor_view& o = outs[s];
-    require(o.rank == 4 && (o.data != nullptr || o.numel() == 0) && is_float(o.dtype) && o.device.kind == device_kind::cpu &&
-                o.sizes == out.sizes,
+    require(cpu_view(o, 4) && is_float(o.dtype) && o.sizes == out.sizes,
             "outs[" + std::to_string(s) + "] must be a cpu f32/f16/bf16 tensor shaped like out (" + out.describe() +
                 "); got " + o.describe());
     check_lse(lses[s], "lses[" + std::to_string(s) + "]");

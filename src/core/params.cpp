@@ -418,8 +418,7 @@ problem make_problem(const attention_params& params) {
   // offsets, the problem carries the real longest sequences instead, so a loose bound (a bucket
   // size) shapes the mask and nothing else: backends' limits, workspaces and work follow the real
   // lengths (a bound of 2^31 - 1 over 5-row sequences was refused by flash_cpu and asked the
-  // reference for 34 GB before). -1: the problem's own lengths.
-  std::int64_t mask_sq = -1, mask_skv = -1;
+  // reference for 34 GB before).
   if (p.is_varlen) {
     for (auto [t, name] : {std::pair{&a.maybe_cu_seqlens_q, "cu_seqlens_q"}, {&a.maybe_cu_seqlens_kv, "cu_seqlens_kv"}}) {
       check_view(*t, name);
@@ -456,8 +455,6 @@ problem make_problem(const attention_params& params) {
              std::to_string(longest_kv) + ")");
       p.seqlen_q = longest_q;
       p.seqlen_kv = longest_kv;
-      mask_sq = a.max_seqlen_q != 0 ? a.max_seqlen_q : longest_q;
-      mask_skv = a.max_seqlen_kv != 0 ? a.max_seqlen_kv : longest_kv;
     } else {
       if ((a.max_seqlen_q == 0 && p.total_q > 0) || (a.max_seqlen_kv == 0 && p.total_kv > 0))
         fail("max_seqlen_q/kv: required when cu_seqlens live on " + to_string(p.device));
@@ -534,8 +531,9 @@ problem make_problem(const attention_params& params) {
       fail("mask: dtype must be bool (keep-mask) or f32/f16/bf16 (additive); got i32");
     if (m.device != p.device)
       fail("mask: device must match q (" + to_string(p.device) + "); got " + to_string(m.device));
-    const std::int64_t full[4] = {p.batch, p.num_heads_q, mask_sq >= 0 ? mask_sq : p.seqlen_q,
-                                  mask_skv >= 0 ? mask_skv : p.seqlen_kv};
+    // varlen: the given bound where there is one (the offsets on a device: the problem's lengths)
+    const std::int64_t full[4] = {p.batch, p.num_heads_q, p.is_varlen && a.max_seqlen_q != 0 ? a.max_seqlen_q : p.seqlen_q,
+                                  p.is_varlen && a.max_seqlen_kv != 0 ? a.max_seqlen_kv : p.seqlen_kv};
     std::int64_t strides[4] = {0, 0, 0, 0};
     for (int i = 0; i < m.rank; ++i) {
       const int target = 4 - m.rank + i;

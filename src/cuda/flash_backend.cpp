@@ -89,9 +89,6 @@ int compute_capability(int index) {
 }
 int sm_count(int index) { return device_attribute<cudaDevAttrMultiProcessorCount>(index); }
 
-// Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
-// loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
-// each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
 // The tile a call of the mma.sync kernel runs on: Note [Tile sizes], or Note [Decode tile].
 struct tc_tile {
   int warps, block_m, block_n;
@@ -118,6 +115,9 @@ bool pack_gqa(const problem& p, const tc_entry* kernel) {
                                              p.maybe_mask == nullptr && p.params.softcap == 0.0);
 }
 
+// Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
+// loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
+// each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
 int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
   const tc_tile tile = tile_of(p, *kernel);
@@ -327,7 +327,7 @@ class flash_cuda_backend final : public backend {
     const call_plan plan = plan_call(pr);
     if (plan.hopper != nullptr) return "sm90";
     if (plan.kernel == nullptr) return "generic";
-    if (plan.decode && plan.params.pack_gqa) return plan.params.num_splits > 1 ? "tc-decode-gqa-split" : "tc-decode-gqa";
+    if (plan.params.pack_gqa) return plan.params.num_splits > 1 ? "tc-decode-gqa-split" : "tc-decode-gqa";
     if (plan.decode) return plan.params.num_splits > 1 ? "tc-decode-split" : "tc-decode";
     return plan.params.num_splits > 1 ? "tc-split" : "tc";
   }
@@ -359,7 +359,7 @@ class flash_cuda_backend final : public backend {
     c.ws = plan_splits(pr, c.kernel);
     c.params = to_params(pr);
     c.params.num_splits = c.ws.splits;
-    c.params.pack_gqa = c.decode && pack_gqa(pr, c.kernel);
+    c.params.pack_gqa = pack_gqa(pr, c.kernel);  // (on the decode tile only)
     c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
     if (c.hopper != nullptr) c.ws.counter_bytes = 256;
     if (c.kernel != nullptr && packed_mask(c.params))
