@@ -761,7 +761,8 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
   for (const case_spec& spec : v) {
     const gpu_plan plan = planned(spec);
     const std::string& kernel = plan.kernel;
-    EXPECT_TRUE(kernel == "tc" || kernel == "tc-split" || kernel == "tc-decode" || kernel == "tc-decode-split")
+    EXPECT_TRUE(kernel == "tc" || kernel == "tc-split" || kernel == "tc-decode" || kernel == "tc-decode-split" ||
+                kernel == "tc-decode-gqa" || kernel == "tc-decode-gqa-split")
         << spec.name << " plans " << kernel;
     std::string mode = spec.name.substr(spec.name.rfind('-') + 1);
     if (mode == "staged" && !plan.staged_fits) {  // a GPU with less shared memory per SM than the H100
@@ -769,8 +770,8 @@ TEST(cuda, flash_cuda_mma_sync_masks) {
       mode = "extras";
     }
     EXPECT_EQ(plan.tc_mode, mode) << spec.name;
-    if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {
-      EXPECT_EQ(kernel, "tc-decode-split") << spec.name;  // Note [Decode tile]
+    if (spec.seqlen_q <= 3 && spec.varlen_q.empty()) {  // Note [Decode tile], Note [Decode GQA packing]
+      EXPECT_EQ(kernel, spec.heads_q != spec.heads_kv ? "tc-decode-gqa-split" : "tc-decode-split") << spec.name;
     }
   }
 #endif
@@ -817,7 +818,8 @@ TEST(cuda, flash_cuda_split_kv_plain) {
 // at least once; strided, varlen, width 256 and straddling rows both ways), head dims of every width (256 skips padded k-steps) with head_dim_v !=
 // head_dim_qk, both layouts and strided views (loads without cp.async), varlen with an empty and a
 // one-row sequence, both causal alignments, a window, rows that see no key (bottom-right with Sq >
-// Skv: lse -inf, out 0). Softcap, which the packed kernel does not take, must not be packed.
+// Skv: lse -inf, out 0). Masks on each score path (packed bits, staged pairs, element reads; per
+// head, shared by heads, key-major, varlen, rows of only float's lowest value) and softcap.
 TEST(cuda, flash_cuda_decode_gqa_packing) {
   ATTEND_REQUIRE_GPU();
   const mma_sync_only mma;  // the non-split cases would otherwise take the Hopper kernel
@@ -842,15 +844,26 @@ TEST(cuda, flash_cuda_decode_gqa_packing) {
   add("d128-varlen-window", dtype::bf16, 128, [](case_spec& c) { c.varlen_q = {2, 0, 5, 1}; c.varlen_kv = {300, 7, 450, 64}; c.heads_q = 12; c.heads_kv = 4; c.causal = true; c.alignment = alignment::bottom_right; c.window_left = 100; });
   add("d256-rows2-mqa", dtype::f16, 256, [](case_spec& c) { c.seqlen_q = 2; c.seqlen_kv = 300; c.heads_q = 4; c.heads_kv = 1; });
   add("d128-40:2-straddle", dtype::f16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 333; c.heads_q = 40; c.heads_kv = 2; });
-  add("d64-softcap-unpacked", dtype::bf16, 64, [](case_spec& c) { c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; c.softcap = 20.0; });
+  // Masks and softcap, whose rows are read at each packed row's (head, query row): the score path
+  // each case takes is a word of its name (plain where none is).
+  using at::mask_type;
+  add("d128-key-mask-per-head-bits-split", dtype::bf16, 128, [](case_spec& c) { c.mask = mask_type::keep; c.mask_key_only = true; c.fully_masked_rows = true; c.seqlen_kv = 3000; c.heads_q = 8; c.heads_kv = 2; });
+  add("d64-row-mask-one-head-bits", dtype::f16, 64, [](case_spec& c) { c.mask = mask_type::keep; c.mask_one_head = true; c.fully_masked_rows = true; c.seqlen_q = 4; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  add("d64-varlen-key-mask-bits", dtype::bf16, 64, [](case_spec& c) { c.mask = mask_type::keep; c.mask_key_only = true; c.varlen_q = {1, 3, 0}; c.varlen_kv = {300, 40, 129}; c.heads_q = 4; c.heads_kv = 2; });
+  add("d80-additive-f16-lowest-staged-split", dtype::f16, 80, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::f16; c.mask_lowest = true; c.fully_masked_rows = true; c.seqlen_q = 2; c.seqlen_kv = 2500; c.heads_q = 6; c.heads_kv = 2; });
+  add("d64-additive-key-major-extras", dtype::bf16, 64, [](case_spec& c) { c.mask = mask_type::additive; c.mask_dtype = dtype::bf16; c.mask_keys_outer = true; c.seqlen_q = 3; c.seqlen_kv = 400; c.heads_q = 4; c.heads_kv = 2; });
+  add("d128-additive-lowest-key-major-extras-split", dtype::f16, 128, [](case_spec& c) { c.mask = mask_type::additive; c.mask_lowest = true; c.mask_keys_outer = true; c.fully_masked_rows = true; c.seqlen_kv = 3001; c.heads_q = 8; c.heads_kv = 1; });
+  add("d128-softcap-extras-split", dtype::bf16, 128, [](case_spec& c) { c.softcap = 20.0; c.seqlen_kv = 2000; c.heads_q = 8; c.heads_kv = 2; });
+  add("d64-softcap-keep-mask-extras", dtype::f16, 64, [](case_spec& c) { c.softcap = 5.0; c.mask = mask_type::keep; c.fully_masked_rows = true; c.seqlen_q = 2; c.seqlen_kv = 300; c.heads_q = 6; c.heads_kv = 3; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   int split = 0, whole = 0;
   for (const case_spec& spec : v) {
     const gpu_plan plan = planned(spec);
-    if (spec.softcap > 0) {
-      EXPECT_EQ(plan.kernel, "tc-decode") << spec.name;
-      continue;
-    }
+    std::string mode = "plain";
+    for (const char* m : {"bits", "staged", "extras"})
+      if (spec.name.find(std::string("-") + m) != std::string::npos) mode = m;
+    if (mode == "staged" && !plan.staged_fits) mode = "extras";  // a GPU with less shared memory per SM
+    EXPECT_EQ(plan.tc_mode, mode) << spec.name;
     EXPECT_TRUE(plan.kernel == "tc-decode-gqa" || plan.kernel == "tc-decode-gqa-split") << spec.name << " plans " << plan.kernel;
     EXPECT_EQ(plan.kernel.ends_with("split"), spec.name.ends_with("split")) << spec.name << " plans " << plan.kernel;
     (plan.kernel.ends_with("split") ? split : whole) += 1;

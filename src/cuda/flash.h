@@ -165,12 +165,10 @@ constexpr bool flash_decode_tile(std::int64_t seqlen_q) { return seqlen_q <= k_f
 // head each streamed that head's K and V (through L2, at one row's work per MMA). On the decode
 // tile the rows of a CTA are instead (query row i, head g of the group) pairs of one KV head,
 // packed row r = i * group_size + g (rows of one query row are adjacent, so the band stays
-// monotone in r): a 32:8 decode fills 4 of 16 rows and streams each K/V tile once for them. Only
-// on the plain score path (no mask, no softcap: a mask's row depends on the head, which the other
-// paths read per CTA), and only where it shrinks the grid: group_size > 1.
-constexpr bool flash_pack_gqa(bool decode_tile, std::int64_t group_size, bool plain) {
-  return decode_tile && group_size > 1 && plain;
-}
+// monotone in r): a 32:8 decode fills 4 of 16 rows and streams each K/V tile once for them. On
+// every score path: a mask's row (its terms, packed bits or staged pairs) is read at each packed
+// row's (head, query row). Only where it shrinks the grid: group_size > 1.
+constexpr bool flash_pack_gqa(bool decode_tile, std::int64_t group_size) { return decode_tile && group_size > 1; }
 // Whether the warp keeps its Q fragments in registers for the whole key loop (instead of reading
 // them from shared memory every key tile).
 constexpr bool flash_q_in_registers(int width, int rows_per_warp, int block_n) {

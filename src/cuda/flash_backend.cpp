@@ -109,10 +109,9 @@ int ctas_per_sm(const tc_tile& t, int width, int device_index) {
 }
 
 // Whether the call's decode tile packs the query heads of a KV head into its rows (Note [Decode
-// GQA packing], flash.h): on the plain score path only (no mask, no softcap).
+// GQA packing], flash.h).
 bool pack_gqa(const problem& p, const tc_entry* kernel) {
-  return kernel != nullptr && flash_pack_gqa(flash_decode_tile(p.seqlen_q), p.group_size,
-                                             p.maybe_mask == nullptr && p.params.softcap == 0.0);
+  return kernel != nullptr && flash_pack_gqa(flash_decode_tile(p.seqlen_q), p.group_size);
 }
 
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few

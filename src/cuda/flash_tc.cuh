@@ -188,7 +188,7 @@ __device__ __forceinline__ void staged_terms(const unsigned char* src, mask_kind
 // mask bits]), staged (an additive mask through shared memory, Note [mma.sync staged masks]) and
 // extras (any other mask or softcap: score_of's steps beyond the scale, a row's mask terms read
 // element by element, mask_row_terms). Pack: the CTA's rows are (query row, head) pairs of one KV
-// head (Note [Decode GQA packing], flash.h; plain mode only).
+// head (Note [Decode GQA packing], flash.h); a mask's row is then read per packed row.
 template <elem E, int Width, int Warps, int BlockM, int BlockN, bool SkipPadded, tc_mode Mode, bool Pack = false>
 __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kernel(const flash_params p) {
   using T = typename elem_traits<E>::type;
@@ -203,7 +203,6 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   static_assert(BlockN % 16 == 0 && rows % 16 == 0 && (mb_count == 1 || mb_count == 2), "tile shape");
   constexpr bool extras = Mode == tc_mode::extras, packed = Mode == tc_mode::bits, staged = Mode == tc_mode::staged;
   constexpr bool terms = extras || staged;  // every tile takes the per-element score path
-  static_assert(!Pack || Mode == tc_mode::plain, "a packed row's head varies: only the plain path takes it");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* s_q = reinterpret_cast<T*>(smem_raw);
   T* s_k = s_q + BlockM * Width;        // 2 stages
@@ -265,12 +264,14 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   unsigned char* const m_slot = s_m + threadIdx.x * pair_bytes;
   auto load_mask = [&](int t, int stage) {
     const int es = pair_bytes / 2, col0 = t * BlockN + (lane & 3) * 2;
-    const char* const base = static_cast<const char*>(p.maybe_mask) + (b * p.mask_stride[0] + h * p.mask_stride[1]) * es;
+    const char* const base = static_cast<const char*>(p.maybe_mask) + (b * p.mask_stride[0] + (Pack ? 0 : h) * p.mask_stride[1]) * es;
 #pragma unroll
     for (int mb = 0; mb < mb_count; ++mb)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const char* row = base + min(i_base + 16 * mb + 8 * r, sb.len_q - 1) * p.mask_stride[2] * es;
+        const int ic = min(i_base + 16 * mb + 8 * r, len_rows - 1);  // a row past the sequence reads the last one's
+        const char* row = Pack ? base + (head_of(ic) * p.mask_stride[1] + query_of(ic) * p.mask_stride[2]) * es
+                               : base + ic * p.mask_stride[2] * es;
 #pragma unroll
         for (int nb = 0; nb < nb_count; ++nb) {
           const int col = col0 + nb * 8, keys = min(max(sb.len_kv - col, 0), 2);
@@ -315,9 +316,10 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
   // Note [mma.sync mask bits]: the packed row of this thread's first row; its others are 8, 16 and
   // 24 rows on (a row past the sequence reads the last row's; the band drops it anyway). Those
   // offsets fit an int: a row has at most 2^26 words (Skv < 2^31).
-  const int bits_r0 = min(i_base, sb.len_q - 1);
+  // With Pack, each row's own (head, query row) instead.
+  const int bits_r0 = min(i_base, len_rows - 1);
   const std::uint32_t* bits_row0 = nullptr;
-  if constexpr (packed)
+  if constexpr (packed && !Pack)
     bits_row0 = p.maybe_mask_bits + b * p.mask_bits_stride[0] + h * p.mask_bits_stride[1] + bits_r0 * p.mask_bits_stride[2];
 
   for (int t = t_begin; t < t_end; ++t) {
@@ -350,7 +352,11 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       for (int mb = 0; mb < mb_count; ++mb)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const std::uint32_t* row = bits_row0 + (min(i_base + 16 * mb + 8 * r, sb.len_q - 1) - bits_r0) * row_words;
+          const int ic = min(i_base + 16 * mb + 8 * r, len_rows - 1);
+          const std::uint32_t* row =
+              Pack ? p.maybe_mask_bits + b * p.mask_bits_stride[0] + head_of(ic) * p.mask_bits_stride[1] +
+                         query_of(ic) * p.mask_bits_stride[2]
+                   : bits_row0 + (ic - bits_r0) * row_words;
           if constexpr (BlockN == 64) {
             const uint2 w = __ldg(reinterpret_cast<const uint2*>(row + n0 / 32));
             tb[mb][r][0] = w.x;
@@ -449,8 +455,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           const int i = i_base + 16 * mb + 8 * r;
-          const band bd = visible(p, i, sb.len_q, sb.len_kv);
-          const bool row_ok = i < sb.len_q;
+          const bool row_ok = i < len_rows;
+          const band bd = visible(p, Pack ? (row_ok ? query_of(i) : 0) : i, sb.len_q, sb.len_kv);
           const int lo = row_ok ? static_cast<int>(bd.lo) - col_base : 0;
           const int hi = row_ok ? static_cast<int>(bd.hi) - col_base : 0;
           float add[nb_count][2];
@@ -458,7 +464,8 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
             const unsigned char* src = m_slot + stage * m_stage_bytes + (mb * 2 + r) * nb_count * threads * pair_bytes;
             tc::staged_terms<nb_count, threads>(src, p.mask, add);
           } else {
-            mask_row_terms<nb_count>(p, b, h, i, col_base, row_ok ? sb.len_kv : 0, add);
+            const int ic = Pack ? min(i, len_rows - 1) : i;  // (with no keys to read past the sequence)
+            mask_row_terms<nb_count>(p, b, head_of(ic), query_of(ic), col_base, row_ok ? sb.len_kv : 0, add);
           }
 #pragma unroll
           for (int nb = 0; nb < nb_count; ++nb)
@@ -551,10 +558,10 @@ __global__ void __launch_bounds__(Warps * 32, Warps <= 4 ? 2 : 1) flash_tc_kerne
       float lse = l == 0.0f ? k_neg_inf : row_m[mb][r] * k_ln2 + logf(l);
       float lse_low = 0.0f;  // a split's lse is lse + lse_low (Note [Split clamped rows])
       if constexpr (terms) {  // Note [GPU clamped scores]
-        if (clamped_row(p, row_m[mb][r], l) && i < sb.len_q) {
-          const band bd = visible(p, i, sb.len_q, sb.len_kv);
+        if (clamped_row(p, row_m[mb][r], l) && i < len_rows) {
+          const band bd = visible(p, query_of(i), sb.len_q, sb.len_kv);
           // the keys of this CTA's tiles (a split's share under split-KV)
-          const float bias = clamped_row_bias(p, b, h, i, max(bd.lo, std::int64_t{t_begin} * BlockN),
+          const float bias = clamped_row_bias(p, b, head_of(i), query_of(i), max(bd.lo, std::int64_t{t_begin} * BlockN),
                                               min(bd.hi, std::int64_t{t_end} * BlockN));
           lse_low = logf(l);
           lse = p.num_splits > 1 ? bias : bias + lse_low;
@@ -614,22 +621,28 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
   // instantiates the packed kernel).
   constexpr bool can_pack = BlockM == k_flash_decode_rows;
   const bool pack = can_pack && p.pack_gqa;
-  const tc_mode mode = tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN);
-  // The grid below is the packed one whenever pack_gqa is set, which only the packed plain kernel reads.
-  if (p.pack_gqa && (!can_pack || mode != tc_mode::plain))
-    throw std::logic_error("flash_cuda: GQA packing planned off the decode tile's plain score path");
+  if (p.pack_gqa && !can_pack) throw std::logic_error("flash_cuda: GQA packing planned off the decode tile");
   const std::int64_t rows = std::int64_t{p.seqlen_q} * (pack ? p.group_size : 1);
   const dim3 grid(static_cast<unsigned>((rows + BlockM - 1) / BlockM),
                   static_cast<unsigned>(pack ? p.num_heads_kv : p.num_heads_q), static_cast<unsigned>(p.batch * p.num_splits));
   const auto s = static_cast<cudaStream_t>(stream);
   // A kernel of mode M with `bytes` of shared memory, its limit set once to `limit` (the largest
-  // any call of M asks for).
+  // any call of M asks for); packed (Note [Decode GQA packing]) when the plan says so.
   auto launch = [&](auto mode, int limit, int bytes) {
     constexpr tc_mode M = decltype(mode)::value;
-    allow_dynamic_smem<flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>>(limit);
-    flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M><<<grid, Warps * 32, bytes, s>>>(p);
+    if constexpr (can_pack) {
+      if (pack) {
+        constexpr auto kernel = &flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M, true>;
+        allow_dynamic_smem<kernel>(limit);
+        kernel<<<grid, Warps * 32, bytes, s>>>(p);
+        return;
+      }
+    }
+    constexpr auto kernel = &flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, M>;
+    allow_dynamic_smem<kernel>(limit);
+    kernel<<<grid, Warps * 32, bytes, s>>>(p);
   };
-  switch (mode) {
+  switch (tc_mode_for(p, p.maybe_mask_bits != nullptr, Width, Warps, BlockM, BlockN)) {
     case tc_mode::bits:
       launch_mask_bits(p, stream);  // Note [mma.sync mask bits]
       launch(std::integral_constant<tc_mode, tc_mode::bits>{}, smem, smem);
@@ -639,17 +652,7 @@ void launch_flash_tc_tile(const flash_params& p, void* stream) {
              smem + 2 * tc_staged_stage_bytes(Warps, BlockM, BlockN, tc_mask_pair_bytes(p.mask)));
       break;
     case tc_mode::extras: launch(std::integral_constant<tc_mode, tc_mode::extras>{}, smem, smem); break;
-    case tc_mode::plain:
-      if constexpr (can_pack) {
-        if (pack) {
-          constexpr auto kernel = &flash_tc_kernel<E, Width, Warps, BlockM, BlockN, SkipPadded, tc_mode::plain, true>;
-          allow_dynamic_smem<kernel>(smem);
-          kernel<<<grid, Warps * 32, smem, s>>>(p);
-          break;
-        }
-      }
-      launch(std::integral_constant<tc_mode, tc_mode::plain>{}, smem, smem);
-      break;
+    case tc_mode::plain: launch(std::integral_constant<tc_mode, tc_mode::plain>{}, smem, smem); break;
   }
   ATTEND_CUDA_CHECK(cudaGetLastError());
 }
