@@ -55,7 +55,7 @@ struct flash_params {
   bool out_vec = false;
 
   // Split-KV (Note [Split KV]): num_splits > 1 writes fp32 partials to the workspace and a second
-  // kernel merges them by LSE.
+  // kernel merges them by LSE, at most k_flash_max_splits.
   int num_splits = 1;
   float* maybe_partial_out = nullptr;  // [splits, B, Hq, Sq, Dv]
   float* maybe_partial_lse = nullptr;  // [splits, B, Hq, Sq]
@@ -147,7 +147,8 @@ constexpr int flash_rows_per_warp(int width) { return flash_block_m(width) / fla
 // bytes in flight. So such calls run the same kernel on a one-warp CTA of 16 rows (Q 16 rows, K/V
 // tiles as above: 34-36 KB of shared memory at widths 64 and 128, 72 KB at 256), several CTAs per
 // SM, each warp computing only its rows. Split-KV counts CTAs per SM from the shared memory.
-// Measured 1.26-1.47x on decode shapes, 89% of copy bandwidth on the H200 (bench/RESULTS.md).
+// Measured 1.26-1.47x on decode shapes, 89% of copy bandwidth on the H200; 95% once split-KV
+// filled one wave and the merge read a row's splits together (Note [Split KV]; bench/RESULTS.md).
 constexpr int k_flash_decode_rows = 16;
 constexpr int flash_decode_warps(int width) {
   (void)width;
@@ -158,6 +159,9 @@ constexpr int flash_decode_block_m(int width) {
   return k_flash_decode_rows;
 }
 constexpr int flash_decode_block_n(int width) { return flash_block_n(width); }
+// The most key ranges split-KV cuts a call into (Note [Split KV], flash_backend.cpp); the merge
+// holds two splits' weights a lane.
+constexpr int k_flash_max_splits = 64;
 // Whether a call with `seqlen_q` query rows (varlen: the longest) runs on the decode tile.
 constexpr bool flash_decode_tile(std::int64_t seqlen_q) { return seqlen_q <= k_flash_decode_rows; }
 // Note [Decode GQA packing]: under GQA a decode call has one query row per query head, so each
