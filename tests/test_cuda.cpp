@@ -798,8 +798,9 @@ TEST(cuda, flash_cuda_split_kv_plain) {
   add("d128-varlen", dtype::f16, 128, [](case_spec& c) { c.varlen_q = {1, 2, 0}; c.varlen_kv = {3000, 40, 700}; c.heads_q = 4; c.heads_kv = 2; });
   add("d64-rows40-window", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 40; c.seqlen_kv = 1300; c.heads_q = 2; c.window_left = 100; c.window_right = 20; });
   add("d128-rows3-causal-top-left", dtype::bf16, 128, [](case_spec& c) { c.seqlen_q = 3; c.seqlen_kv = 4000; c.heads_q = 2; c.heads_kv = 2; c.causal = true; });
-  // 375 key tiles in 46 splits of 9 (on any GPU of 32 SMs or more): the merge's second split
-  // per lane (lanes 0-13 hold splits 32-45) and four empty splits.
+  // 375 key tiles in 46 splits of 9 on the H100 and H200 (6 decode-tile CTAs an SM; fewer splits
+  // where fewer fit): the merge's second split per lane (lanes 0-13 hold splits 32-45) and four
+  // empty splits.
   add("d128-46-splits", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 12000; c.heads_q = 4; c.heads_kv = 4; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {

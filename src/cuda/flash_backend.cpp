@@ -117,12 +117,15 @@ bool pack_gqa(const problem& p, const tc_entry* kernel) {
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
 // loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
 // each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
-// The splits fill one wave of resident CTAs and no more: a grid a little over a wave ran its last
-// partial wave at nearly a full wave's time. On the H200 (bf16, width 128, the decode tile's 792
-// resident CTAs), scanning the count: 8 x 1 x 32768, 32:8 heads (64 packed CTAs) took 0.29 ms at
-// 12 splits (768 CTAs), 0.41 at 16 and 0.40 at 25; 1 x 1 x 32768, 32:32 (32 CTAs) 0.17 ms at 24
-// splits, 0.26 at 25. Fewer splits than a wave's are fine once bandwidth is: 8 x 1 x 32768 MHA
-// (256 CTAs) read K and V at 4.2 TB/s unsplit. (The rule was 8 waves, ceil: 25 splits there.)
+// Which calls split is as it was measured on the H100 and H200: fewer CTAs than two waves of
+// resident ones, and at least 16 key tiles (a call that does not split may take the Hopper kernel,
+// which the split path cannot; an unsplit GQA decode there loses the packing of Note [Decode GQA
+// packing]). How many: one wave of resident CTAs, not more (at least 2): a grid a little over
+// a wave ran its last partial wave at nearly a full wave's time. On the H200 (bf16, width 128, the
+// decode tile's 792 resident CTAs), scanning the count: 8 x 1 x 32768, 32:8 heads (64 packed
+// CTAs) took 0.29 ms at 12 splits (768 CTAs), 0.41 at 16 and 0.40 at 25; 1 x 1 x 32768, 32:32
+// (32 CTAs) 0.17 ms at 24 splits, 0.26 at 25. (The count was 8 waves rounded up: 25 splits for
+// 8 x 1 x 32768 MHA, 1.16 ms; 3 splits now, 1.07 ms; bench/RESULTS.md.)
 int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
   const tc_tile tile = tile_of(p, *kernel);
@@ -138,10 +141,10 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   const std::int64_t resident = attend::cuda::ctas_per_sm(tile, kernel->width, p.device.index) * sms;
   constexpr std::int64_t min_tiles = 8;  // why: each split must stream enough keys to amortise its
                                          // Q load and the merge
-  if (2 * ctas > resident || kv_tiles < 2 * min_tiles) return 1;
+  if (ctas >= 2 * resident || kv_tiles < 2 * min_tiles) return 1;
   const std::int64_t grid_z_room = 65535 / std::max<std::int64_t>(p.batch, 1);  // gridDim.z = B * splits
-  const std::int64_t splits =
-      std::min({resident / ctas, kv_tiles / min_tiles, static_cast<std::int64_t>(k_flash_max_splits), grid_z_room});
+  const std::int64_t splits = std::min({std::max<std::int64_t>(resident / ctas, 2), kv_tiles / min_tiles,
+                                        static_cast<std::int64_t>(k_flash_max_splits), grid_z_room});
   return static_cast<int>(std::max<std::int64_t>(splits, 1));
 }
 

@@ -3,6 +3,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "cuda/cuda_check.h"
 #include "cuda/flash_common.cuh"
@@ -229,6 +231,10 @@ void launch_mask_bits(const flash_params& p, void* stream) {
 }
 
 void launch_flash_combine(elem e, const flash_params& p, void* stream) {
+  // the merge holds two splits' weights a lane (num_splits in flash_backend.cpp never plans more)
+  if (p.num_splits < 1 || p.num_splits > k_flash_max_splits)
+    throw std::logic_error("flash_cuda: split-KV merge of " + std::to_string(p.num_splits) + " splits (1 to " +
+                           std::to_string(k_flash_max_splits) + ")");
   const auto s = static_cast<cudaStream_t>(stream);
   switch (e) {
     case elem::f32: flash_combine_kernel<float><<<row_grid(p), k_rows_per_block * 32, 0, s>>>(p); break;
