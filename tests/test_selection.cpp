@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <tuple>
 
 #include "cpu/backends.h"
 #include "test_helpers.h"
@@ -25,6 +26,11 @@ class narrow final : public test::cpu_backend {
   }
   std::size_t workspace_bytes(const problem& p, int t) const override {
     return registry::global().find("unfused_cpu")->workspace_bytes(p, t);
+  }
+  void set_head_dims(std::int64_t lo, std::int64_t hi, std::int64_t multiple) {
+    traits_.min_head_dim = lo;
+    traits_.max_head_dim = hi;
+    traits_.head_dim_multiple = multiple;
   }
   mutable int runs = 0;
   mutable int checks = 0;  // supports() calls (each runs check_limits)
@@ -108,6 +114,22 @@ TEST(Selection, ByNameAllowDeny) {
   o.select.allow = {"reference"};
   EXPECT_EQ(attention(c.params, o), "reference");
   EXPECT_THROW(attention(c.params, f.opts("no_such_backend")), invalid_argument);
+  // A misspelt name in a list is an error, not a list that allows or denies nothing: on the fast
+  // path of select(), in explain(), and for measure.
+  for (const char* name : {"auto", "measure"}) {
+    auto typo = f.opts(name);
+    typo.select.deny = {"fast-f32"};
+    try {
+      attention(c.params, typo);
+      ADD_FAILURE() << name << ": a deny list naming no backend was accepted";
+    } catch (const invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("unknown name 'fast-f32' in the deny list"), std::string::npos) << e.what();
+    }
+    typo.select.deny = {};
+    typo.select.allow = {"reference", "unfused-cpu"};
+    EXPECT_THROW(attention(c.params, typo), invalid_argument) << name;
+    EXPECT_THROW(f.r.explain(make_problem(c.params), typo.select), invalid_argument) << name;
+  }
 }
 
 // select() looks for its answer without building reasons (Note [Selection without reasons]); it
@@ -308,6 +330,19 @@ TEST(Registry, AddFindRemove) {
   r.add(std::make_shared<narrow>("mine", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64));
   EXPECT_THROW(r.add(std::make_shared<narrow>("mine", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64)), invalid_argument);
   EXPECT_THROW(r.add(std::make_shared<narrow>("auto", 5, std::vector<dtype>{dtype::f32}, feature_set{}, 64)), invalid_argument);
+  // Head-dim traits no call could meet, or whose check divides by zero, as load_plugin refuses
+  // them in a plugin's descriptor.
+  for (auto [lo, hi, multiple] : {std::tuple<std::int64_t, std::int64_t, std::int64_t>{1, 64, 0}, {1, 64, -3}, {64, 1, 1}, {0, 64, 1}}) {
+    auto bad = std::make_shared<narrow>("bad_dims", 5, std::vector<dtype>{dtype::f32}, feature_set{}, hi);
+    bad->set_head_dims(lo, hi, multiple);
+    try {
+      r.add(bad);
+      ADD_FAILURE() << "head dims " << lo << ".." << hi << " multiple " << multiple << " were accepted";
+    } catch (const invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("need 1 <= min <= max and multiple >= 1"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_FALSE(r.find("bad_dims"));
   EXPECT_TRUE(r.find("mine"));
   EXPECT_TRUE(r.remove("mine"));
   EXPECT_FALSE(r.find("mine"));

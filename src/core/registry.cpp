@@ -21,6 +21,14 @@ void registry::add(std::shared_ptr<const backend> b) {
   if (name.empty() || name == "auto" || name == "measure")
     throw invalid_argument("registry::add: backend name must be non-empty and not 'auto' or 'measure'; got '" +
                            name + "'");
+  // Traits that no call could satisfy, or whose check divides by zero, are the backend's error,
+  // refused here as load_plugin refuses them in a plugin's descriptor.
+  const backend_traits& t = b->traits();
+  if (t.min_head_dim < 1 || t.max_head_dim < t.min_head_dim || t.head_dim_multiple < 1)
+    throw invalid_argument("registry::add: backend '" + name + "' declares head dims min " +
+                           std::to_string(t.min_head_dim) + ", max " + std::to_string(t.max_head_dim) +
+                           ", multiple " + std::to_string(t.head_dim_multiple) +
+                           "; need 1 <= min <= max and multiple >= 1");
   std::unique_lock lock(mutex_);
   for (const auto& existing : backends_)
     if (existing->name() == name) throw invalid_argument("registry::add: a backend named '" + name + "' exists");
@@ -75,19 +83,36 @@ std::string excluded_by(const backend& b, const selection& s, const std::string&
   return "";
 }
 
+std::string known_names(const std::vector<std::shared_ptr<const backend>>& all) {
+  std::string known;
+  for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
+  return known;
+}
+bool registered(const std::vector<std::shared_ptr<const backend>>& all, std::string_view name) {
+  return std::any_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; });
+}
+
+// Names in the allow and deny lists must be registered backends: a misspelt one would otherwise
+// allow nothing it meant to, or deny nothing.
+void require_known_lists(const std::vector<std::shared_ptr<const backend>>& all, const selection& s) {
+  for (const auto& [list, names] : {std::pair{"allow", &s.allow}, {"deny", &s.deny}})
+    for (const std::string& n : *names)
+      if (!registered(all, n))
+        throw invalid_argument("selection: unknown name '" + n + "' in the " + list + " list; known: " +
+                               known_names(all));
+}
+
 // A selection naming no registered backend (nor auto/measure) is a caller error, for explain as
 // for attention.
 void require_known(const std::vector<std::shared_ptr<const backend>>& all, const std::string& name,
                    const selection& s) {
-  if (name != "auto" && name != "measure" &&
-      std::none_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; })) {
-    std::string known;
-    for (const auto& b : all) known += (known.empty() ? "" : ", ") + std::string(b->name());
+  if (name != "auto" && name != "measure" && !registered(all, name)) {
     // Say where the name came from when the environment replaced the caller's.
     const bool from_env = name != (s.name.empty() ? "auto" : s.name);
     throw invalid_argument("backend: unknown name '" + name + "'" + (from_env ? " (from ATTEND_BACKEND)" : "") +
-                           "; known: " + known + ", auto, measure");
+                           "; known: " + known_names(all) + ", auto, measure");
   }
+  require_known_lists(all, s);
 }
 
 }  // namespace
@@ -154,7 +179,9 @@ std::shared_ptr<const backend> registry::select(const problem& p, const selectio
   // candidates() build every reason, for its error. "measure" picks among every candidate, so it
   // always takes the full path.
   if (const std::string name = effective_name(s); name != "measure") {
-    for (const auto& b : list()) {
+    const auto all = list();
+    if (!s.allow.empty() || !s.deny.empty()) require_known_lists(all, s);
+    for (const auto& b : all) {
       const backend_traits& t = b->traits();
       if ((name != "auto" && b->name() != name) || (!s.allow.empty() && !contains(s.allow, b->name())) ||
           contains(s.deny, b->name()) || std::find(t.devices.begin(), t.devices.end(), p.device.kind) == t.devices.end())
