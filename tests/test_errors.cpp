@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <span>
 #include <tuple>
 #include <vector>
 
@@ -58,6 +60,53 @@ TEST(Errors, ContiguousViewSizes) {
   EXPECT_EQ(t.rank, 4);
   EXPECT_EQ(t.strides[0], 60);
   EXPECT_EQ(tensor_view::contiguous(&x, dtype::f32, {std::int64_t{1} << 62}).strides[0], 1);
+  // The public accessors on a malformed view (built by hand, never validated) neither overflow nor
+  // read past the four dims a view holds (UBSan reported both).
+  tensor_view big;
+  big.rank = 3;
+  big.sizes = {std::int64_t{1} << 40, std::int64_t{1} << 40, 4, 0};
+  EXPECT_EQ(big.numel(), std::numeric_limits<std::int64_t>::max());
+  big.strides = {std::int64_t{1} << 42, 4, 1, 0};
+  EXPECT_TRUE(big.is_contiguous());  // its strides are row-major; only the count overflows
+  big.sizes = {2, std::int64_t{1} << 40, std::int64_t{1} << 40, 0};
+  big.strides = {0, std::int64_t{1} << 40, 1, 0};  // the outer stride would be 2^80
+  EXPECT_FALSE(big.is_contiguous());
+  tensor_view wide = t;
+  wide.rank = 6;
+  EXPECT_EQ(wide.numel(), 120);
+  EXPECT_TRUE(wide.is_contiguous());
+  EXPECT_EQ(wide.describe(), "[2, 3, 4, 5] f32 cpu");
+  wide.rank = -2;
+  EXPECT_EQ(wide.numel(), 1);
+  EXPECT_EQ(wide.describe(), "[] f32 cpu");
+}
+
+// The test harness's buffers are host memory: a case whose sizes are negative or whose buffers
+// overflow 64 bits or this machine's memory is refused before any size is multiplied or allocated
+// (`attend bench --seqlen 2^40` aborted under ASan in the allocation).
+TEST(Errors, CaseDataRefusesImpossibleSizes) {
+  testing::case_spec c;
+  c.name = "huge";
+  c.seqlen_q = c.seqlen_kv = std::int64_t{1} << 40;
+  try {
+    testing::case_data data(c);
+    ADD_FAILURE() << "a case of 2^40 rows was built";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("case 'huge': its host buffers need"), std::string::npos) << e.what();
+  }
+  c.batch = std::int64_t{1} << 40;  // rows past int64
+  EXPECT_THROW(testing::case_data{c}, invalid_argument);
+  c = {};
+  c.batch = -1;
+  EXPECT_THROW(testing::case_data{c}, invalid_argument);
+  c = {};
+  c.varlen_q = c.varlen_kv = {1 << 30, 1 << 30};  // int32 offsets
+  EXPECT_THROW(testing::case_data{c}, invalid_argument);
+  c.varlen_q = c.varlen_kv = {4, -1};
+  EXPECT_THROW(testing::case_data{c}, invalid_argument);
+  c = {};
+  c.seqlen_q = c.seqlen_kv = 17;
+  EXPECT_NO_THROW(testing::case_data{c});
 }
 
 // A device kind past the enum was reported as a backend refusal ("cudnn: device must be cuda; got
@@ -348,6 +397,28 @@ TEST(Errors, MaskShapeAndVarlenOffsets) {
   expect_invalid(p, "cu_seqlens_q: last offset must equal the packed length 8; got 7");
 }
 
+// Note [Host offsets]: the backends read the offsets make_problem checked, a copy, not the caller's
+// array again (a thread writing it after the check sent the kernels out of bounds).
+TEST(Errors, HostOffsetsAreReadOnce) {
+  test::dense_call c(1, 8, 8, 2, 2, 16, 16);
+  std::vector<std::int32_t> cu = {0, 3, 8};
+  attention_params a = c.params;
+  a.q = tensor_view::contiguous(c.q.data(), dtype::f32, {8, 2, 16});
+  a.k = tensor_view::contiguous(c.k.data(), dtype::f32, {8, 2, 16});
+  a.v = tensor_view::contiguous(c.v.data(), dtype::f32, {8, 2, 16});
+  a.out = tensor_view::contiguous(c.out.data(), dtype::f32, {8, 2, 16});
+  a.maybe_lse = {};
+  a.maybe_cu_seqlens_q = a.maybe_cu_seqlens_kv = tensor_view::contiguous(cu.data(), dtype::i32, {3});
+  const problem p = make_problem(a);
+  EXPECT_NE(p.maybe_cu_seqlens_q, cu.data());
+  cu[1] = 1 << 30;  // after the check
+  const problem copy = p;  // copies share the checked offsets
+  EXPECT_EQ(copy.maybe_cu_seqlens_q[1], 3);
+  EXPECT_EQ(copy.maybe_cu_seqlens_kv[2], 8);
+  EXPECT_EQ(copy.len_q(1), 5);
+  for (const char* name : {"reference", "flash_cpu", "unfused_cpu"}) EXPECT_NO_THROW(run_on(*registry::global().find(name), copy)) << name;
+}
+
 TEST(Errors, VarlenBoundsAndOffsetAliasing) {
   test::dense_call c(1, 8, 8, 2, 2, 16, 16);
   std::vector<std::int32_t> cu = {0, 3, 8};
@@ -453,6 +524,35 @@ TEST(Errors, FloatRangeEnumsAndRunOptions) {
     ADD_FAILURE() << "a null workspace of 1 MiB was accepted";
   } catch (const invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("workspace: data is null"), std::string::npos) << e.what();
+  }
+  // A caller's workspace smaller than the backend needs: an error, not attend's own memory instead.
+  {
+    test::dense_call small(1, 64, 64, 2, 2, 16, 16);
+    alignas(64) static std::byte tiny[64];
+    run_options w;
+    w.select.name = "flash_cpu";
+    w.num_threads = 1;
+    w.maybe_workspace = std::span<std::byte>(tiny, sizeof tiny);
+    const std::size_t need = registry::global().find("flash_cpu")->workspace_bytes(make_problem(small.params), 1);
+    ASSERT_GT(need, sizeof tiny);
+    try {
+      attention(small.params, w);
+      ADD_FAILURE() << "a workspace of 64 bytes was accepted for " << need;
+    } catch (const invalid_argument& e) {
+      EXPECT_NE(std::string(e.what()).find("workspace: backend 'flash_cpu' needs " + std::to_string(need) +
+                                           " bytes for this call"),
+                std::string::npos)
+          << e.what();
+    }
+    // measure times only the candidates that fit, and fails with the reason when none does.
+    registry r;
+    r.add(registry::global().find("flash_cpu"));
+    r.add(registry::global().find("unfused_cpu"));
+    w.maybe_registry = &r;
+    w.select.name = "measure";
+    w.select.honour_environment = false;
+    EXPECT_THROW(attention(small.params, w), invalid_argument);
+    EXPECT_TRUE(r.measured(registry::measure_key(make_problem(small.params), w.select)).empty());
   }
   // A caller's workspace over an input or output: the backend would write it while reading them.
   test::dense_call big(1, 64, 64, 2, 2, 64, 64);

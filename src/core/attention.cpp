@@ -176,6 +176,16 @@ void check_run_options(const run_options& options) {
                            " bytes");
 }
 
+// A caller's workspace is used as given: one smaller than the backend's `bytes` is an error, not a
+// silent switch to attend's own memory (the caller may be counting on theirs, e.g. under a CUDA
+// graph).
+void check_caller_workspace(const backend& b, std::size_t bytes, const run_options& options) {
+  if (options.maybe_workspace.data() != nullptr && options.maybe_workspace.size() < bytes)
+    throw invalid_argument("workspace: backend '" + std::string(b.name()) + "' needs " + std::to_string(bytes) +
+                           " bytes for this call (backend::workspace_bytes); the given one has " +
+                           std::to_string(options.maybe_workspace.size()));
+}
+
 // run_on for a backend whose supports() has accepted p, with options check_run_options accepted:
 // attention() runs what registry::select or candidates() returned, both of which asked supports()
 // (asking again cost flash_cuda 0.1 µs of the host's time and cudnn a lock and a graph-cache
@@ -190,8 +200,10 @@ void run_supported(const backend& b, const problem& p, const run_options& option
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
   run_workspace owned;  // declared before run(): released after it, also when it throws
+  const bool given = options.maybe_workspace.data() != nullptr;
+  check_caller_workspace(b, bytes, options);
   if (bytes > 0) {
-    if (options.maybe_workspace.size() >= bytes) {
+    if (given) {
       if (reinterpret_cast<std::uintptr_t>(options.maybe_workspace.data()) % 64 != 0)
         throw invalid_argument("workspace: must be 64-byte aligned");
       // The backend writes the workspace's first `bytes` while it reads the inputs and writes out
@@ -251,10 +263,19 @@ std::string attention(const attention_params& params, const run_options& options
             "same call once before capturing, and the capture reuses the measured choice");
     double best_seconds = 0;
     std::string best;
-    std::exception_ptr failure;
+    std::exception_ptr failure, too_small;
     for (const auto& b : found) {
       memory_resource* memory = b->memory_for(p.device);
       double fastest = 1e300;
+      // A candidate that needs more than the caller's workspace cannot run in it: it is not timed,
+      // the choice is not cached (a call with a larger workspace may choose it), and the call
+      // fails with its reason only when no candidate fits.
+      try {
+        check_caller_workspace(*b, b->workspace_bytes(p, options.num_threads), options);
+      } catch (const invalid_argument&) {
+        if (!too_small) too_small = std::current_exception();
+        continue;
+      }
       try {
         run_supported(*b, p, options);
         for (int rep = 0; rep < 3; ++rep) {
@@ -273,8 +294,8 @@ std::string attention(const attention_params& params, const run_options& options
         best = std::string(b->name());
       }
     }
-    if (best.empty()) std::rethrow_exception(failure);
-    if (!failure) r.remember_measured(registry::measure_key(p, options.select), best);
+    if (best.empty()) std::rethrow_exception(failure ? failure : too_small);
+    if (!failure && !too_small) r.remember_measured(registry::measure_key(p, options.select), best);
     const auto winner = r.find(best);
     run_supported(*winner, p, options);
     return best;

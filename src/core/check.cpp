@@ -9,6 +9,9 @@
 #include <limits>
 #include <random>
 #include <sstream>
+#include <tuple>
+
+#include <unistd.h>
 
 #include "attend/attend.h"
 #include "cpu/elements.h"
@@ -166,7 +169,75 @@ tensor_view make_view(std::vector<std::byte>& buf, dtype t, std::array<std::int6
 
 }  // namespace
 
+namespace {
+
+// The host bytes a case's buffers take (inputs with their padding, out, lse, mask and the fp64
+// reference), an upper bound computed without overflow. A spec whose sizes are negative, whose
+// varlen offsets leave int32, or whose buffers would not fit this machine's memory is refused
+// here, before any size is multiplied or allocated: a wrapped size would be undefined behaviour,
+// and a failed allocation under a sanitizer is a crash, not an error.
+void check_case_size(const case_spec& spec) {
+  const auto fail = [&](const std::string& why) {
+    throw invalid_argument((spec.name.empty() ? std::string("case: ") : "case '" + spec.name + "': ") + why);
+  };
+  for (const auto& [what, n] : {std::pair{"batch", spec.batch}, {"seqlen_q", spec.seqlen_q}, {"seqlen_kv", spec.seqlen_kv},
+                                {"heads_q", spec.heads_q}, {"heads_kv", spec.heads_kv}, {"head_dim_qk", spec.head_dim_qk},
+                                {"head_dim_v", spec.head_dim_v}})
+    if (n < 0) fail(std::string(what) + " must be >= 0; got " + std::to_string(n));
+  std::int64_t rows_q = 0, rows_kv = 0, max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
+  bool overflow = false;
+  const auto mul = [&](std::int64_t a, std::int64_t b) {
+    std::int64_t r = 0;
+    overflow = overflow || __builtin_mul_overflow(a, b, &r);
+    return r;
+  };
+  const auto add = [&](std::int64_t a, std::int64_t b) {
+    std::int64_t r = 0;
+    overflow = overflow || __builtin_add_overflow(a, b, &r);
+    return r;
+  };
+  if (!spec.varlen_q.empty()) {
+    batch = static_cast<std::int64_t>(spec.varlen_q.size());
+    max_q = max_kv = 0;
+    for (const auto& [what, lengths, rows, longest] :
+         {std::tuple{"varlen_q", &spec.varlen_q, &rows_q, &max_q}, {"varlen_kv", &spec.varlen_kv, &rows_kv, &max_kv}}) {
+      for (const std::int32_t l : *lengths) {
+        if (l < 0) fail(std::string(what) + ": a length is negative (" + std::to_string(l) + ")");
+        *rows += l;
+        *longest = std::max<std::int64_t>(*longest, l);
+      }
+      if (*rows > std::numeric_limits<std::int32_t>::max())
+        fail(std::string(what) + ": the lengths add up to " + std::to_string(*rows) + "; the offsets are int32");
+    }
+  } else {
+    rows_q = mul(spec.batch, spec.seqlen_q);
+    rows_kv = mul(spec.batch, spec.seqlen_kv);
+  }
+  const std::int64_t pad = spec.strided ? 3 : spec.aligned_gaps ? 8 : 0, elem = size_bytes(spec.dtype);
+  // a 4-d input or output with `pad` after each dim, every `step`-th element
+  const auto tensor = [&](std::int64_t rows, std::int64_t heads, std::int64_t dim, std::int64_t step) {
+    return mul(mul(mul(add(rows, pad), add(heads, pad)), mul(add(dim, pad), step)), elem);
+  };
+  std::int64_t bytes = add(add(tensor(rows_q, spec.heads_q, spec.head_dim_qk, 1), tensor(rows_kv, spec.heads_kv, spec.head_dim_qk, 1)),
+                           add(tensor(rows_kv, spec.heads_kv, spec.head_dim_v, spec.strided ? 2 : 1),
+                               tensor(rows_q, spec.heads_q, spec.head_dim_v, 1)));
+  bytes = add(bytes, mul(mul(rows_q, spec.heads_q), 4 + (spec.compute_reference ? 8 : 0)));  // lse, reference lse
+  if (spec.compute_reference) bytes = add(bytes, mul(mul(mul(rows_q, spec.heads_q), spec.head_dim_v), 8));
+  if (spec.mask != mask_type::none) bytes = add(bytes, mul(mul(mul(batch, spec.heads_q), max_q), mul(max_kv, 4)));
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
+  if (overflow || (memory > 0 && static_cast<double>(bytes) > memory)) {
+    std::ostringstream os;
+    os << "its host buffers need " << (overflow ? std::string("more than 2^63") : std::to_string(bytes))
+       << " bytes; this machine has " << static_cast<std::int64_t>(memory) << " bytes of memory";
+    fail(os.str());
+  }
+}
+
+}  // namespace
+
 case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
+  check_case_size(spec);
   impl& m = *impl_;
   m.spec = spec;
   std::mt19937_64 rng(spec.seed);

@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <bit>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <string>
 
@@ -37,17 +39,25 @@ std::string to_string(device d) {
   return "device kind " + std::to_string(static_cast<int>(d.kind)) + ":" + std::to_string(d.index);
 }
 
+namespace {
+// The dims a view holds: these accessors are public and noexcept, so a malformed view (a rank
+// past 4 or below 0, a product past int64) reads only its arrays and never overflows; validation
+// (check_view) is where such a view is refused with a reason.
+int held_rank(const tensor_view& t) noexcept { return std::clamp(t.rank, 0, tensor_view::k_max_rank); }
+}  // namespace
+
 std::int64_t tensor_view::numel() const noexcept {
   std::int64_t n = 1;
-  for (int i = 0; i < rank; ++i) n *= sizes[i];
+  for (int i = 0; i < held_rank(*this); ++i)
+    if (__builtin_mul_overflow(n, sizes[i], &n)) return std::numeric_limits<std::int64_t>::max();
   return n;
 }
 
 bool tensor_view::is_contiguous() const noexcept {
   std::int64_t expected = 1;
-  for (int i = rank - 1; i >= 0; --i) {
+  for (int i = held_rank(*this) - 1; i >= 0; --i) {
     if (sizes[i] != 1 && strides[i] != expected) return false;
-    expected *= sizes[i];
+    if (i > 0 && __builtin_mul_overflow(expected, sizes[i], &expected)) return false;
   }
   return true;
 }
@@ -55,7 +65,7 @@ bool tensor_view::is_contiguous() const noexcept {
 std::string tensor_view::describe() const {
   std::ostringstream os;
   os << '[';
-  for (int i = 0; i < rank; ++i) os << (i ? ", " : "") << sizes[i];
+  for (int i = 0; i < held_rank(*this); ++i) os << (i ? ", " : "") << sizes[i];
   os << "] " << to_string(dtype) << ' ' << to_string(device);
   return os.str();
 }
