@@ -51,6 +51,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -155,9 +156,11 @@ struct problem {
   const void* maybe_mask = nullptr;
   attend::dtype mask_dtype = attend::dtype::f32;
   strides_bhqk mask{};
-  // varlen offsets (host-readable only when device is cpu)
+  // varlen offsets (host-readable only when device is cpu). On the cpu they point into
+  // host_offsets, make_problem's copy of the caller's, which it checked (Note [Host offsets]).
   const std::int32_t* maybe_cu_seqlens_q = nullptr;
   const std::int32_t* maybe_cu_seqlens_kv = nullptr;
+  std::shared_ptr<const std::int32_t[]> host_offsets;  // [batch + 1] of q, then [batch + 1] of kv
 
   feature_set features;  // what this call uses
 

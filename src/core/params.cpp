@@ -4,6 +4,7 @@
 // Checks that depend on what a backend can do (head dims, dtypes per device, features) are not
 // here: they are the backends' rejections, so `explain` can report them.
 #include <algorithm>
+#include <cstring>
 #include <array>
 #include <cmath>
 #include <charconv>
@@ -448,6 +449,17 @@ problem make_problem(const attention_params& params) {
       fail("max_seqlen_q/kv: at most 2^31 - 1 (offsets are int32); got (" + std::to_string(a.max_seqlen_q) + ", " +
            std::to_string(a.max_seqlen_kv) + ")");
     if (p.device.kind == device_kind::cpu) {
+      // Note [Host offsets]: the offsets are copied, and the copy is checked and then read by the
+      // backends. Reading the caller's array again after the check let a change in between (a
+      // thread writing it while the GIL is released) send the kernels out of bounds: a crash, where
+      // a racing caller should get garbage values at worst.
+      const auto count = static_cast<std::size_t>(p.batch + 1);
+      auto copy = std::make_shared<std::int32_t[]>(2 * count);
+      std::memcpy(copy.get(), p.maybe_cu_seqlens_q, count * sizeof(std::int32_t));
+      std::memcpy(copy.get() + count, p.maybe_cu_seqlens_kv, count * sizeof(std::int32_t));
+      p.maybe_cu_seqlens_q = copy.get();
+      p.maybe_cu_seqlens_kv = copy.get() + count;
+      p.host_offsets = std::move(copy);
       const std::int64_t longest_q = check_offsets(p.maybe_cu_seqlens_q, p.batch + 1, p.total_q, "cu_seqlens_q");
       const std::int64_t longest_kv = check_offsets(p.maybe_cu_seqlens_kv, p.batch + 1, p.total_kv, "cu_seqlens_kv");
       if ((a.max_seqlen_q != 0 && a.max_seqlen_q < longest_q) || (a.max_seqlen_kv != 0 && a.max_seqlen_kv < longest_kv))
