@@ -132,6 +132,24 @@ expect_match("${last_err}" "^attend: --min-time must be between 0 and 3600 secon
 # Numbers in messages are short (std::to_string printed 3e38 with 39 digits).
 expect_exit(2 explain --scale 3e38)
 expect_match("${last_err}" "got 3e\\+38\n$")
+# A call too large for this machine's memory is refused before its buffers are allocated (under
+# ASan the allocation aborted the process).
+expect_exit(2 bench --seqlen 1099511627776 --dtype f32 --min-time 0 --reps 1)
+expect_match("${last_err}" "^attend: invalid call: case: its host buffers need [0-9]+ bytes; this machine has [0-9]+ bytes of memory\n$")
+# A flag given twice kept its last value silently; now it is an error (--plugin accumulates).
+expect_exit(2 explain --seqlen=5 --seqlen=7)
+expect_match("${last_err}" "^attend: --seqlen is given twice\n$")
+expect_exit(2 explain --backend reference --backend flash_cpu)
+# A general flag and its specific one: the specific value wins in either order.
+expect_exit(0 explain --dtype f32 --head-dim-v 32 --head-dim 64)
+expect_match("${last_out}" "Dqk=64 Dv=32")
+expect_exit(0 explain --dtype f32 --heads-kv 2 --heads 8)
+expect_match("${last_out}" "Hq=8 Hkv=2")
+expect_exit(0 explain --dtype f32 --seqlen-kv 40 --seqlen 16)
+expect_match("${last_out}" "Sq=16 Skv=40")
+# A value that underflows is a number (std::stod called it "not a number"); the library judges it.
+expect_exit(2 explain --dtype f32 --softcap 1e-320)
+expect_match("${last_err}" "^attend: invalid call: softcap: must be 0 \\(off\\) or at least 1.2e-38")
 
 # Backends from shared libraries (attend/plugin.h): the C test plugin loads, lists, runs, checks.
 if(DEFINED PLUGIN)

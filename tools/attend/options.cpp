@@ -1,8 +1,10 @@
 #include "options.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <map>
@@ -23,14 +25,11 @@ std::int64_t to_int(const std::string& flag, const std::string& text, std::int64
 }
 
 double to_real(const std::string& flag, const std::string& text) {
-  std::size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || text.empty()) throw usage_error(flag + " expects a number; got '" + text + "'");
+  // strtod, not stod: stod throws on a value that underflows (1e-320), which is a number the
+  // library's own checks should judge; one that overflows comes back infinite, refused below.
+  char* end = nullptr;
+  const double value = text.empty() || std::isspace(static_cast<unsigned char>(text[0])) ? 0.0 : std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size() || text.empty()) throw usage_error(flag + " expects a number; got '" + text + "'");
   if (!std::isfinite(value)) throw usage_error(flag + " expects a finite number; got '" + text + "'");
   return value;
 }
@@ -192,6 +191,7 @@ cli_options parse(int argc, char** argv) {
   cli_options o;
   int i = 1;
   if (argc > 1 && argv[1][0] != '-') o.command = argv[i++];
+  std::vector<std::pair<const flag_spec*, std::string>> parsed;
   for (; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -215,9 +215,21 @@ cli_options parse(int argc, char** argv) {
     } else if (spec->value == nullptr && has_value) {
       throw usage_error(arg + " takes no value");
     }
-    spec->apply(o, value);
+    // A flag given twice would keep only its last value, silently (--plugin accumulates).
+    if (std::string(spec->name) != "--plugin" && std::find(o.given.begin(), o.given.end(), spec->name) != o.given.end())
+      throw usage_error(std::string(spec->name) + " is given twice");
     o.given.push_back(spec->name);
+    parsed.emplace_back(spec, std::move(value));
   }
+  // A general flag sets what its specific ones refine (--seqlen: --seqlen-q and --seqlen-kv;
+  // --heads: --heads-q and --heads-kv; --head-dim: --head-dim-v), so it applies first: the
+  // specific value wins whatever the order on the command line.
+  const auto general = [](const flag_spec* f) {
+    const std::string n = f->name;
+    return n == "--seqlen" || n == "--heads" || n == "--head-dim";
+  };
+  std::stable_partition(parsed.begin(), parsed.end(), [&](const auto& fv) { return general(fv.first); });
+  for (const auto& [spec, value] : parsed) spec->apply(o, value);
   if (!o.varlen_kv.empty() && o.varlen_q.empty()) throw usage_error("--varlen-kv needs --varlen");
   if (!o.varlen_q.empty() && o.varlen_kv.empty()) o.varlen_kv = o.varlen_q;
   if (o.varlen_q.size() != o.varlen_kv.size())
