@@ -353,6 +353,11 @@ def _prepare(
             # strides that are not whole elements) would only be reported as "not an array". An
             # ml_dtypes bfloat16 array goes as its bits (below) where bfloat16 is taken.
             if kind == "numpy":
+                # A masked array's mask would be dropped (DLPack and the buffer carry its data only):
+                # its masked entries read as data, or, for out, stay masked over the results.
+                if isinstance(x, np.ma.MaskedArray):
+                    raise TypeError(f"{what}: a numpy masked array, whose mask attend would ignore; pass its data "
+                                    "(.data, or .filled(value)) and, for keys to drop, a mask= argument")
                 takes = _TAKES[what]
                 bf16_ok = "bfloat16" in takes
                 if (x.dtype.kind not in "fiub" and not (bf16_ok and _is_ml_bfloat16(x))) or not x.dtype.isnative:

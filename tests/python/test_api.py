@@ -221,6 +221,18 @@ def test_buffer_protocol_objects(small_qkv):
     expect(ValueError, r"^out: must be writable", attend.attention, q, k, v, out=memoryview(bytes(q.nbytes)).cast("f", q.shape))
 
 
+def test_masked_arrays_are_refused(small_qkv):
+    # A numpy masked array's mask is not carried by DLPack or the buffer protocol: its masked keys
+    # were read as data, silently.
+    q, k, v = small_qkv
+    masked = np.ma.masked_array(k.copy())
+    masked[:, 3:] = np.ma.masked
+    expect(TypeError, r"^k: a numpy masked array", attend.attention, q, masked, v)
+    expect(TypeError, r"^out: a numpy masked array", attend.attention, q, k, v, out=np.ma.masked_array(np.empty_like(q)))
+    np.testing.assert_array_equal(attend.attention(q, masked.data, v, backend="reference"),
+                                  attend.attention(q, k, v, backend="reference"))
+
+
 def test_array_kind_is_decided_by_type(small_qkv):
     """An object whose __class__ claims to be an ndarray is not one: its kind is decided (and kept)
     by its type, so it is refused as what it is, a TypeError naming it, and does not make later
