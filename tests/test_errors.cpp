@@ -397,11 +397,8 @@ TEST(Errors, MaskShapeAndVarlenOffsets) {
   expect_invalid(p, "cu_seqlens_q: last offset must equal the packed length 8; got 7");
 }
 
-// Note [Host offsets]: the backends read the offsets make_problem checked, a copy, not the caller's
-// array again (a thread writing it after the check sent the kernels out of bounds).
-TEST(Errors, HostOffsetsAreReadOnce) {
-  test::dense_call c(1, 8, 8, 2, 2, 16, 16);
-  std::vector<std::int32_t> cu = {0, 3, 8};
+// c's 8 rows (B = 1, S = 8, H = 2, D = 16) as packed varlen tensors split by `cu` (3 offsets).
+attention_params packed_8x2(test::dense_call& c, std::vector<std::int32_t>& cu) {
   attention_params a = c.params;
   a.q = tensor_view::contiguous(c.q.data(), dtype::f32, {8, 2, 16});
   a.k = tensor_view::contiguous(c.k.data(), dtype::f32, {8, 2, 16});
@@ -409,6 +406,15 @@ TEST(Errors, HostOffsetsAreReadOnce) {
   a.out = tensor_view::contiguous(c.out.data(), dtype::f32, {8, 2, 16});
   a.maybe_lse = {};
   a.maybe_cu_seqlens_q = a.maybe_cu_seqlens_kv = tensor_view::contiguous(cu.data(), dtype::i32, {3});
+  return a;
+}
+
+// Note [Host offsets]: the backends read the offsets make_problem checked, a copy, not the caller's
+// array again (a thread writing it after the check sent the kernels out of bounds).
+TEST(Errors, HostOffsetsAreReadOnce) {
+  test::dense_call c(1, 8, 8, 2, 2, 16, 16);
+  std::vector<std::int32_t> cu = {0, 3, 8};
+  attention_params a = packed_8x2(c, cu);
   const problem p = make_problem(a);
   EXPECT_NE(p.maybe_cu_seqlens_q, cu.data());
   cu[1] = 1 << 30;  // after the check
@@ -422,13 +428,7 @@ TEST(Errors, HostOffsetsAreReadOnce) {
 TEST(Errors, VarlenBoundsAndOffsetAliasing) {
   test::dense_call c(1, 8, 8, 2, 2, 16, 16);
   std::vector<std::int32_t> cu = {0, 3, 8};
-  attention_params p = c.params;
-  p.q = tensor_view::contiguous(c.q.data(), dtype::f32, {8, 2, 16});
-  p.k = tensor_view::contiguous(c.k.data(), dtype::f32, {8, 2, 16});
-  p.v = tensor_view::contiguous(c.v.data(), dtype::f32, {8, 2, 16});
-  p.out = tensor_view::contiguous(c.out.data(), dtype::f32, {8, 2, 16});
-  p.maybe_lse = {};
-  p.maybe_cu_seqlens_q = p.maybe_cu_seqlens_kv = tensor_view::contiguous(cu.data(), dtype::i32, {3});
+  attention_params p = packed_8x2(c, cu);
   EXPECT_NO_THROW(attention(p));
   attention_params bhsd = p;  // packed tensors have one layout; bhsd was silently ignored
   bhsd.layout = layout::bhsd;
