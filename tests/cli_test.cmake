@@ -148,6 +148,8 @@ expect_match("${last_out}" "Hq=8 Hkv=2")
 expect_exit(0 explain --dtype f32 --seqlen-kv 40 --seqlen 16)
 expect_match("${last_out}" "Sq=16 Skv=40")
 # A value that underflows is a number (std::stod called it "not a number"); the library judges it.
+expect_exit(2 explain --dtype f32 --softcap 1e-400)
+expect_match("${last_err}" "^attend: --softcap: '1e-400' is below the smallest double\n$")
 expect_exit(2 explain --dtype f32 --softcap 1e-320)
 expect_match("${last_err}" "^attend: invalid call: softcap: must be 0 \\(off\\) or at least 1.2e-38")
 

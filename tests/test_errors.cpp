@@ -544,15 +544,33 @@ TEST(Errors, FloatRangeEnumsAndRunOptions) {
                 std::string::npos)
           << e.what();
     }
-    // measure times only the candidates that fit, and fails with the reason when none does.
+    // A span of no bytes is no workspace, whatever its pointer.
+    w.maybe_workspace = std::span<std::byte>(tiny, 0);
+    EXPECT_EQ(attention(small.params, w), "flash_cpu");
+    // measure times only the candidates that fit, fails with the reason when none does, and keeps
+    // its choice per workspace size (Note [Measure with a caller workspace]).
     registry r;
     r.add(registry::global().find("flash_cpu"));
     r.add(registry::global().find("unfused_cpu"));
     w.maybe_registry = &r;
     w.select.name = "measure";
     w.select.honour_environment = false;
+    w.maybe_workspace = std::span<std::byte>(tiny, sizeof tiny);
     EXPECT_THROW(attention(small.params, w), invalid_argument);
-    EXPECT_TRUE(r.measured(registry::measure_key(make_problem(small.params), w.select)).empty());
+    const problem sp = make_problem(small.params);
+    EXPECT_TRUE(r.measured(registry::measure_key(sp, w.select)).empty());
+    const std::size_t need_flash = r.find("flash_cpu")->workspace_bytes(sp, 1);
+    const std::size_t need_unfused = r.find("unfused_cpu")->workspace_bytes(sp, 1);
+    ASSERT_NE(need_flash, need_unfused);
+    const std::string fits = need_flash < need_unfused ? "flash_cpu" : "unfused_cpu";
+    void* mem = host_memory().allocate(std::max(need_flash, need_unfused));
+    w.maybe_workspace = std::span<std::byte>(static_cast<std::byte*>(mem), std::min(need_flash, need_unfused));
+    for (int call = 0; call < 2; ++call) EXPECT_EQ(attention(small.params, w), fits) << call;
+    EXPECT_TRUE(r.measured(registry::measure_key(sp, w.select)).empty()) << "kept under the size-free key";
+    // A winner measured without a workspace is not taken for a workspace it does not fit.
+    r.remember_measured(registry::measure_key(sp, w.select), fits == "flash_cpu" ? "unfused_cpu" : "flash_cpu");
+    EXPECT_EQ(attention(small.params, w), fits);
+    host_memory().deallocate(mem);
   }
   // A caller's workspace over an input or output: the backend would write it while reading them.
   test::dense_call big(1, 64, 64, 2, 2, 64, 64);

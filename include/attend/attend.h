@@ -33,7 +33,7 @@ struct run_options {
   int num_threads = 0;                    // cpu backends: 0 = OMP_NUM_THREADS / all cores
   std::span<std::byte> maybe_workspace;   // caller-owned workspace, 64-byte aligned, at least the
                                           // backend's workspace_bytes (else invalid_argument), apart
-                                          // from the call's tensors; else a per-(thread, stream) cache,
+                                          // from the call's tensors; empty: a per-(thread, stream) cache,
                                           // or, while the stream captures a CUDA graph, memory the
                                           // graph owns (Note [Workspace under capture])
 };

@@ -21,6 +21,8 @@ struct selection {
   std::string name = "auto";
   std::vector<std::string> allow;  // non-empty: only these are considered
   std::vector<std::string> deny;   // never these
+  // (Each name in allow and deny must be a registered backend or a built-in one of any build,
+  // e.g. cudnn on a build without it; another name is an invalid_argument.)
   // When true, the environment variable ATTEND_BACKEND (if set) replaces `name` (debugging).
   bool honour_environment = true;
 };
@@ -42,7 +44,8 @@ class registry {
   // The process-wide registry, holding the built-in backends of this build.
   static registry& global();
 
-  // Adds a backend. Throws attend::invalid_argument when the name is empty or taken.
+  // Adds a backend. Throws attend::invalid_argument when the name is empty or taken, or its
+  // head-dim traits admit no call (min < 1, max < min, multiple < 1).
   void add(std::shared_ptr<const backend> b);
   // Removes a backend by name; returns whether one was removed.
   bool remove(std::string_view name);

@@ -50,8 +50,9 @@ struct tensor_view {
   std::array<std::int64_t, k_max_rank> strides{};  // in elements
 
   bool empty() const noexcept { return rank == 0 && data == nullptr; }
-  // The product of the sizes (at most INT64_MAX: a product past int64 saturates). On a view with
-  // a rank outside 0..4 these three read only the dims a view holds.
+  // The product of the sizes, except that a product past int64 along the way saturates at
+  // INT64_MAX (even where a later size is 0). On a view with a rank outside 0..4 these three read
+  // only the dims a view holds.
   std::int64_t numel() const noexcept;
   // True when the strides are the row-major strides of the sizes.
   bool is_contiguous() const noexcept;

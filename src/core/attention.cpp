@@ -176,11 +176,20 @@ void check_run_options(const run_options& options) {
                            " bytes");
 }
 
+// No output or LSE elements (no query heads, rows or value dims): the call is complete as it is.
+bool nothing_to_write(const problem& p) {
+  return p.params.out.numel() == 0 && (p.params.maybe_lse.empty() || p.params.maybe_lse.numel() == 0);
+}
+
 // A caller's workspace is used as given: one smaller than the backend's `bytes` is an error, not a
 // silent switch to attend's own memory (the caller may be counting on theirs, e.g. under a CUDA
 // graph).
+// (A span of no bytes is no workspace, whatever its pointer: an empty vector's, say.)
+bool caller_workspace(const run_options& options) {
+  return options.maybe_workspace.data() != nullptr && !options.maybe_workspace.empty();
+}
 void check_caller_workspace(const backend& b, std::size_t bytes, const run_options& options) {
-  if (options.maybe_workspace.data() != nullptr && options.maybe_workspace.size() < bytes)
+  if (caller_workspace(options) && options.maybe_workspace.size() < bytes)
     throw invalid_argument("workspace: backend '" + std::string(b.name()) + "' needs " + std::to_string(bytes) +
                            " bytes for this call (backend::workspace_bytes); the given one has " +
                            std::to_string(options.maybe_workspace.size()));
@@ -193,14 +202,14 @@ void check_caller_workspace(const backend& b, std::size_t bytes, const run_optio
 void run_supported(const backend& b, const problem& p, const run_options& options) {
   // Nothing to write (no output or LSE elements: no query heads, rows or value dims): the call is
   // complete, and backends need not handle the degenerate sizes.
-  if (p.params.out.numel() == 0 && (p.params.maybe_lse.empty() || p.params.maybe_lse.numel() == 0)) return;
+  if (nothing_to_write(p)) return;
   const std::size_t bytes = b.workspace_bytes(p, options.num_threads);
   run_context ctx;
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;
   ctx.num_threads = options.num_threads;
   ctx.maybe_forward = forward_context::current();
   run_workspace owned;  // declared before run(): released after it, also when it throws
-  const bool given = options.maybe_workspace.data() != nullptr;
+  const bool given = caller_workspace(options);
   check_caller_workspace(b, bytes, options);
   if (bytes > 0) {
     if (given) {
@@ -248,7 +257,14 @@ std::string attention(const attention_params& params, const run_options& options
     const std::string name = env && *env ? env : options.select.name;
     return name == "measure";
   }();
-  if (measure && r.measured(registry::measure_key(p, options.select)).empty()) {
+  // Note [Measure with a caller workspace]: a candidate that needs more than the caller's
+  // workspace cannot run in it, so it is not timed, and the choice is remembered per workspace
+  // size (the key's last word): among other candidates, for another size, it may differ.
+  const bool sized = measure && caller_workspace(options) && !nothing_to_write(p);
+  const std::string key = !measure ? std::string()
+                          : registry::measure_key(p, options.select) +
+                                (sized ? " workspace=" + std::to_string(options.maybe_workspace.size()) : "");
+  if (measure && r.measured(key).empty()) {
     // Time every candidate on this very call (one warm-up, best of three) and remember the
     // fastest. The output is recomputed by the winner below.
     // A candidate that fails at run time (its workspace cannot be allocated, say) drops out; the
@@ -267,16 +283,15 @@ std::string attention(const attention_params& params, const run_options& options
     for (const auto& b : found) {
       memory_resource* memory = b->memory_for(p.device);
       double fastest = 1e300;
-      // A candidate that needs more than the caller's workspace cannot run in it: it is not timed,
-      // the choice is not cached (a call with a larger workspace may choose it), and the call
-      // fails with its reason only when no candidate fits.
       try {
-        check_caller_workspace(*b, b->workspace_bytes(p, options.num_threads), options);
-      } catch (const invalid_argument&) {
-        if (!too_small) too_small = std::current_exception();
-        continue;
-      }
-      try {
+        if (sized) {
+          try {
+            check_caller_workspace(*b, b->workspace_bytes(p, options.num_threads), options);
+          } catch (const invalid_argument&) {
+            if (!too_small) too_small = std::current_exception();
+            continue;
+          }
+        }
         run_supported(*b, p, options);
         for (int rep = 0; rep < 3; ++rep) {
           if (memory) memory->synchronize();
@@ -295,10 +310,16 @@ std::string attention(const attention_params& params, const run_options& options
       }
     }
     if (best.empty()) std::rethrow_exception(failure ? failure : too_small);
-    if (!failure && !too_small) r.remember_measured(registry::measure_key(p, options.select), best);
+    if (!failure) r.remember_measured(key, best);
     const auto winner = r.find(best);
     run_supported(*winner, p, options);
     return best;
+  }
+  if (sized) {  // the choice for this workspace size (select() knows only the size-free key's)
+    if (const auto winner = r.find(r.measured(key))) {
+      run_supported(*winner, p, options);
+      return std::string(winner->name());
+    }
   }
   run_supported(*chosen, p, options);
   return std::string(chosen->name());

@@ -223,7 +223,12 @@ void check_case_size(const case_spec& spec) {
                                tensor(rows_q, spec.heads_q, spec.head_dim_v, 1)));
   bytes = add(bytes, mul(mul(rows_q, spec.heads_q), 4 + (spec.compute_reference ? 8 : 0)));  // lse, reference lse
   if (spec.compute_reference) bytes = add(bytes, mul(mul(mul(rows_q, spec.heads_q), spec.head_dim_v), 8));
-  if (spec.mask != mask_type::none) bytes = add(bytes, mul(mul(mul(batch, spec.heads_q), max_q), mul(max_kv, 4)));
+  if (spec.mask != mask_type::none) {  // as case_data lays the mask out
+    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast || spec.mask_one_head ? 1 : spec.heads_q;
+    const std::int64_t mq = spec.mask_key_only ? 1 : max_q;
+    const std::int64_t mask_elem = size_bytes(spec.mask == mask_type::keep ? dtype::boolean : spec.mask_dtype);
+    bytes = add(bytes, mul(mul(mul(mb, mh), mq), mul(max_kv, mask_elem)));
+  }
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
   if (overflow || (memory > 0 && static_cast<double>(bytes) > memory)) {

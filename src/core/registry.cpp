@@ -92,12 +92,14 @@ bool registered(const std::vector<std::shared_ptr<const backend>>& all, std::str
   return std::any_of(all.begin(), all.end(), [&](const auto& b) { return b->name() == name; });
 }
 
-// Names in the allow and deny lists must be registered backends: a misspelt one would otherwise
-// allow nothing it meant to, or deny nothing.
+// Names in the allow and deny lists must be registered backends, or built-in ones that another
+// build of attend has (so one program can deny cudnn on builds with and without CUDA): a misspelt
+// name would otherwise allow nothing it meant to, or deny nothing.
 void require_known_lists(const std::vector<std::shared_ptr<const backend>>& all, const selection& s) {
+  static constexpr std::string_view k_builtin[] = {"reference", "unfused_cpu", "flash_cpu", "flash_cuda", "cudnn"};
   for (const auto& [list, names] : {std::pair{"allow", &s.allow}, {"deny", &s.deny}})
     for (const std::string& n : *names)
-      if (!registered(all, n))
+      if (!registered(all, n) && std::find(std::begin(k_builtin), std::end(k_builtin), n) == std::end(k_builtin))
         throw invalid_argument("selection: unknown name '" + n + "' in the " + list + " list; known: " +
                                known_names(all));
 }
