@@ -1,6 +1,7 @@
 // Which backend is chosen for a table of calls, and the reason text of rejections.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <tuple>
 
@@ -350,6 +351,16 @@ TEST(Registry, AddFindRemove) {
   EXPECT_TRUE(r.remove("mine"));
   EXPECT_FALSE(r.find("mine"));
   EXPECT_FALSE(r.remove("mine"));
+}
+
+// builtin_backend_names (which allow/deny lists may name on any build) lists every built-in of
+// this build: a built-in added to the list without its name would be refused in a selection.
+TEST(Registry, BuiltinNamesCoverThisBuild) {
+  registry r;
+  register_builtin_backends(r);
+  const auto names = builtin_backend_names();
+  for (const auto& b : r.list())
+    EXPECT_NE(std::find(names.begin(), names.end(), b->name()), names.end()) << b->name();
 }
 
 TEST(Registry, BuiltinsInPriorityOrder) {

@@ -30,6 +30,10 @@ struct backend_traits {
   std::int64_t head_dim_multiple = 1;  // both head dims must be multiples of this
   int priority = 0;                    // "auto" prefers higher
   bool exact = false;                  // accumulates in fp64: usable as an oracle
+
+  // "" when min_head_dim, max_head_dim and head_dim_multiple admit head dims, else why not
+  // (registry::add and load_plugin refuse such traits: a multiple of 0 would divide by zero).
+  std::string head_dims_problem() const;
 };
 
 // Collects the one-line reasons a backend gives for rejecting a call.

@@ -5,6 +5,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -81,6 +82,9 @@ class registry {
 
 // Adds the backends this build was configured with (the one explicit list).
 void register_builtin_backends(registry& r);
+// The names of the built-in backends of any build (those of other build options too), beside that
+// list: a selection may allow or deny them where this build lacks them.
+std::span<const std::string_view> builtin_backend_names() noexcept;
 
 // A backend from a shared library that exports the C ABI of attend/plugin.h (Note [Plugin ABI]).
 // The library stays loaded while the backend lives. Add it with registry::add. Throws

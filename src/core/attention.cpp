@@ -200,9 +200,7 @@ void check_caller_workspace(const backend& b, std::size_t bytes, const run_optio
 // (asking again cost flash_cuda 0.1 µs of the host's time and cudnn a lock and a graph-cache
 // lookup per call).
 void run_supported(const backend& b, const problem& p, const run_options& options) {
-  // Nothing to write (no output or LSE elements: no query heads, rows or value dims): the call is
-  // complete, and backends need not handle the degenerate sizes.
-  if (nothing_to_write(p)) return;
+  if (nothing_to_write(p)) return;  // backends need not handle the degenerate sizes
   const std::size_t bytes = b.workspace_bytes(p, options.num_threads);
   run_context ctx;
   ctx.maybe_cuda_stream = options.maybe_cuda_stream;

@@ -85,6 +85,12 @@ void check_traits(const backend_traits& t, const problem& p, diagnostics& d) {
 
 }  // namespace
 
+std::string backend_traits::head_dims_problem() const {
+  if (min_head_dim >= 1 && max_head_dim >= min_head_dim && head_dim_multiple >= 1) return "";
+  return "declares head dims min " + std::to_string(min_head_dim) + ", max " + std::to_string(max_head_dim) +
+         ", multiple " + std::to_string(head_dim_multiple) + "; need 1 <= min <= max and multiple >= 1";
+}
+
 void* memory_resource::allocate_in_order(std::size_t bytes, void* stream) {
   (void)bytes, (void)stream;
   throw runtime_error("this memory has no streams to allocate in the order of");

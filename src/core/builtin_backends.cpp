@@ -20,4 +20,9 @@ void register_builtin_backends(registry& r) {
 #endif
 }
 
+std::span<const std::string_view> builtin_backend_names() noexcept {
+  static constexpr std::string_view names[] = {"reference", "unfused_cpu", "flash_cpu", "flash_cuda", "cudnn"};
+  return names;
+}
+
 }  // namespace attend

@@ -171,12 +171,23 @@ tensor_view make_view(std::vector<std::byte>& buf, dtype t, std::array<std::int6
 
 namespace {
 
-// The host bytes a case's buffers take (inputs with their padding, out, lse, mask and the fp64
-// reference), an upper bound computed without overflow. A spec whose sizes are negative, whose
-// varlen offsets leave int32, or whose buffers would not fit this machine's memory is refused
-// here, before any size is multiplied or allocated: a wrapped size would be undefined behaviour,
-// and a failed allocation under a sanitizer is a crash, not an error.
-void check_case_size(const case_spec& spec) {
+// A case's sequence counts and lengths (varlen: from its lengths), as case_data lays it out.
+struct case_extents {
+  std::int64_t batch = 0, rows_q = 0, rows_kv = 0, max_q = 0, max_kv = 0;
+};
+// The mask's [batch, heads, rows] as case_data stores it (its keys: max_kv).
+std::array<std::int64_t, 3> mask_dims(const case_spec& spec, const case_extents& e) {
+  return {spec.mask_broadcast ? 1 : e.batch, spec.mask_broadcast || spec.mask_one_head ? 1 : spec.heads_q,
+          spec.mask_key_only ? 1 : e.max_q};
+}
+
+// The extents of a case, checked: a spec whose sizes are negative, whose varlen lengths are
+// negative, unpaired or past int32 offsets, or whose host buffers (inputs with their padding,
+// out, lse, mask and the fp64 reference: an upper bound computed without overflow) would not fit
+// this machine's memory is refused here, before any size is multiplied or allocated: a wrapped
+// size would be undefined behaviour, and a failed allocation under a sanitizer is a crash, not an
+// error.
+case_extents checked_extents(const case_spec& spec) {
   const auto fail = [&](const std::string& why) {
     throw invalid_argument((spec.name.empty() ? std::string("case: ") : "case '" + spec.name + "': ") + why);
   };
@@ -184,7 +195,7 @@ void check_case_size(const case_spec& spec) {
                                 {"heads_q", spec.heads_q}, {"heads_kv", spec.heads_kv}, {"head_dim_qk", spec.head_dim_qk},
                                 {"head_dim_v", spec.head_dim_v}})
     if (n < 0) fail(std::string(what) + " must be >= 0; got " + std::to_string(n));
-  std::int64_t rows_q = 0, rows_kv = 0, max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
+  case_extents e{spec.batch, 0, 0, spec.seqlen_q, spec.seqlen_kv};
   bool overflow = false;
   const auto mul = [&](std::int64_t a, std::int64_t b) {
     std::int64_t r = 0;
@@ -197,10 +208,12 @@ void check_case_size(const case_spec& spec) {
     return r;
   };
   if (!spec.varlen_q.empty()) {
-    batch = static_cast<std::int64_t>(spec.varlen_q.size());
-    max_q = max_kv = 0;
+    if (spec.varlen_kv.size() != spec.varlen_q.size())
+      throw invalid_argument("case_spec: varlen_q and varlen_kv must list as many sequences");
+    e.batch = static_cast<std::int64_t>(spec.varlen_q.size());
+    e.max_q = e.max_kv = 0;
     for (const auto& [what, lengths, rows, longest] :
-         {std::tuple{"varlen_q", &spec.varlen_q, &rows_q, &max_q}, {"varlen_kv", &spec.varlen_kv, &rows_kv, &max_kv}}) {
+         {std::tuple{"varlen_q", &spec.varlen_q, &e.rows_q, &e.max_q}, {"varlen_kv", &spec.varlen_kv, &e.rows_kv, &e.max_kv}}) {
       for (const std::int32_t l : *lengths) {
         if (l < 0) fail(std::string(what) + ": a length is negative (" + std::to_string(l) + ")");
         *rows += l;
@@ -210,24 +223,23 @@ void check_case_size(const case_spec& spec) {
         fail(std::string(what) + ": the lengths add up to " + std::to_string(*rows) + "; the offsets are int32");
     }
   } else {
-    rows_q = mul(spec.batch, spec.seqlen_q);
-    rows_kv = mul(spec.batch, spec.seqlen_kv);
+    e.rows_q = mul(spec.batch, spec.seqlen_q);
+    e.rows_kv = mul(spec.batch, spec.seqlen_kv);
   }
   const std::int64_t pad = spec.strided ? 3 : spec.aligned_gaps ? 8 : 0, elem = size_bytes(spec.dtype);
   // a 4-d input or output with `pad` after each dim, every `step`-th element
   const auto tensor = [&](std::int64_t rows, std::int64_t heads, std::int64_t dim, std::int64_t step) {
     return mul(mul(mul(add(rows, pad), add(heads, pad)), mul(add(dim, pad), step)), elem);
   };
-  std::int64_t bytes = add(add(tensor(rows_q, spec.heads_q, spec.head_dim_qk, 1), tensor(rows_kv, spec.heads_kv, spec.head_dim_qk, 1)),
-                           add(tensor(rows_kv, spec.heads_kv, spec.head_dim_v, spec.strided ? 2 : 1),
-                               tensor(rows_q, spec.heads_q, spec.head_dim_v, 1)));
-  bytes = add(bytes, mul(mul(rows_q, spec.heads_q), 4 + (spec.compute_reference ? 8 : 0)));  // lse, reference lse
-  if (spec.compute_reference) bytes = add(bytes, mul(mul(mul(rows_q, spec.heads_q), spec.head_dim_v), 8));
-  if (spec.mask != mask_type::none) {  // as case_data lays the mask out
-    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast || spec.mask_one_head ? 1 : spec.heads_q;
-    const std::int64_t mq = spec.mask_key_only ? 1 : max_q;
+  std::int64_t bytes = add(add(tensor(e.rows_q, spec.heads_q, spec.head_dim_qk, 1), tensor(e.rows_kv, spec.heads_kv, spec.head_dim_qk, 1)),
+                           add(tensor(e.rows_kv, spec.heads_kv, spec.head_dim_v, spec.strided ? 2 : 1),
+                               tensor(e.rows_q, spec.heads_q, spec.head_dim_v, 1)));
+  bytes = add(bytes, mul(mul(e.rows_q, spec.heads_q), 4 + (spec.compute_reference ? 8 : 0)));  // lse, reference lse
+  if (spec.compute_reference) bytes = add(bytes, mul(mul(mul(e.rows_q, spec.heads_q), spec.head_dim_v), 8));
+  if (spec.mask != mask_type::none) {
+    const auto [mb, mh, mq] = mask_dims(spec, e);
     const std::int64_t mask_elem = size_bytes(spec.mask == mask_type::keep ? dtype::boolean : spec.mask_dtype);
-    bytes = add(bytes, mul(mul(mul(mb, mh), mq), mul(max_kv, mask_elem)));
+    bytes = add(bytes, mul(mul(mul(mb, mh), mq), mul(e.max_kv, mask_elem)));
   }
   const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
   const double memory = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
@@ -237,12 +249,13 @@ void check_case_size(const case_spec& spec) {
        << " bytes; this machine has " << static_cast<std::int64_t>(memory) << " bytes of memory";
     fail(os.str());
   }
+  return e;
 }
 
 }  // namespace
 
 case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
-  check_case_size(spec);
+  const case_extents e = checked_extents(spec);
   impl& m = *impl_;
   m.spec = spec;
   std::mt19937_64 rng(spec.seed);
@@ -256,18 +269,10 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
   a.softcap = spec.softcap;
   a.maybe_scale = spec.maybe_scale;
 
-  std::int64_t rows_q = spec.batch * spec.seqlen_q, rows_kv = spec.batch * spec.seqlen_kv;
-  std::int64_t max_q = spec.seqlen_q, max_kv = spec.seqlen_kv, batch = spec.batch;
+  const std::int64_t rows_q = e.rows_q, rows_kv = e.rows_kv, max_q = e.max_q, max_kv = e.max_kv, batch = e.batch;
   if (varlen) {
-    if (spec.varlen_kv.size() != spec.varlen_q.size())
-      throw invalid_argument("case_spec: varlen_q and varlen_kv must list as many sequences");
-    batch = static_cast<std::int64_t>(spec.varlen_q.size());
     m.cu_q = cumulative_offsets(spec.varlen_q);
     m.cu_kv = cumulative_offsets(spec.varlen_kv);
-    max_q = *std::max_element(spec.varlen_q.begin(), spec.varlen_q.end());
-    max_kv = *std::max_element(spec.varlen_kv.begin(), spec.varlen_kv.end());
-    rows_q = m.cu_q.back();
-    rows_kv = m.cu_kv.back();
     a.maybe_cu_seqlens_q = tensor_view::contiguous(m.cu_q.data(), dtype::i32, {batch + 1});
     a.maybe_cu_seqlens_kv = tensor_view::contiguous(m.cu_kv.data(), dtype::i32, {batch + 1});
     a.max_seqlen_q = max_q;
@@ -304,8 +309,7 @@ case_data::case_data(const case_spec& spec) : impl_(std::make_unique<impl>()) {
 
   if (spec.mask != mask_type::none) {
     const dtype mt = spec.mask == mask_type::keep ? dtype::boolean : spec.mask_dtype;
-    const std::int64_t mb = spec.mask_broadcast ? 1 : batch, mh = spec.mask_broadcast || spec.mask_one_head ? 1 : spec.heads_q;
-    const std::int64_t mq = spec.mask_key_only ? 1 : max_q;  // rows of the mask
+    const auto [mb, mh, mq] = mask_dims(spec, e);
     const std::int64_t count = mb * mh * mq * max_kv;
     m.mask.assign(static_cast<std::size_t>(std::max<std::int64_t>(count, 1)) * size_bytes(mt), std::byte{0});
     std::uniform_real_distribution<double> uniform(0.0, 1.0);

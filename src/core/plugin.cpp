@@ -213,12 +213,10 @@ std::shared_ptr<const backend> load_plugin(const std::string& path) {
     throw invalid_argument("plugin: '" + path + "' names its backend '" + std::string(d->name ? d->name : "") +
                            "'; a name must be non-empty [a-z0-9_]");
   if (d->run == nullptr) throw invalid_argument("plugin: backend '" + std::string(d->name) + "' has no run callback");
-  if (d->min_head_dim < 1 || d->max_head_dim < d->min_head_dim || d->head_dim_multiple < 1)
-    throw invalid_argument("plugin: backend '" + std::string(d->name) +
-                           "' declares head dims min " + std::to_string(d->min_head_dim) + ", max " +
-                           std::to_string(d->max_head_dim) + ", multiple " + std::to_string(d->head_dim_multiple) +
-                           "; need 1 <= min <= max and multiple >= 1");
-  return std::make_shared<plugin_backend>(std::move(lib), *d, path);
+  auto b = std::make_shared<plugin_backend>(std::move(lib), *d, path);
+  if (const std::string why = b->traits().head_dims_problem(); !why.empty())
+    throw invalid_argument("plugin: backend '" + std::string(d->name) + "' " + why);
+  return b;
 }
 
 }  // namespace attend

@@ -23,12 +23,8 @@ void registry::add(std::shared_ptr<const backend> b) {
                            name + "'");
   // Traits that no call could satisfy, or whose check divides by zero, are the backend's error,
   // refused here as load_plugin refuses them in a plugin's descriptor.
-  const backend_traits& t = b->traits();
-  if (t.min_head_dim < 1 || t.max_head_dim < t.min_head_dim || t.head_dim_multiple < 1)
-    throw invalid_argument("registry::add: backend '" + name + "' declares head dims min " +
-                           std::to_string(t.min_head_dim) + ", max " + std::to_string(t.max_head_dim) +
-                           ", multiple " + std::to_string(t.head_dim_multiple) +
-                           "; need 1 <= min <= max and multiple >= 1");
+  if (const std::string why = b->traits().head_dims_problem(); !why.empty())
+    throw invalid_argument("registry::add: backend '" + name + "' " + why);
   std::unique_lock lock(mutex_);
   for (const auto& existing : backends_)
     if (existing->name() == name) throw invalid_argument("registry::add: a backend named '" + name + "' exists");
@@ -96,10 +92,10 @@ bool registered(const std::vector<std::shared_ptr<const backend>>& all, std::str
 // build of attend has (so one program can deny cudnn on builds with and without CUDA): a misspelt
 // name would otherwise allow nothing it meant to, or deny nothing.
 void require_known_lists(const std::vector<std::shared_ptr<const backend>>& all, const selection& s) {
-  static constexpr std::string_view k_builtin[] = {"reference", "unfused_cpu", "flash_cpu", "flash_cuda", "cudnn"};
+  const auto builtin = builtin_backend_names();
   for (const auto& [list, names] : {std::pair{"allow", &s.allow}, {"deny", &s.deny}})
     for (const std::string& n : *names)
-      if (!registered(all, n) && std::find(std::begin(k_builtin), std::end(k_builtin), n) == std::end(k_builtin))
+      if (!registered(all, n) && std::find(builtin.begin(), builtin.end(), n) == builtin.end())
         throw invalid_argument("selection: unknown name '" + n + "' in the " + list + " list; known: " +
                                known_names(all));
 }

@@ -28,10 +28,12 @@ std::int64_t to_int(const std::string& flag, const std::string& text, std::int64
 double to_real(const std::string& flag, const std::string& text) {
   // strtod, not stod: stod throws on a value that underflows (1e-320), which is a number the
   // library's own checks should judge; one that overflows comes back infinite, refused below.
+  const auto not_a_number = [&] { return usage_error(flag + " expects a number; got '" + text + "'"); };
+  if (text.empty() || std::isspace(static_cast<unsigned char>(text[0]))) throw not_a_number();  // strtod skips spaces
   char* end = nullptr;
   errno = 0;
-  const double value = text.empty() || std::isspace(static_cast<unsigned char>(text[0])) ? 0.0 : std::strtod(text.c_str(), &end);
-  if (end != text.c_str() + text.size() || text.empty()) throw usage_error(flag + " expects a number; got '" + text + "'");
+  const double value = std::strtod(text.c_str(), &end);
+  if (end != text.c_str() + text.size()) throw not_a_number();
   // strtod gives 0 for a value below the smallest double (1e-400): that would switch softcap off
   // silently, so it is refused; one in double's subnormal range comes back as it is.
   if (errno == ERANGE && value == 0.0) throw usage_error(flag + ": '" + text + "' is below the smallest double");
