@@ -20,6 +20,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "attend/attend.h"
@@ -29,15 +30,24 @@
 namespace {
 
 // Unit-variance uniform values from a counter hash, filled on the host and uploaded (not zeros:
-// see the device notes).
+// see the device notes). The host's threads fill a share each: a decode shape's K and V are
+// gigabytes, which one thread took seconds to fill, for every shape of every round.
 void fill_random(void* device_ptr, std::int64_t n, std::uint32_t seed, attend::dtype t) {
   std::vector<std::uint16_t> host(static_cast<std::size_t>(n));
-  for (std::int64_t i = 0; i < n; ++i) {
-    std::uint32_t x = static_cast<std::uint32_t>(i) * 2654435761u ^ (seed * 0x9e3779b9u);
-    x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
-    const float u = (static_cast<float>(x & 0xffffff) / 16777216.0f) * 3.4641f - 1.7320f;
-    host[static_cast<std::size_t>(i)] = t == attend::dtype::bf16 ? attend::float_to_bf16(u) : attend::float_to_f16(u);
-  }
+  const auto fill = [&](std::int64_t begin, std::int64_t end) {
+    for (std::int64_t i = begin; i < end; ++i) {
+      std::uint32_t x = static_cast<std::uint32_t>(i) * 2654435761u ^ (seed * 0x9e3779b9u);
+      x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+      const float u = (static_cast<float>(x & 0xffffff) / 16777216.0f) * 3.4641f - 1.7320f;
+      host[static_cast<std::size_t>(i)] = t == attend::dtype::bf16 ? attend::float_to_bf16(u) : attend::float_to_f16(u);
+    }
+  };
+  const std::int64_t threads = std::clamp<std::int64_t>(std::thread::hardware_concurrency(), 1, 32);
+  const std::int64_t share = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (std::int64_t begin = share; begin < n; begin += share) pool.emplace_back(fill, begin, std::min(n, begin + share));
+  fill(0, std::min(n, share));
+  for (std::thread& th : pool) th.join();
   CHECK(cudaMemcpy(device_ptr, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
 }
 

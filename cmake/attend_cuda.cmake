@@ -104,7 +104,8 @@ target_compile_definitions(attend PRIVATE ATTEND_HAVE_CUDA $<$<BOOL:${ATTEND_HAV
 # The GPU benchmark's C++ half (bench/gpu.py drives it; scripts/gpu-check runs both).
 if(ATTEND_BUILD_TOOLS)
   add_executable(attend_gpu_bench ${PROJECT_SOURCE_DIR}/bench/gpu_bench.cpp)
-  target_link_libraries(attend_gpu_bench PRIVATE attend::attend attend_warnings CUDA::cudart_static)
+  find_package(Threads REQUIRED)  # (its random fill: a share per host thread)
+  target_link_libraries(attend_gpu_bench PRIVATE attend::attend attend_warnings CUDA::cudart_static Threads::Threads)
   set_target_properties(attend_gpu_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bench)
   # The host's cost of a call, stage by stage (bench/host_bench.cpp; scripts/gpu-check's `host` stage).
   add_executable(attend_host_bench ${PROJECT_SOURCE_DIR}/bench/host_bench.cpp)
