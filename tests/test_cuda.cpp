@@ -189,7 +189,7 @@ std::vector<case_spec> hopper_cases(std::uint64_t seed) {
       add("gqa4", [](case_spec& c) { c.batch = 2; c.seqlen_q = 640; c.seqlen_kv = 450; c.heads_q = 8; c.heads_kv = 2; });
       add("window", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 480; c.heads_q = 2; c.window_left = 150; c.window_right = 30; });
       add("bhsd-causal", [](case_spec& c) { c.layout = layout::bhsd; c.seqlen_q = c.seqlen_kv = 257; c.heads_q = 4; c.heads_kv = 2; c.causal = true; });
-      add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = 2; });
+      add("s1-kv129", [](case_spec& c) { c.seqlen_q = 1; c.seqlen_kv = 129; c.heads_q = c.heads_kv = 2; });  // (GQA here: keep_packed)
       // Scores spread over tens of log2 units: a row's running maximum jumps many times, so O and l
       // are rescaled by factors far from 1, and P spans its whole range.
       add("peaky-scale", [](case_spec& c) { c.seqlen_q = c.seqlen_kv = 470; c.heads_q = 2; c.maybe_scale = 6.0; c.causal = true; });
@@ -816,6 +816,43 @@ TEST(cuda, flash_cuda_split_kv_plain) {
   check_cases("flash_cuda", v, true);
 }
 
+// Which kernel a decode call takes where the Hopper kernel could run it (Note [Split KV],
+// keep_packed in src/cuda/flash_backend.cpp), each case also checked against the reference:
+//   - an unpacked call splits only while the Hopper kernel's items would leave half the SMs idle:
+//     160 items (more than half of any Hopper GPU's SMs) run unsplit there, 4 items split;
+//   - an unsplit GQA decode whose KV heads' rows fit one decode CTA stays packed on the decode
+//     tile, and one of more rows goes to the Hopper kernel.
+// Without the Hopper kernel every case runs on the decode tile.
+TEST(cuda, flash_cuda_decode_dispatch) {
+  ATTEND_REQUIRE_GPU();
+  std::vector<case_spec> v;
+  std::vector<std::string> on_hopper;  // the kernel each case plans where the Hopper kernel runs
+  const auto add = case_adder(v, "decode-dispatch-");
+  const auto expect = [&](const char* kernel) { on_hopper.emplace_back(kernel); };
+  add("d128-160-items", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 2100; c.heads_q = c.heads_kv = 80; });
+  expect("sm90");
+  add("d64-rows4-160-items-causal", dtype::f16, 64, [](case_spec& c) { c.batch = 4; c.seqlen_q = 4; c.seqlen_kv = 1500; c.heads_q = c.heads_kv = 40; c.causal = true; c.alignment = alignment::bottom_right; });
+  expect("sm90");
+  add("d128-4-items", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 2100; c.heads_q = c.heads_kv = 4; });
+  expect("tc-decode-split");
+  add("d128-gqa-4-rows", dtype::bf16, 128, [](case_spec& c) { c.batch = 3; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; });
+  expect("tc-decode-gqa");
+  add("d64-gqa-16-rows-causal", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 4; c.seqlen_kv = 333; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
+  expect("tc-decode-gqa");
+  add("d64-gqa-64-rows", dtype::bf16, 64, [](case_spec& c) { c.seqlen_q = 16; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; });
+  expect("sm90");
+#if defined(ATTEND_TEST_HAVE_CUDA)
+  const bool hopper = cuda::flash_cuda_hopper_available(k_gpu.index);
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const std::string& want = on_hopper[i];
+    const bool packed = v[i].heads_q != v[i].heads_kv;
+    const std::string elsewhere = packed ? "tc-decode-gqa" : "tc-decode-split";
+    EXPECT_EQ(planned(v[i]).kernel, hopper ? want : elsewhere) << v[i].name;
+  }
+#endif
+  check_cases("flash_cuda", v, true);
+}
+
 // GQA on the decode tile (Note [Decode GQA packing], src/cuda/flash.h): a CTA's rows are (query
 // row, head) pairs of one KV head. Group sizes 2 to 64 (20: a query row's heads straddle two CTAs;
 // 64 rows over four CTAs), 1 to 16 query rows (16 at group 8: 128 packed rows), split and not (each
@@ -826,7 +863,7 @@ TEST(cuda, flash_cuda_split_kv_plain) {
 // head, shared by heads, key-major, varlen, rows of only float's lowest value) and softcap.
 TEST(cuda, flash_cuda_decode_gqa_packing) {
   ATTEND_REQUIRE_GPU();
-  const mma_sync_only mma;  // the non-split cases would otherwise take the Hopper kernel
+  const mma_sync_only mma;  // unsplit cases of more than 16 packed rows would otherwise take the Hopper kernel
   std::vector<case_spec> v;
   const auto add = case_adder(v, "gqa-pack-");
   add("d128-32:8-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 32; c.heads_kv = 8; });

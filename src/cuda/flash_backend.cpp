@@ -113,20 +113,36 @@ int ctas_per_sm(const tc_tile& t, int width, int device_index) {
 bool pack_gqa(const problem& p, const tc_entry* kernel) {
   return kernel != nullptr && flash_pack_gqa(flash_decode_tile(p.seqlen_q), p.group_size);
 }
+// Whether a packed call stays on the decode tile where the Hopper kernel could take it unsplit: when
+// a KV head's packed rows fit one CTA, which then streams each K/V tile once for the whole group
+// (the Hopper kernel streams it once per query head). On the H200 (bf16, D = 128, 32:8 heads):
+// 256 x 1 x 2048 took 2.2x as long on the Hopper kernel, 64 x 1 x 512 the same. With more rows the
+// CTAs of a KV head each stream it anyway, and the Hopper kernel's wgmma wins: 64 x 16 x 2048
+// (64 rows a KV head) ran there in 0.63x the packed time (bench/RESULTS.md).
+bool keep_packed(const problem& p, const tc_entry* kernel) {
+  return pack_gqa(p, kernel) && p.seqlen_q * p.group_size <= flash_decode_block_m(kernel->width);
+}
 
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
 // loads in flight for memory bandwidth. Splitting the key tiles of each CTA into `splits` ranges,
 // each writing an fp32 partial (out, lse) merged by LSE in a second kernel, restores parallelism.
 // Which calls split is as it was measured on the H100 and H200: fewer CTAs than two waves of
 // resident ones, and at least 16 key tiles (a call that does not split may take the Hopper kernel,
-// which the split path cannot; an unsplit GQA decode there loses the packing of Note [Decode GQA
-// packing]). How many: one wave of resident CTAs, not more (at least 2): a grid a little over
-// a wave ran its last partial wave at nearly a full wave's time. On the H200 (bf16, width 128, the
-// decode tile's 792 resident CTAs), scanning the count: 8 x 1 x 32768, 32:8 heads (64 packed
-// CTAs) took 0.29 ms at 12 splits (768 CTAs), 0.41 at 16 and 0.40 at 25; 1 x 1 x 32768, 32:32
-// (32 CTAs) 0.17 ms at 24 splits, 0.26 at 25. (The count was 8 waves rounded up: 25 splits for
-// 8 x 1 x 32768 MHA, 1.16 ms; 3 splits now, 1.07 ms; bench/RESULTS.md.)
-int num_splits(const problem& p, const tc_entry* kernel, int sms) {
+// which the split path cannot; not a GQA decode of few rows, keep_packed). How many: one
+// wave of resident CTAs, not more (at least 2): a grid a little over a wave ran its last partial
+// wave at nearly a full wave's time. On the H200 (bf16, width 128, the decode tile's 792 resident
+// CTAs), scanning the count: 8 x 1 x 32768, 32:8 heads (64 packed CTAs) took 0.29 ms at 12 splits
+// (768 CTAs), 0.41 at 16 and 0.40 at 25; 1 x 1 x 32768, 32:32 (32 CTAs) 0.17 ms at 24 splits,
+// 0.26 at 25. (The count was 8 waves rounded up: 25 splits for 8 x 1 x 32768 MHA, 1.16 ms; 3
+// splits, 1.07 ms; bench/RESULTS.md.)
+// An unpacked call the Hopper kernel would take unsplit splits only while that kernel's work
+// items would leave half the SMs idle: its TMA pipeline streams one item's K and V per SM at a
+// rate that the split decode tiles did not beat beyond that. On the H200 (bf16, D = 128, 32:32 heads, A/B of
+// bench/RESULTS.md), unsplit on the Hopper kernel against split on the decode tile: B = 2 (64
+// items, 12 splits) 0.342 against 0.286 ms, B = 4 (128 items) 0.528 against 0.545, B = 8 1.034
+// against 1.071, B = 16 (2 splits, 1.3 waves) 2.05 against 2.99.
+// `hopper_items`: the Hopper kernel's work items if it would take the call unsplit, else 0.
+int num_splits(const problem& p, const tc_entry* kernel, int sms, std::int64_t hopper_items) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
   const tc_tile tile = tile_of(p, *kernel);
   const std::int64_t bm = tile.block_m, bn = tile.block_n;
@@ -141,7 +157,7 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms) {
   const std::int64_t resident = attend::cuda::ctas_per_sm(tile, kernel->width, p.device.index) * sms;
   constexpr std::int64_t min_tiles = 8;  // why: each split must stream enough keys to amortise its
                                          // Q load and the merge
-  if (ctas >= 2 * resident || kv_tiles < 2 * min_tiles) return 1;
+  if (ctas >= 2 * resident || kv_tiles < 2 * min_tiles || 2 * hopper_items > sms) return 1;
   const std::int64_t grid_z_room = 65535 / std::max<std::int64_t>(p.batch, 1);  // gridDim.z = B * splits
   const std::int64_t splits = std::min({std::max<std::int64_t>(resident / ctas, 2), kv_tiles / min_tiles,
                                         static_cast<std::int64_t>(k_flash_max_splits), grid_z_room});
@@ -156,9 +172,9 @@ struct workspace_plan {
   std::size_t counter_bytes = 0, bits_bytes = 0, out_bytes = 0, lse_bytes = 0;
   std::size_t total() const { return counter_bytes + bits_bytes + (splits > 1 ? out_bytes + 2 * lse_bytes : 0); }
 };
-workspace_plan plan_splits(const problem& p, const tc_entry* kernel) {
+workspace_plan plan_splits(const problem& p, const tc_entry* kernel, std::int64_t hopper_items) {
   workspace_plan w;
-  w.splits = num_splits(p, kernel, kernel ? sm_count(p.device.index) : 1);
+  w.splits = num_splits(p, kernel, kernel ? sm_count(p.device.index) : 1, hopper_items);
   const auto rows = static_cast<std::size_t>(w.splits) * static_cast<std::size_t>(p.batch * p.num_heads_q * p.seqlen_q);
   w.out_bytes = round_up(rows * static_cast<std::size_t>(p.head_dim_v) * sizeof(float), 256);
   w.lse_bytes = round_up(rows * sizeof(float), 256);
@@ -184,7 +200,9 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
-//   - no split-KV (decode-shaped calls keep the split path and its fp32 partials);
+//   - no split-KV (decode-shaped calls keep the split path and its fp32 partials), and not a GQA
+//     decode whose KV heads' rows fit one decode CTA (keep_packed, asked by plan_call: the Hopper
+//     kernel would stream each K/V tile once per query head; Note [Decode GQA packing]);
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement:
 //     q, k and v are loaded and out is stored through tensor maps);
 //   - fewer than 2^30 work items (its scheduler counts them in an int; Note [Hopper scheduler]);
@@ -362,11 +380,15 @@ class flash_cuda_backend final : public backend {
     call_plan c;
     c.kernel = tc_kernel_for(pr);
     c.decode = c.kernel != nullptr && flash_decode_tile(pr.seqlen_q);
-    c.ws = plan_splits(pr, c.kernel);
     c.params = to_params(pr);
-    c.params.num_splits = c.ws.splits;
     c.params.pack_gqa = pack_gqa(pr, c.kernel);  // (on the decode tile only)
-    c.hopper = c.kernel ? sm90_kernel_for(pr, c.params) : nullptr;
+    // The Hopper kernel as it would take the call unsplit (keep_packed: not a GQA decode whose KV
+    // heads' rows fit one decode CTA). An unpacked call splits only where that kernel would leave
+    // half the SMs idle (Note [Split KV]); a packed one splits as before.
+    const sm90_entry* unsplit = c.kernel && !keep_packed(pr, c.kernel) ? sm90_kernel_for(pr, c.params) : nullptr;
+    c.ws = plan_splits(pr, c.kernel, unsplit && !c.params.pack_gqa ? sm90_item_count(c.params, unsplit->width) : 0);
+    c.params.num_splits = c.ws.splits;
+    c.hopper = c.params.num_splits == 1 ? unsplit : nullptr;
     if (c.hopper != nullptr) c.ws.counter_bytes = 256;
     if (c.kernel != nullptr && packed_mask(c.params))
       c.ws.bits_bytes = round_up(static_cast<std::size_t>(mask_bits_words_total(c.params)) * sizeof(std::uint32_t), 256);
