@@ -116,7 +116,7 @@ bool pack_gqa(const problem& p, const tc_entry* kernel) {
 // Whether a packed call stays on the decode tile where the Hopper kernel could take it unsplit: when
 // a KV head's packed rows fit one CTA, which then streams each K/V tile once for the whole group
 // (the Hopper kernel streams it once per query head). On the H200 (bf16, D = 128, 32:8 heads):
-// 256 x 1 x 2048 took 2.2x as long on the Hopper kernel, 64 x 1 x 512 the same. With more rows the
+// 256 x 1 x 2048 took 2.2x as long on the Hopper kernel. With more rows the
 // CTAs of a KV head each stream it anyway, and the Hopper kernel's wgmma wins: 64 x 16 x 2048
 // (64 rows a KV head) ran there in 0.63x the packed time (bench/RESULTS.md).
 bool keep_packed(const problem& p, const tc_entry* kernel) {
@@ -137,10 +137,11 @@ bool keep_packed(const problem& p, const tc_entry* kernel) {
 // splits, 1.07 ms; bench/RESULTS.md.)
 // An unpacked call the Hopper kernel would take unsplit splits only while that kernel's work
 // items would leave half the SMs idle: its TMA pipeline streams one item's K and V per SM at a
-// rate that the split decode tiles did not beat beyond that. On the H200 (bf16, D = 128, 32:32 heads, A/B of
-// bench/RESULTS.md), unsplit on the Hopper kernel against split on the decode tile: B = 2 (64
-// items, 12 splits) 0.342 against 0.286 ms, B = 4 (128 items) 0.528 against 0.545, B = 8 1.034
-// against 1.071, B = 16 (2 splits, 1.3 waves) 2.05 against 2.99.
+// rate that the split decode tiles did not beat beyond that. On the H200 (bf16, D = 128, 32:32
+// heads, one round of an override, bench/RESULTS.md), unsplit on the Hopper kernel against split
+// on the decode tile: B = 2 (64 items, 12 splits) 0.342 against 0.286 ms, B = 4 (128 items) 0.528
+// against 0.545, B = 8 1.034 against 1.071, B = 16 (2 splits, 1.3 waves) 2.05 against 2.99. (The
+// rule also covers calls of more rows, such as a chunked prefill: not measured.)
 // `hopper_items`: the Hopper kernel's work items if it would take the call unsplit, else 0.
 int num_splits(const problem& p, const tc_entry* kernel, int sms, std::int64_t hopper_items) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
@@ -157,7 +158,7 @@ int num_splits(const problem& p, const tc_entry* kernel, int sms, std::int64_t h
   const std::int64_t resident = attend::cuda::ctas_per_sm(tile, kernel->width, p.device.index) * sms;
   constexpr std::int64_t min_tiles = 8;  // why: each split must stream enough keys to amortise its
                                          // Q load and the merge
-  if (ctas >= 2 * resident || kv_tiles < 2 * min_tiles || 2 * hopper_items > sms) return 1;
+  if (ctas == 0 || ctas >= 2 * resident || kv_tiles < 2 * min_tiles || 2 * hopper_items > sms) return 1;
   const std::int64_t grid_z_room = 65535 / std::max<std::int64_t>(p.batch, 1);  // gridDim.z = B * splits
   const std::int64_t splits = std::min({std::max<std::int64_t>(resident / ctas, 2), kv_tiles / min_tiles,
                                         static_cast<std::int64_t>(k_flash_max_splits), grid_z_room});
@@ -200,9 +201,10 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //   - scale * log2(e), as the kernel computes it in float, positive and normal (its softmax scales
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
-//   - no split-KV (decode-shaped calls keep the split path and its fp32 partials), and not a GQA
-//     decode whose KV heads' rows fit one decode CTA (keep_packed, asked by plan_call: the Hopper
-//     kernel would stream each K/V tile once per query head; Note [Decode GQA packing]);
+//   - no split-KV (a split call keeps the split path and its fp32 partials; which calls split:
+//     Note [Split KV]), and not a GQA decode whose KV heads' rows fit one decode CTA (keep_packed,
+//     asked by plan_call: the Hopper kernel would stream each K/V tile once per query head; Note
+//     [Decode GQA packing]);
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement:
 //     q, k and v are loaded and out is stored through tensor maps);
 //   - fewer than 2^30 work items (its scheduler counts them in an int; Note [Hopper scheduler]);
