@@ -230,11 +230,14 @@ def _allocate(like: Array, shape: Tuple[Any, ...], float32: bool, name: str) -> 
 
 
 def _text(s: str, what: str) -> str:
-    """s, or ValueError naming `what` when it cannot be UTF-8 (a lone surrogate): C++ takes UTF-8."""
+    """s, or ValueError naming `what` when it cannot be UTF-8 (a lone surrogate: C++ takes UTF-8)
+    or holds a NUL (C strings, such as the messages naming it, would end there)."""
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{what} must be valid text (no lone surrogates); got {s!r}") from None
+    if "\0" in s:
+        raise ValueError(f"{what} must not contain a NUL character; got {s!r}")
     return s
 
 
@@ -360,8 +363,12 @@ def _prepare(
                                     "(.data, or .filled(value)) and, for keys to drop, a mask= argument")
                 takes = _TAKES[what]
                 bf16_ok = "bfloat16" in takes
-                if (x.dtype.kind not in "fiub" and not (bf16_ok and _is_ml_bfloat16(x))) or not x.dtype.isnative:
-                    raise TypeError(f"{what}: dtype must be {takes} (native byte order); got {x.dtype}")
+                # (long double and ml_dtypes' other types are numbers DLPack cannot carry either)
+                if (x.dtype.kind not in "fiub" or x.dtype.itemsize > 8) and not (bf16_ok and _is_ml_bfloat16(x)):
+                    raise TypeError(f"{what}: dtype must be {takes}; got {x.dtype}")
+                if not x.dtype.isnative:
+                    raise TypeError(f"{what}: dtype must be {takes} in native byte order; got {x.dtype} "
+                                    f"(byte order {x.dtype.byteorder!r})")
                 if any(st % x.itemsize for st in x.strides):
                     raise ValueError(f"{what}: strides must be whole elements; got byte strides {x.strides}")
     if "torch" in kinds:
@@ -635,20 +642,25 @@ def forward_context(
         raise TypeError(f"forward_context: timestep must be a real number; got {timestep!r}")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, numbers.Integral)):
         raise TypeError(f"forward_context: layer must be an int; got {layer!r}")
+    values: Dict[str, Union[bool, int, float, str]] = {}
     for key, value in extra.items():
         _text(key, "forward_context: a key")
-        if isinstance(value, str):
-            _text(value, f"forward_context: value of {key!r}")
-        if not isinstance(value, (bool, int, float, str)):
-            raise TypeError(
-                f"forward_context: value of {key!r} must be int, float, bool or str; got {type(value).__name__}"
-            )
-        if isinstance(value, int) and not isinstance(value, bool):
-            _int64(value, f"forward_context: value of {key!r}")
+        what = f"forward_context: value of {key!r}"
+        # numpy's scalars count as the Python numbers they hold, as they do for layer and timestep
+        if isinstance(value, (bool, np.bool_)):
+            values[key] = bool(value)
+        elif isinstance(value, numbers.Integral):
+            values[key] = _int64(value, what)
+        elif isinstance(value, numbers.Real):
+            values[key] = _real(value, what)
+        elif isinstance(value, str):
+            values[key] = _text(value, what)
+        else:
+            raise TypeError(f"{what} must be int, float, bool or str; got {type(value).__name__}")
     level: _ForwardLevel = (
         None if timestep is None else _real(timestep, "forward_context: timestep"),
         None if layer is None else _int64(layer, "forward_context: layer"),
-        dict(extra),
+        values,
     )
     token = _forward_var.set(_forward_var.get() + (level,))
     try:

@@ -129,10 +129,10 @@ def test_numpy_bfloat16_zero_copy(small_qkv):
     assert [e.backend for e in attend.explain(q, k, v) if e.selected] == ["flash_cpu"]
     # Mixed dtypes, a bfloat16 where int32 is needed, and other ml_dtypes types are type errors.
     expect(TypeError, r"^k: dtype must match q \(bfloat16\); got float32", attend.attention, q, small_qkv[1], v)
-    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got float8_e4m3fn",
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got float8_e4m3fn",
            attend.attention, small_qkv[0].astype(ml_dtypes.float8_e4m3fn), k, v)
     offsets = np.array([0, 7], np.int32).astype(bf16)
-    expect(TypeError, r"^cu_seqlens_q: dtype must be int32 \(native byte order\); got bfloat16", attend.attention,
+    expect(TypeError, r"^cu_seqlens_q: dtype must be int32; got bfloat16", attend.attention,
            q[0], k[0], v[0], cu_seqlens_q=offsets, cu_seqlens_k=np.array([0, 9], np.int32))
     # The extension reads an argument named in bf16_bits only as the uint16 bits of bfloat16.
     args, kwargs, _ = attend._api._prepare(q, k, v, backend="auto", layout="bshd", scale=None, causal=False,
@@ -454,14 +454,19 @@ def test_argument_errors_name_the_argument(small_qkv):
     expect(TypeError, r"^q: expected an array .*; got None", attend.attention, None, k, v)
     expect(TypeError, r"^v: expected an array .*; got None", attend.attention, q, k, None)
     # Arrays of dtypes DLPack cannot carry say so, instead of "expected an ndarray; got ndarray".
-    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16 \(native byte order\); got object", attend.attention, q.astype(object), k, v)
-    expect(TypeError, r"^k: dtype must be float32, float16 or bfloat16 \(native byte order\); got >f4", attend.attention, q, k.astype(">f4"), v)
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got object", attend.attention, q.astype(object), k, v)
+    expect(TypeError, r"^k: dtype must be float32, float16 or bfloat16 in native byte order; got >f4 \(byte order '>'\)", attend.attention, q, k.astype(">f4"), v)
+    # long double is a float numpy has and DLPack does not carry
+    expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got float128", attend.attention, q.astype(np.longdouble), k, v)
+    expect(TypeError, r"^mask: dtype must be bool .*; got float128", attend.attention, q, k, v, mask=np.zeros((7, 7), np.longdouble))
     expect(TypeError, r"^q: dtype must be float32, float16 or bfloat16; got uint8", attend.attention, memoryview(bytearray(q.size)).cast("B", q.shape), k, v)
-    expect(TypeError, r"^mask: dtype must be bool \(keep-mask\) or float32/float16/bfloat16 \(additive\) \(native byte order\); got >f4", attend.attention, q, k, v, mask=np.zeros((7, 7), ">f4"))
+    expect(TypeError, r"^mask: dtype must be bool \(keep-mask\) or float32/float16/bfloat16 \(additive\) in native byte order; got >f4", attend.attention, q, k, v, mask=np.zeros((7, 7), ">f4"))
     odd = np.ndarray((7, 9), np.float32, np.zeros(7 * 9 * 6, np.uint8), 0, (54, 6))  # 6-byte strides
     expect(ValueError, r"^mask: strides must be whole elements", attend.attention, q, k, v, mask=odd)
     # explain takes the same names as attention.
     expect(ValueError, r"^backend: unknown name 'nope'", attend.explain, q, k, v, backend="nope")
+    # A NUL would end the C string of the message that names it ("unknown name 'reference").
+    expect(ValueError, r"^backend: must not contain a NUL character; got 'reference\\x00x'", attend.attention, q, k, v, backend="reference\0x")
     # Varlen tensors are packed [total, H, D]: a bhsd layout there is an error, not ignored.
     cu = np.array([0, 3, 7], np.int32)
     expect(ValueError, r"^layout: varlen tensors are packed", attend.attention, q[0], k[0], v[0], layout="bhsd", cu_seqlens_q=cu, cu_seqlens_k=cu)
@@ -558,6 +563,19 @@ def test_forward_context_bad_values():
     expect(ValueError, r"forward_context: layer does not fit in 64 bits", attend.forward_context(layer=2**70).__enter__)
     expect(ValueError, r"forward_context: timestep does not fit a float", attend.forward_context(timestep=10**400).__enter__)
     expect(ValueError, r"forward_context: value of 'big' does not fit in 64 bits", attend.forward_context(big=-(2**63) - 1).__enter__)
+    # A key with a NUL would reach C++ whole but read back cut (C strings): refused where given.
+    expect(ValueError, r"^forward_context: a key must not contain a NUL character", attend.forward_context(**{"a\0b": 1}).__enter__)
+
+
+def test_forward_context_numpy_scalars():
+    """numpy's scalars are the numbers they hold, in extra values as for layer and timestep."""
+    with attend.forward_context(layer=np.int64(3), timestep=np.float32(0.5), flag=np.bool_(True), n=np.int32(-2),
+                                r=np.float64(0.25), big=np.uint64(2**63 - 1)):
+        seen = attend._current_forward_context()
+    assert seen["layer"] == 3 and seen["timestep"] == 0.5
+    assert seen["values"] == {"flag": True, "n": -2, "r": 0.25, "big": 2**63 - 1}
+    assert type(seen["values"]["flag"]) is bool and type(seen["values"]["n"]) is int
+    expect(ValueError, r"forward_context: value of 'big' does not fit in 64 bits", attend.forward_context(big=np.uint64(2**64 - 1)).__enter__)
 
 
 def test_forward_context_is_per_thread():
