@@ -68,6 +68,9 @@ if("${last_out}" MATCHES "flash_cpu")
 endif()
 expect_exit(2 bench --backend measure --reps 1)
 expect_match("${last_err}" "^attend: --backend: measure picks one backend per call")
+expect_match("${last_out}" "^$")  # the one line only: no table header before it
+expect_exit(2 check --quick --backend measure)
+expect_match("${last_out}" "^$")  # (no seed line before it)
 # auto and measure stand alone: in a list they named no backend (a crash before).
 expect_exit(2 bench --backend auto,flash_cpu --reps 1)
 expect_match("${last_err}" "^attend: --backend: 'auto' stands alone; a list names backends \\(see attend list\\)\n$")
@@ -94,6 +97,7 @@ unset(ENV{ATTEND_BACKEND})
 # those chosen runs on the device.
 expect_exit(2 bench --device cuda --backend reference --reps 1)
 expect_match("${last_err}" "^attend: no chosen backend runs on cuda:0 \\(see attend list\\)\n$")
+expect_match("${last_out}" "^$")
 expect_exit(1 bench --head-dim 0 --seqlen 16 --heads 1 --reps 1)
 expect_match("${last_err}" "^attend: no backend ran this call \\(each row says why\\)\n$")
 # No query heads: an empty problem, timed as such (it died of a division by zero before).

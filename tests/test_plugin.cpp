@@ -119,6 +119,12 @@ TEST(Plugin, RefusesBadLibrariesWithTheReason) {
   EXPECT_NE(message_of(ATTEND_TEST_PLUGIN_BAD_ABI).find("has ABI version 999; this attend reads version 1"),
             std::string::npos);
   EXPECT_NE(message_of("libm.so.6").find("does not export attend_plugin_entry"), std::string::npos);
+  // A descriptor whose dtypes are only ones no attention call has (int32): no call could reach it.
+  EXPECT_NE(message_of(ATTEND_TEST_PLUGIN_NO_DTYPE)
+                .find("backend 'naive_plugin' declares no dtype attend runs (f32, f16, bf16): no call could reach it "
+                      "(descriptor: device_kinds 0x1, dtypes 0x8)"),
+            std::string::npos)
+      << message_of(ATTEND_TEST_PLUGIN_NO_DTYPE);
 }
 
 }  // namespace

@@ -115,6 +115,19 @@ TEST(Selection, ByNameAllowDeny) {
   o.select.allow = {"reference"};
   EXPECT_EQ(attention(c.params, o), "reference");
   EXPECT_THROW(attention(c.params, f.opts("no_such_backend")), invalid_argument);
+  // A requested backend that the lists leave out is not said to lack the call.
+  for (bool by_deny : {true, false}) {
+    auto left_out = f.opts("reference");
+    (by_deny ? left_out.select.deny : left_out.select.allow) = {by_deny ? "reference" : "unfused_cpu"};
+    try {
+      attention(c.params, left_out);
+      ADD_FAILURE() << "a requested backend left out by the lists ran";
+    } catch (const unsupported& e) {
+      const std::string why = by_deny ? "in the deny list" : "not in the allow list";
+      EXPECT_NE(std::string(e.what()).find("backend 'reference' is left out by the selection (" + why + ")"),
+                std::string::npos) << e.what();
+    }
+  }
   // A misspelt name in a list is an error, not a list that allows or denies nothing: on the fast
   // path of select(), in explain(), and for measure.
   for (const char* name : {"auto", "measure"}) {
@@ -347,6 +360,14 @@ TEST(Registry, AddFindRemove) {
     }
   }
   EXPECT_FALSE(r.find("bad_dims"));
+  // No dtype: every call would be rejected with "dtype must be ; got f32".
+  try {
+    r.add(std::make_shared<narrow>("no_dtypes", 5, std::vector<dtype>{}, feature_set{}, 64));
+    ADD_FAILURE() << "a backend of no dtype was accepted";
+  } catch (const invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("declares no dtype attend runs"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(r.find("no_dtypes"));
   EXPECT_TRUE(r.find("mine"));
   EXPECT_TRUE(r.remove("mine"));
   EXPECT_FALSE(r.find("mine"));

@@ -31,9 +31,11 @@ struct backend_traits {
   int priority = 0;                    // "auto" prefers higher
   bool exact = false;                  // accumulates in fp64: usable as an oracle
 
-  // "" when min_head_dim, max_head_dim and head_dim_multiple admit head dims, else why not
-  // (registry::add and load_plugin refuse such traits: a multiple of 0 would divide by zero).
-  std::string head_dims_problem() const;
+  // "" when the traits admit some call (a device kind, a dtype, and min_head_dim, max_head_dim
+  // and head_dim_multiple admitting a head dim), else why not: registry::add and load_plugin
+  // refuse such traits (a backend no call can reach is a mistake, and a multiple of 0 would
+  // divide by zero).
+  std::string problem() const;
 };
 
 // Collects the one-line reasons a backend gives for rejecting a call.

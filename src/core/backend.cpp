@@ -85,7 +85,9 @@ void check_traits(const backend_traits& t, const problem& p, diagnostics& d) {
 
 }  // namespace
 
-std::string backend_traits::head_dims_problem() const {
+std::string backend_traits::problem() const {
+  if (devices.empty()) return "declares no device kind attend knows (cpu, cuda): no call could reach it";
+  if (dtypes.empty()) return "declares no dtype attend runs (f32, f16, bf16): no call could reach it";
   if (min_head_dim >= 1 && max_head_dim >= min_head_dim && head_dim_multiple >= 1) return "";
   return "declares head dims min " + std::to_string(min_head_dim) + ", max " + std::to_string(max_head_dim) +
          ", multiple " + std::to_string(head_dim_multiple) + "; need 1 <= min <= max and multiple >= 1";

@@ -3,6 +3,8 @@
 #include <dlfcn.h>
 
 #include <array>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -14,6 +16,12 @@
 
 namespace attend {
 namespace {
+
+std::string hex(std::uint32_t bits) {
+  char text[16];
+  std::snprintf(text, sizeof text, "%x", static_cast<unsigned>(bits));
+  return text;
+}
 
 // The ABI's enum values are attend's: they cannot drift apart.
 static_assert(ATTEND_DTYPE_F32 == static_cast<int>(dtype::f32) && ATTEND_DTYPE_F16 == static_cast<int>(dtype::f16) &&
@@ -214,8 +222,11 @@ std::shared_ptr<const backend> load_plugin(const std::string& path) {
                            "'; a name must be non-empty [a-z0-9_]");
   if (d->run == nullptr) throw invalid_argument("plugin: backend '" + std::string(d->name) + "' has no run callback");
   auto b = std::make_shared<plugin_backend>(std::move(lib), *d, path);
-  if (const std::string why = b->traits().head_dims_problem(); !why.empty())
-    throw invalid_argument("plugin: backend '" + std::string(d->name) + "' " + why);
+  // (the descriptor's bits of device kinds and dtypes attend does not know are not kept: a
+  // descriptor with only such bits declares none)
+  if (const std::string why = b->traits().problem(); !why.empty())
+    throw invalid_argument("plugin: backend '" + std::string(d->name) + "' " + why + " (descriptor: device_kinds 0x" +
+                           hex(d->device_kinds) + ", dtypes 0x" + hex(d->dtypes) + ")");
   return b;
 }
 

@@ -23,7 +23,7 @@ void registry::add(std::shared_ptr<const backend> b) {
                            name + "'");
   // Traits that no call could satisfy, or whose check divides by zero, are the backend's error,
   // refused here as load_plugin refuses them in a plugin's descriptor.
-  if (const std::string why = b->traits().head_dims_problem(); !why.empty())
+  if (const std::string why = b->traits().problem(); !why.empty())
     throw invalid_argument("registry::add: backend '" + name + "' " + why);
   std::unique_lock lock(mutex_);
   for (const auto& existing : backends_)
@@ -149,19 +149,25 @@ std::vector<std::shared_ptr<const backend>> registry::candidates(const problem& 
   require_known(all, name, s);
   std::vector<std::shared_ptr<const backend>> found;
   std::vector<rejection> rejections;
+  std::string named_excluded;  // why the requested backend is left out by allow/deny, if it is
   for (const auto& b : all) {
     diagnostics d;
     const std::string excluded = excluded_by(*b, s, name);
-    if (!excluded.empty())
+    if (!excluded.empty()) {
+      if (b->name() == name) named_excluded = excluded;
       rejections.push_back({std::string(b->name()), excluded});
-    else if (b->supports(p, &d))
+    } else if (b->supports(p, &d)) {
       found.push_back(b);
-    else
+    } else {
       rejections.push_back({std::string(b->name()), d.joined()});
+    }
   }
   if (found.empty()) {
+    // (a requested backend that allow/deny leave out is not one that lacks the call)
     const std::string what = name == "auto" || name == "measure" ? "no backend supports this call"
-                                                                 : "backend '" + name + "' does not support this call";
+                             : named_excluded.empty() ? "backend '" + name + "' does not support this call"
+                                                      : "backend '" + name + "' is left out by the selection (" +
+                                                            named_excluded + ")";
     throw unsupported(what + " (" + signature(p) + "):", std::move(rejections));
   }
   return found;

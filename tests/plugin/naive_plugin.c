@@ -5,8 +5,8 @@
  * dense [batch, seq, head, dim] tensors; everything else is refused by its traits. A forward
  * context value "naive_plugin_fail" = 1 makes run() fail (the error path of the ABI).
  *
- * Built twice by tests/CMakeLists.txt: as is, and with NAIVE_PLUGIN_ABI=999 (a library attend must
- * refuse). */
+ * Built three times by tests/CMakeLists.txt: as is, with NAIVE_PLUGIN_ABI=999 and with
+ * NAIVE_PLUGIN_DTYPES declaring only int32 (libraries attend must refuse). */
 #include <math.h>
 #include <stdio.h>
 
@@ -14,6 +14,9 @@
 
 #ifndef NAIVE_PLUGIN_ABI
 #define NAIVE_PLUGIN_ABI ATTEND_PLUGIN_ABI_VERSION
+#endif
+#ifndef NAIVE_PLUGIN_DTYPES
+#define NAIVE_PLUGIN_DTYPES (1u << ATTEND_DTYPE_F32)
 #endif
 
 #if defined(_WIN32)
@@ -97,7 +100,7 @@ static const attend_plugin_v1 naive_plugin = {
     "fp64-accumulating row-at-a-time attention in C, loaded through the plugin ABI",
     5, /* below every built-in that can run the call except the reference */
     1u << ATTEND_DEVICE_CPU,
-    1u << ATTEND_DTYPE_F32,
+    NAIVE_PLUGIN_DTYPES,
     ATTEND_FEATURE_CAUSAL | ATTEND_FEATURE_BOTTOM_RIGHT | ATTEND_FEATURE_WINDOW | ATTEND_FEATURE_GQA |
         ATTEND_FEATURE_LSE | ATTEND_FEATURE_HEAD_DIM_V_DIFFERS,
     1,

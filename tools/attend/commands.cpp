@@ -206,9 +206,9 @@ int run_explain(const cli_options& o) {
 }
 
 int run_check(const cli_options& o) {
+  const auto backends = chosen_backends(o, false);  // (a usage error before any output)
   const std::uint64_t seed = fresh_seed(o);
   std::cout << "attend check: seed " << seed << " (rerun with --seed " << seed << ")\n";
-  const auto backends = chosen_backends(o, false);
   const auto grid = testing::default_grid(seed, o.quick);
   int passed = 0, failed = 0, skipped = 0;
   std::map<std::string, int> skip_reasons;  // "backend: reason" -> cases; printed once at the end
@@ -298,6 +298,14 @@ timed time_on(const backend& b, const testing::case_data& data, const cli_option
 }  // namespace
 
 int run_bench(const cli_options& o) {
+  // The backends first: a list that leaves none for the device is a usage error, before any
+  // output and before the case's memory.
+  std::vector<std::shared_ptr<const backend>> backends;
+  for (const auto& b : chosen_backends(o, true)) {
+    const auto& devices = b->traits().devices;
+    if (std::find(devices.begin(), devices.end(), o.device.kind) != devices.end()) backends.push_back(b);
+  }
+  if (backends.empty()) throw usage_error("no chosen backend runs on " + to_string(o.device) + " (see attend list)");
   testing::case_spec spec = to_case(o);
   spec.compute_reference = false;
   spec.seed = fresh_seed(o);
@@ -306,11 +314,8 @@ int run_bench(const cli_options& o) {
   std::cout << "bench: " << spec.describe() << " on " << to_string(o.device) << '\n';
   std::cout << std::left << std::setw(14) << "backend" << std::right << std::setw(12) << "ms" << std::setw(12) << "GFLOP/s"
             << '\n';
-  int on_device = 0, timed_rows = 0;
-  for (const auto& b : chosen_backends(o, true)) {
-    const auto& devices = b->traits().devices;
-    if (std::find(devices.begin(), devices.end(), o.device.kind) == devices.end()) continue;
-    ++on_device;
+  int timed_rows = 0;
+  for (const auto& b : backends) {
     const timed t = time_on(*b, data, o);
     std::cout << std::left << std::setw(14) << b->name();
     if (!t.status.empty()) {
@@ -322,7 +327,6 @@ int run_bench(const cli_options& o) {
     }
   }
   // A table without a timing is a failed benchmark, not an empty success.
-  if (on_device == 0) throw usage_error("no chosen backend runs on " + to_string(o.device) + " (see attend list)");
   if (timed_rows == 0) {
     std::cerr << "attend: no backend ran this call (each row says why)\n";
     return 1;
