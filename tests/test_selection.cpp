@@ -331,6 +331,29 @@ TEST(Selection, MeasureCacheIsPerAllowAndDenyList) {
   EXPECT_NE(registry::measure_key(p, reordered), registry::measure_key(p, only_ref.select));
 }
 
+// Note [Measure keys]: varlen calls whose batch and longest lengths fall in the same powers of two
+// share a key (measure times them once), dense calls keep their exact shape, and the rest of the
+// signature still tells calls apart.
+TEST(Selection, MeasureKeysBucketVarlenSizes) {
+  auto key_of = [](std::vector<std::int32_t> q, std::vector<std::int32_t> kv, std::int64_t heads_q = 2) {
+    testing::case_spec c;
+    c.varlen_q = std::move(q);
+    c.varlen_kv = std::move(kv);
+    c.heads_q = heads_q;
+    c.compute_reference = false;
+    const testing::case_data data(c);
+    return registry::measure_key(make_problem(data.params()), {});
+  };
+  const std::string first = key_of({300, 5, 17}, {300, 700, 2});  // B 3 -> 4, Sq 300 -> 512, Skv 700 -> 1024
+  EXPECT_EQ(first, key_of({511, 1, 1, 9}, {513, 1000, 1, 1}));     // B 4, Sq 511, Skv 1000
+  EXPECT_NE(first, key_of({513, 1, 1}, {513, 1000, 1}));           // Sq past 512
+  EXPECT_NE(first, key_of({300, 5, 17, 1, 1}, {300, 700, 2, 1, 1}));  // B past 4
+  EXPECT_NE(first, key_of({300, 5, 17}, {300, 700, 2}, 4));       // another head count
+  EXPECT_NE(first.find("varlen B<=4 Sq<=512 Skv<=1024"), std::string::npos) << first;
+  test::dense_call a(1, 300, 700, 2, 2, 16, 16), b(1, 301, 700, 2, 2, 16, 16);
+  EXPECT_NE(registry::measure_key(make_problem(a.params), {}), registry::measure_key(make_problem(b.params), {}));
+}
+
 TEST(Registry, ExplainRejectsUnknownNamesLikeAttention) {
   fixture f;
   test::dense_call c(1, 8, 8, 1, 1, 16, 16);

@@ -69,8 +69,9 @@ class registry {
   void remember_measured(const std::string& key, std::string backend_name);
   // Device, dtype, shape and features of a call.
   static std::string signature(const problem& p);
-  // The measure cache's key: the signature and the selection's allow/deny lists, since the
-  // winner among allowed backends is only the winner for that list.
+  // The measure cache's key: the signature (for a varlen call, with its batch and longest lengths
+  // rounded up to powers of two: Note [Measure keys]) and the selection's allow/deny lists, since
+  // the winner among allowed backends is only the winner for that list.
   static std::string measure_key(const problem& p, const selection& s);
 
  private:

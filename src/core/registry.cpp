@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cstdlib>
+#include <cstdint>
+#include <limits>
 #include <sstream>
 
 #include "attend/registry.h"
@@ -213,8 +215,32 @@ void registry::remember_measured(const std::string& sig, std::string backend_nam
   measured_[sig] = std::move(backend_name);
 }
 
+namespace {
+// The smallest power of two >= n (n itself when 0 or 1).
+std::int64_t power_of_two_at_least(std::int64_t n) {
+  std::int64_t b = 1;
+  while (b < n && b <= (std::numeric_limits<std::int64_t>::max() >> 1)) b <<= 1;
+  return n <= 1 ? n : b;
+}
+}  // namespace
+
+// Note [Measure keys]: a dense call's key is its signature. A varlen call's batch and longest
+// sequences change from call to call (a serving batch), and with host offsets the longest is the
+// real one, so keyed exactly, measure timed every candidate again at nearly every call. Its key
+// rounds the batch and the longest lengths up to powers of two: the candidates are timed once per
+// bucket, on the first call that falls in it, whose sizes are within 2x of the others'.
 std::string registry::measure_key(const problem& p, const selection& s) {
-  std::string key = signature(p);
+  std::string key;
+  if (p.is_varlen) {
+    std::ostringstream os;
+    os << to_string(p.device) << ' ' << to_string(p.dtype) << " varlen B<=" << power_of_two_at_least(p.batch)
+       << " Sq<=" << power_of_two_at_least(p.seqlen_q) << " Skv<=" << power_of_two_at_least(p.seqlen_kv)
+       << " Hq=" << p.num_heads_q << " Hkv=" << p.num_heads_kv << " Dqk=" << p.head_dim_qk << " Dv=" << p.head_dim_v
+       << " features=" << to_string(p.features);
+    key = os.str();
+  } else {
+    key = signature(p);
+  }
   for (const auto& [label, names] : {std::pair{" allow=", &s.allow}, {" deny=", &s.deny}}) {
     if (names->empty()) continue;
     std::vector<std::string> sorted = *names;  // the same list in any order is the same choice
