@@ -11,6 +11,8 @@
 
 #include "test_helpers.h"
 
+extern "C" int openblas_get_num_threads(void);  // (cblas.h's; OpenBLAS is what unfused_cpu calls)
+
 namespace attend {
 namespace {
 
@@ -327,6 +329,29 @@ TEST(Unfused, LeavesTheCallersThreadCountAlone) {
   attention(data.params(), o);
   EXPECT_EQ(omp_get_max_threads(), before + 1);
   omp_set_num_threads(before);
+}
+
+// OpenBLAS's thread count is one for the process: calls with num_threads overlapping on several
+// threads left it at one of their counts when each restored the count it saw on entry (one that
+// entered during another's call saw that call's). The last to end now restores the count from
+// before the first.
+TEST(Unfused, OverlappingCallsRestoreOpenBLASThreadCount) {
+  const int before = openblas_get_num_threads();
+  testing::case_spec spec;
+  spec.seqlen_q = spec.seqlen_kv = 64;
+  spec.head_dim_qk = spec.head_dim_v = 16;
+  spec.seed = test::test_seed();
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&spec, t] {
+      testing::case_data data(spec);  // (each thread its own output)
+      run_options o;
+      o.select.name = "unfused_cpu";
+      o.num_threads = 1 + t % 3;
+      for (int i = 0; i < 100; ++i) attention(data.params(), o);
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ(openblas_get_num_threads(), before);
 }
 
 TEST(Workspace, CachedPerThreadAndStream) {

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <mutex>
 
 #include "attend/backend.h"
 #include "cpu/backends.h"
@@ -69,26 +70,44 @@ void guarded_pv(const float* pw, const float* vp, float* op, std::int64_t lq, st
 // A call's thread count for OpenBLAS, restored after the call: openblas_set_num_threads is
 // global, and OpenBLAS built on OpenMP also sets the calling thread's OpenMP default with it, so
 // one call with num_threads = 1 left every later default call (flash_cpu's, the reference's, the
-// user's own OpenMP code) on one thread.
+// user's own OpenMP code) on one thread. The OpenMP default is the calling thread's own, restored
+// by each call. OpenBLAS's count is one for the process: calls overlapping on several threads
+// share one saved count, taken by the first to start and restored by the last to end (each
+// restoring the count it saw, one that started during another's call saved that call's count
+// and could leave it behind). While calls overlap, the count is the latest caller's; each call's
+// values are right at any count.
 class blas_threads_for_call {
  public:
   explicit blas_threads_for_call(int n) : set_(n > 0) {
     if (!set_) return;
-    blas_before_ = openblas_get_num_threads();
     omp_before_ = omp_get_max_threads();
+    const std::lock_guard lock(shared().mutex);
+    if (shared().active++ == 0) shared().blas_before = openblas_get_num_threads();
     openblas_set_num_threads(n);
   }
   ~blas_threads_for_call() {
     if (!set_) return;
-    openblas_set_num_threads(blas_before_);
+    {
+      const std::lock_guard lock(shared().mutex);
+      if (--shared().active == 0) openblas_set_num_threads(shared().blas_before);
+    }
     omp_set_num_threads(omp_before_);
   }
   blas_threads_for_call(const blas_threads_for_call&) = delete;
   blas_threads_for_call& operator=(const blas_threads_for_call&) = delete;
 
  private:
+  struct process_state {
+    std::mutex mutex;
+    int active = 0;       // calls between their set and their restore
+    int blas_before = 0;  // the count before the first of them
+  };
+  static process_state& shared() {
+    static process_state state;
+    return state;
+  }
   bool set_;
-  int blas_before_ = 0, omp_before_ = 0;
+  int omp_before_ = 0;
 };
 
 // Copies rows [0, rows) × dims of a strided tensor into a dense fp32 panel. The dtype switch is
