@@ -46,7 +46,8 @@ class registry {
   static registry& global();
 
   // Adds a backend. Throws attend::invalid_argument when the name is empty or taken, or its
-  // head-dim traits admit no call (min < 1, max < min, multiple < 1).
+  // traits admit no call (backend_traits::problem: no device kind, no dtype, or head dims none
+  // can meet).
   void add(std::shared_ptr<const backend> b);
   // Removes a backend by name; returns whether one was removed.
   bool remove(std::string_view name);

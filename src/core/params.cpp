@@ -4,11 +4,11 @@
 // Checks that depend on what a backend can do (head dims, dtypes per device, features) are not
 // here: they are the backends' rejections, so `explain` can report them.
 #include <algorithm>
-#include <cstring>
 #include <array>
-#include <cmath>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <sstream>

@@ -1,7 +1,7 @@
 #include <algorithm>
-#include <cstdlib>
+#include <bit>
 #include <cstdint>
-#include <limits>
+#include <cstdlib>
 #include <sstream>
 
 #include "attend/registry.h"
@@ -216,11 +216,17 @@ void registry::remember_measured(const std::string& sig, std::string backend_nam
 }
 
 namespace {
-// The smallest power of two >= n (n itself when 0 or 1).
+// Device, dtype, sizes (as given: exact, or a bucket's "<=" bounds) and features of a call.
+std::string describe_call(const problem& p, std::string_view sizes) {
+  std::ostringstream os;
+  os << to_string(p.device) << ' ' << to_string(p.dtype) << ' ' << sizes << " Hq=" << p.num_heads_q
+     << " Hkv=" << p.num_heads_kv << " Dqk=" << p.head_dim_qk << " Dv=" << p.head_dim_v
+     << " features=" << to_string(p.features);
+  return os.str();
+}
+// The smallest power of two >= n, for n <= 2^31 (sizes of a call with int32 offsets); n when 0.
 std::int64_t power_of_two_at_least(std::int64_t n) {
-  std::int64_t b = 1;
-  while (b < n && b <= (std::numeric_limits<std::int64_t>::max() >> 1)) b <<= 1;
-  return n <= 1 ? n : b;
+  return n <= 0 ? n : static_cast<std::int64_t>(std::bit_ceil(static_cast<std::uint64_t>(n)));
 }
 }  // namespace
 
@@ -230,17 +236,10 @@ std::int64_t power_of_two_at_least(std::int64_t n) {
 // rounds the batch and the longest lengths up to powers of two: the candidates are timed once per
 // bucket, on the first call that falls in it, whose sizes are within 2x of the others'.
 std::string registry::measure_key(const problem& p, const selection& s) {
-  std::string key;
-  if (p.is_varlen) {
-    std::ostringstream os;
-    os << to_string(p.device) << ' ' << to_string(p.dtype) << " varlen B<=" << power_of_two_at_least(p.batch)
-       << " Sq<=" << power_of_two_at_least(p.seqlen_q) << " Skv<=" << power_of_two_at_least(p.seqlen_kv)
-       << " Hq=" << p.num_heads_q << " Hkv=" << p.num_heads_kv << " Dqk=" << p.head_dim_qk << " Dv=" << p.head_dim_v
-       << " features=" << to_string(p.features);
-    key = os.str();
-  } else {
-    key = signature(p);
-  }
+  std::string key = !p.is_varlen ? signature(p)
+                                  : describe_call(p, "varlen B<=" + std::to_string(power_of_two_at_least(p.batch)) +
+                                                         " Sq<=" + std::to_string(power_of_two_at_least(p.seqlen_q)) +
+                                                         " Skv<=" + std::to_string(power_of_two_at_least(p.seqlen_kv)));
   for (const auto& [label, names] : {std::pair{" allow=", &s.allow}, {" deny=", &s.deny}}) {
     if (names->empty()) continue;
     std::vector<std::string> sorted = *names;  // the same list in any order is the same choice
@@ -252,11 +251,8 @@ std::string registry::measure_key(const problem& p, const selection& s) {
 }
 
 std::string registry::signature(const problem& p) {
-  std::ostringstream os;
-  os << to_string(p.device) << ' ' << to_string(p.dtype) << " B=" << p.batch << " Sq=" << p.seqlen_q
-     << " Skv=" << p.seqlen_kv << " Hq=" << p.num_heads_q << " Hkv=" << p.num_heads_kv << " Dqk=" << p.head_dim_qk
-     << " Dv=" << p.head_dim_v << " features=" << to_string(p.features);
-  return os.str();
+  return describe_call(p, "B=" + std::to_string(p.batch) + " Sq=" + std::to_string(p.seqlen_q) +
+                              " Skv=" + std::to_string(p.seqlen_kv));
 }
 
 }  // namespace attend
