@@ -820,7 +820,7 @@ TEST(cuda, flash_cuda_split_kv_plain) {
 // keep_packed in src/cuda/flash_backend.cpp), each case also checked against the reference:
 //   - an unpacked call splits only while the Hopper kernel's items would leave half the SMs idle:
 //     160 items (more than half of any Hopper GPU's SMs) run unsplit there, 4 items split;
-//   - an unsplit GQA decode whose KV heads' rows fit one decode CTA stays packed on the decode
+//   - an unsplit GQA decode whose KV heads' rows fit two decode CTAs stays packed on the decode
 //     tile, and one of more rows goes to the Hopper kernel.
 // Without the Hopper kernel every case runs on the decode tile.
 TEST(cuda, flash_cuda_decode_dispatch) {
@@ -839,6 +839,10 @@ TEST(cuda, flash_cuda_decode_dispatch) {
   expect("tc-decode-gqa");
   add("d64-gqa-16-rows-causal", dtype::f16, 64, [](case_spec& c) { c.seqlen_q = 4; c.seqlen_kv = 333; c.heads_q = 8; c.heads_kv = 2; c.causal = true; c.alignment = alignment::bottom_right; });
   expect("tc-decode-gqa");
+  add("d128-gqa-32-rows", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_q = 8; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; });
+  expect("tc-decode-gqa");
+  add("d128-gqa-48-rows", dtype::bf16, 128, [](case_spec& c) { c.seqlen_q = 12; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; });
+  expect("sm90");
   add("d64-gqa-64-rows", dtype::bf16, 64, [](case_spec& c) { c.seqlen_q = 16; c.seqlen_kv = 300; c.heads_q = 8; c.heads_kv = 2; });
   expect("sm90");
 #if defined(ATTEND_TEST_HAVE_CUDA)
@@ -874,7 +878,7 @@ TEST(cuda, flash_cuda_decode_dispatch) {
 // head, shared by heads, key-major, varlen, rows of only float's lowest value) and softcap.
 TEST(cuda, flash_cuda_decode_gqa_packing) {
   ATTEND_REQUIRE_GPU();
-  const mma_sync_only mma;  // unsplit cases of more than 16 packed rows would otherwise take the Hopper kernel
+  const mma_sync_only mma;  // unsplit cases of more than 32 packed rows would otherwise take the Hopper kernel
   std::vector<case_spec> v;
   const auto add = case_adder(v, "gqa-pack-");
   add("d128-32:8-split", dtype::bf16, 128, [](case_spec& c) { c.batch = 2; c.seqlen_kv = 3001; c.heads_q = 32; c.heads_kv = 8; });

@@ -172,7 +172,7 @@ constexpr bool flash_decode_tile(std::int64_t seqlen_q) { return seqlen_q <= k_f
 // monotone in r): a 32:8 decode fills 4 of 16 rows and streams each K/V tile once for them. On
 // every score path: a mask's row (its terms, packed bits or staged pairs) is read at each packed
 // row's (head, query row). Only where it shrinks the grid: group_size > 1. The Hopper kernel does
-// not pack; an unsplit packed call whose KV heads' rows fit one CTA never goes there (keep_packed,
+// not pack; an unsplit packed call whose KV heads' rows fit two CTAs never goes there (keep_packed,
 // flash_backend.cpp).
 constexpr bool flash_pack_gqa(bool decode_tile, std::int64_t group_size) { return decode_tile && group_size > 1; }
 // Whether the warp keeps its Q fragments in registers for the whole key loop (instead of reading

@@ -114,13 +114,15 @@ bool pack_gqa(const problem& p, const tc_entry* kernel) {
   return kernel != nullptr && flash_pack_gqa(flash_decode_tile(p.seqlen_q), p.group_size);
 }
 // Whether a packed call stays on the decode tile where the Hopper kernel could take it unsplit: when
-// a KV head's packed rows fit one CTA, which then streams each K/V tile once for the whole group
-// (the Hopper kernel streams it once per query head). On the H200 (bf16, D = 128, 32:8 heads):
-// 256 x 1 x 2048 took 2.2x as long on the Hopper kernel. With more rows the
-// CTAs of a KV head each stream it anyway, and the Hopper kernel's wgmma wins: 64 x 16 x 2048
-// (64 rows a KV head) ran there in 0.63x the packed time (bench/RESULTS.md).
+// a KV head's packed rows fit two CTAs, which then stream each K/V tile once a CTA for the whole
+// group (the Hopper kernel streams it once per query head). On the H200 (bf16, D = 128, 32:8
+// heads, bench/RESULTS.md), packed against the Hopper kernel: 256 x 1 x 2048 (4 rows a KV head)
+// 0.61 against 1.34 ms; 256 x 5 x 2048 (20 rows) 1.04 against 1.34; 256 x 8 x 2048 (32 rows) 1.04
+// against 1.34, causal too; 64 x 8 x 512 (32 rows) and 128 x 4 x 2048 at 32:4 (32 rows) even. With more rows
+// the three or more CTAs of a KV head each stream K/V and the Hopper kernel's wgmma wins: 256 x 12
+// x 2048 (48 rows) 1.49 against 1.36, 64 x 16 x 2048 (64 rows) 0.56 against 0.35.
 bool keep_packed(const problem& p, const tc_entry* kernel) {
-  return pack_gqa(p, kernel) && p.seqlen_q * p.group_size <= flash_decode_block_m(kernel->width);
+  return pack_gqa(p, kernel) && p.seqlen_q * p.group_size <= 2 * flash_decode_block_m(kernel->width);
 }
 
 // Note [Split KV]: a call with few CTAs (decode: Sq small, B·Hq small) leaves SMs idle and too few
@@ -140,8 +142,10 @@ bool keep_packed(const problem& p, const tc_entry* kernel) {
 // rate that the split decode tiles did not beat beyond that. On the H200 (bf16, D = 128, 32:32
 // heads, one round of an override, bench/RESULTS.md), unsplit on the Hopper kernel against split
 // on the decode tile: B = 2 (64 items, 12 splits) 0.342 against 0.286 ms, B = 4 (128 items) 0.528
-// against 0.545, B = 8 1.034 against 1.071, B = 16 (2 splits, 1.3 waves) 2.05 against 2.99. (The
-// rule also covers calls of more rows, such as a chunked prefill: not measured.)
+// against 0.545, B = 8 1.034 against 1.071, B = 16 (2 splits, 1.3 waves) 2.05 against 2.99. The
+// rule also covers calls of more rows: a chunked prefill (bf16, 1 x 512 x 32768, 32:32, D = 128:
+// 128 items) ran 2.27x as fast unsplit on the Hopper kernel as in 2 splits on the mma.sync kernel,
+// causal (bottom-right) 2.28x, 4 x 64 x 8192 2.02x, f16 D = 64 1.45x.
 // `hopper_items`: the Hopper kernel's work items if it would take the call unsplit, else 0.
 int num_splits(const problem& p, const tc_entry* kernel, int sms, std::int64_t hopper_items) {
   if (kernel == nullptr || p.seqlen_q == 0) return 1;
@@ -202,7 +206,7 @@ bool vectorizable(const void* data, const strides_bshd& s) {
 //     inside the exponent, after the row maximum of the raw scores; a factor of 0 would turn the
 //     -inf of masked keys into NaN);
 //   - no split-KV (a split call keeps the split path and its fp32 partials; which calls split:
-//     Note [Split KV]), and not a GQA decode whose KV heads' rows fit one decode CTA (keep_packed,
+//     Note [Split KV]), and not a GQA decode whose KV heads' rows fit two decode CTAs (keep_packed,
 //     asked by plan_call: the Hopper kernel would stream each K/V tile once per query head; Note
 //     [Decode GQA packing]);
 //   - unit dim stride, 16-byte aligned base and strides for q, k, v and out (TMA's requirement:
@@ -385,7 +389,7 @@ class flash_cuda_backend final : public backend {
     c.params = to_params(pr);
     c.params.pack_gqa = pack_gqa(pr, c.kernel);  // (on the decode tile only)
     // The Hopper kernel as it would take the call unsplit (keep_packed: not a GQA decode whose KV
-    // heads' rows fit one decode CTA). An unpacked call splits only where that kernel would leave
+    // heads' rows fit two decode CTAs). An unpacked call splits only where that kernel would leave
     // half the SMs idle (Note [Split KV]); a packed one splits as before.
     const sm90_entry* unsplit = c.kernel && !keep_packed(pr, c.kernel) ? sm90_kernel_for(pr, c.params) : nullptr;
     c.ws = plan_splits(pr, c.kernel, unsplit && !c.params.pack_gqa ? sm90_item_count(c.params, unsplit->width) : 0);
