@@ -385,13 +385,15 @@ TEST(cuda, flash_cuda_big_shapes) {
 struct gpu_plan {
   std::string kernel, tc_mode;
   bool staged_fits = false;
+  int splits = 1;
 };
 gpu_plan planned(case_spec spec) {
   spec.device = k_gpu;
   spec.compute_reference = false;
   const at::case_data data(spec);
   const problem p = make_problem(gpu_probe(data));
-  return {cuda::flash_cuda_kernel(p), cuda::flash_cuda_tc_mode(p), cuda::flash_cuda_tc_staged_fits(p)};
+  return {cuda::flash_cuda_kernel(p), cuda::flash_cuda_tc_mode(p), cuda::flash_cuda_tc_staged_fits(p),
+          cuda::flash_cuda_num_splits(p)};
 }
 
 // For its lifetime, flash_cuda plans the mma.sync kernel where the Hopper kernel would take a call
@@ -802,6 +804,9 @@ TEST(cuda, flash_cuda_split_kv_plain) {
   // where fewer fit): the merge's second split per lane (lanes 0-13 hold splits 32-45) and four
   // empty splits.
   add("d128-46-splits", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 12000; c.heads_q = 4; c.heads_kv = 4; });
+  // One packed CTA over 2344 key tiles: 64 splits (the most) of 36 or 37 on a GPU of 64 or more
+  // resident decode CTAs, so every lane of the merge holds two splits' weights.
+  add("d128-64-splits", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 75000; c.heads_q = 4; c.heads_kv = 1; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {
     const gpu_plan plan = planned(spec);
@@ -811,6 +816,12 @@ TEST(cuda, flash_cuda_split_kv_plain) {
     const char* decode = spec.heads_q != spec.heads_kv ? "tc-decode-gqa-split" : "tc-decode-split";
     EXPECT_EQ(plan.kernel, rows <= 16 ? decode : "tc-split") << spec.name;
     EXPECT_EQ(plan.tc_mode, "plain") << spec.name;
+  }
+  // The split counts the two last cases were written for, on the H100 and H200 (132 SMs, 6 decode
+  // CTAs each): 46, and 64 (the most the merge takes).
+  if (cuda::flash_cuda_hopper_available(k_gpu.index)) {
+    EXPECT_EQ(planned(v[v.size() - 2]).splits, 46) << v[v.size() - 2].name;
+    EXPECT_EQ(planned(v.back()).splits, 64) << v.back().name;
   }
 #endif
   check_cases("flash_cuda", v, true);

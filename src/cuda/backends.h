@@ -18,6 +18,9 @@ std::shared_ptr<const backend> make_cudnn_backend();
 // "tc-decode-gqa" and "tc-decode-gqa-split" (its rows packing GQA heads, Note [Decode GQA packing]) or "generic"
 // (scalar fp32). Tests use it to know a case reached the kernel it was written for.
 const char* flash_cuda_kernel(const problem& p);
+// How many key ranges flash_cuda's plan splits `p` into (Note [Split KV]): 1 for an unsplit call,
+// else 2 to k_flash_max_splits. Tests use it to know a case reached the merge they were written for.
+int flash_cuda_num_splits(const problem& p);
 // The score path of flash_cuda's mma.sync kernel for `p` (cuda::tc_mode_for, on the current
 // device): "plain", "bits", "staged" or "extras"; "" when the plan runs another kernel.
 const char* flash_cuda_tc_mode(const problem& p);

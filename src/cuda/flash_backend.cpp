@@ -352,6 +352,9 @@ class flash_cuda_backend final : public backend {
     return tc_staged_fits(plan.params.mask, plan.kernel->width, t.warps, t.block_m, t.block_n);
   }
 
+  // flash_cuda_num_splits (cuda/backends.h): the key ranges run() splits `pr` into.
+  static int splits_of(const problem& pr) { return plan_call(pr).params.num_splits; }
+
   // flash_cuda_kernel (cuda/backends.h): the kernel run() launches first for `pr`.
   static const char* kernel_name(const problem& pr) {
     const call_plan plan = plan_call(pr);
@@ -469,6 +472,7 @@ class flash_cuda_backend final : public backend {
 std::shared_ptr<const backend> make_flash_cuda_backend() { return std::make_shared<flash_cuda_backend>(); }
 
 const char* flash_cuda_kernel(const problem& p) { return flash_cuda_backend::kernel_name(p); }
+int flash_cuda_num_splits(const problem& p) { return flash_cuda_backend::splits_of(p); }
 
 const char* flash_cuda_tc_mode(const problem& p) { return flash_cuda_backend::tc_mode_name(p); }
 
