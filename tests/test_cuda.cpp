@@ -804,8 +804,8 @@ TEST(cuda, flash_cuda_split_kv_plain) {
   // where fewer fit): the merge's second split per lane (lanes 0-13 hold splits 32-45) and four
   // empty splits.
   add("d128-46-splits", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 12000; c.heads_q = 4; c.heads_kv = 4; });
-  // One packed CTA over 2344 key tiles: 64 splits (the most) of 36 or 37 on a GPU of 64 or more
-  // resident decode CTAs, so every lane of the merge holds two splits' weights.
+  // One packed CTA over 2344 key tiles: 64 splits (the most; 63 of 37 tiles and one of 13) on a GPU
+  // of 64 or more resident decode CTAs, so every lane of the merge holds two splits' weights.
   add("d128-64-splits", dtype::bf16, 128, [](case_spec& c) { c.seqlen_kv = 75000; c.heads_q = 4; c.heads_kv = 1; });
 #if defined(ATTEND_TEST_HAVE_CUDA)
   for (const case_spec& spec : v) {

@@ -118,9 +118,9 @@ bool pack_gqa(const problem& p, const tc_entry* kernel) {
 // group (the Hopper kernel streams it once per query head). On the H200 (bf16, D = 128, 32:8
 // heads, bench/RESULTS.md), packed against the Hopper kernel: 256 x 1 x 2048 (4 rows a KV head)
 // 0.61 against 1.34 ms; 256 x 5 x 2048 (20 rows) 1.04 against 1.34; 256 x 8 x 2048 (32 rows) 1.04
-// against 1.34, causal too; 64 x 8 x 512 (32 rows) and 128 x 4 x 2048 at 32:4 (32 rows) even. With more rows
-// the three or more CTAs of a KV head each stream K/V and the Hopper kernel's wgmma wins: 256 x 12
-// x 2048 (48 rows) 1.49 against 1.36, 64 x 16 x 2048 (64 rows) 0.56 against 0.35.
+// against 1.34, causal too. With more rows the three or more CTAs of a KV head each stream K/V and
+// the Hopper kernel's wgmma wins: 256 x 12 x 2048 (48 rows) 1.49 against 1.36, 64 x 16 x 2048 (64
+// rows) 0.56 against 0.35.
 bool keep_packed(const problem& p, const tc_entry* kernel) {
   return pack_gqa(p, kernel) && p.seqlen_q * p.group_size <= 2 * flash_decode_block_m(kernel->width);
 }

@@ -41,8 +41,8 @@
 // 2^30 (Note [Hopper 32-bit bands] in flash.h; varlen: 2^29), no split-KV, unit dim stride and 16-byte
 // aligned bases/strides; causal (either alignment), windows, GQA/MQA and LSE are handled.
 // Everything else runs the mma.sync kernel (flash_tc.cuh); the decision is written once, in
-// flash_backend.cpp: sm90_kernel_for, and plan_call for the decode calls that stay on the mma.sync
-// kernel's decode tile (a split call, Note [Split KV]; a GQA decode of few rows, keep_packed).
+// flash_backend.cpp: sm90_kernel_for, and plan_call for the calls that stay on the mma.sync kernel
+// (a split call, Note [Split KV]; a GQA decode of few rows, on its decode tile: keep_packed).
 //
 // Note [Hopper padded head dims]: a call whose head dims are below the width it runs at (the
 // narrowest `sm90` row covering both: 40 at 64, 72, 80 or 96 at 128), or differ (head_dim_v !=
