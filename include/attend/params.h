@@ -35,6 +35,11 @@
 // their keys as the reference does on every backend: a row whose every visible key carries one
 // averages v over those keys, with the reference's lse (Note [GPU clamped scores]), split-KV
 // included (Note [Split clamped rows]).
+// A large finite bias is added to the score in float on every backend but the reference: a row
+// whose every visible key carries one, B, keeps each score only to about |B| * 2^-24, so its out
+// is off by up to about that much (on flash_cpu and unfused_cpu, measured 2-3e-4 at B = -1e4, the
+// old Hugging Face padding, and 9e-4 at -65504, float16's lowest): outside float32's tolerance,
+// where the reference (fp64) gives softmax(s).
 // A NaN score makes its row NaN; so does a +inf score (inf / inf weights: an inf in q or k, a +inf
 // additive mask, or scale * dot past float's range; past FLT_MAX / log2(e), about 2.36e38, on
 // flash_cpu and flash_cuda, which score in log2 units), and so does a row whose every visible score
