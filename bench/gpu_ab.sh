@@ -10,8 +10,11 @@
 # attend_gpu_bench binaries alternately, `rounds` times (default 3), over the same shape lines
 # ("NAME DTYPE B SQ SKV HQ HKV D CAUSAL BACKEND", bench/gpu_bench.cpp; read from the shapes file,
 # else a default list of flash_cuda shapes), and prints each shape's TFLOP/s per round, old then
-# new, and the ratio of the medians. Alternating in one process list on one machine is the point:
-# the device's clocks drift by a few percent between calls (bench/RESULTS.md).
+# new, the median ms of each and their ratio. Alternating in one process list on one machine is
+# the point: the device's clocks drift by a few percent between calls (bench/RESULTS.md).
+# The raw rows ("base|new" and attend_gpu_bench's JSON) go to $OUT/ab.jsonl, or $OUT/$ATTEND_AB_OUT
+# (several A/Bs in one call each name their own); the builds' logs only when a build fails. The
+# environment reaches both trees' binaries alike.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 base=$(cd "${1:-$root/.baseline}" && pwd) || { echo "gpu_ab: no baseline tree (git archive REV | tar -x -C .baseline)" >&2; exit 2; }
@@ -37,9 +40,12 @@ fi
 for dep in .devdeps third_party .whl; do
   [ -e "$root/$dep" ] && [ ! -e "$base/$dep" ] && ln -s "$root/$dep" "$base/$dep"
 done
-OUT=$out/ab-new "$root/scripts/gpu-check" build >"$out/ab-build-new.log" 2>&1 || { echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
-(cd "$base" && ATTEND_GPU_BUILD_DIR=$base_build OUT=$out/ab-base scripts/gpu-check build) >"$out/ab-build-base.log" 2>&1 ||
-  { echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
+# The builds' logs stay out of $OUT unless a build fails: the device returns at most 8 files.
+logs=$(mktemp -d)
+OUT=$logs/new "$root/scripts/gpu-check" build >"$logs/new.log" 2>&1 ||
+  { cp "$logs/new.log" "$out/ab-build-new.log"; echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
+(cd "$base" && ATTEND_GPU_BUILD_DIR=$base_build OUT=$logs/base scripts/gpu-check build) >"$logs/base.log" 2>&1 ||
+  { cp "$logs/base.log" "$out/ab-build-base.log"; echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
 
 # The binaries load cuDNN from PyTorch's wheel, as scripts/gpu-check sets up.
 cudnn=$(python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null)
@@ -47,7 +53,7 @@ cudnn=$(python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 
 blas=$root/.devdeps/root/usr/lib/x86_64-linux-gnu
 [ -d "$blas" ] && export LD_LIBRARY_PATH=$blas/openblas-pthread:$blas:$LD_LIBRARY_PATH
 
-raw=$out/ab.jsonl
+raw=$out/${ATTEND_AB_OUT:-ab.jsonl}
 : >"$raw"
 for round in $(seq "$rounds"); do
   for which in base new; do
@@ -65,11 +71,13 @@ for line in open(sys.argv[1]):
     row = json.loads(rest)
     if row["name"] not in order:
         order.append(row["name"])
-    runs.setdefault((row["name"], which), []).append(row.get("tflops") or float("nan"))
-print("| shape | base (TFLOP/s per round) | new | median ratio |")
-print("|---|---|---|---|")
+    runs.setdefault((row["name"], which), []).append((row.get("tflops") or float("nan"), row.get("ms") or float("nan")))
+print("| shape | base (TFLOP/s per round) | new | base ms (median) | new ms | speed (base ms / new ms) |")
+print("|---|---|---|---|---|---|")
 for name in order:
     b, n = runs.get((name, "base"), []), runs.get((name, "new"), [])
-    ratio = statistics.median(n) / statistics.median(b) if b and n else float("nan")
-    print(f"| {name} | {', '.join(f'{x:.0f}' for x in b)} | {', '.join(f'{x:.0f}' for x in n)} | {ratio:.3f} |")
+    bm = statistics.median(ms for _, ms in b) if b else float("nan")
+    nm = statistics.median(ms for _, ms in n) if n else float("nan")
+    print(f"| {name} | {', '.join(f'{t:.3g}' for t, _ in b)} | {', '.join(f'{t:.3g}' for t, _ in n)} | "
+          f"{bm:.4g} | {nm:.4g} | {bm / nm:.3f} |")
 PY
