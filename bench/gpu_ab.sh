@@ -41,19 +41,23 @@ for dep in .devdeps third_party .whl; do
   [ -e "$root/$dep" ] && [ ! -e "$base/$dep" ] && ln -s "$root/$dep" "$base/$dep"
 done
 # The builds' logs stay out of $OUT unless a build fails: the device returns at most 8 files.
+# On failure the whole build log comes back (gpu-check's own output filters it).
 logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 OUT=$logs/new "$root/scripts/gpu-check" build >"$logs/new.log" 2>&1 ||
-  { cp "$logs/new.log" "$out/ab-build-new.log"; echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
+  { cat "$logs/new.log" "$logs/new/build.log" >"$out/ab-build-new.log" 2>/dev/null
+    echo "gpu_ab: build of this tree failed ($out/ab-build-new.log)" >&2; exit 1; }
 (cd "$base" && ATTEND_GPU_BUILD_DIR=$base_build OUT=$logs/base scripts/gpu-check build) >"$logs/base.log" 2>&1 ||
-  { cp "$logs/base.log" "$out/ab-build-base.log"; echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
+  { cat "$logs/base.log" "$logs/base/build.log" >"$out/ab-build-base.log" 2>/dev/null
+    echo "gpu_ab: build of the baseline failed ($out/ab-build-base.log)" >&2; exit 1; }
 
 # The binaries load cuDNN from PyTorch's wheel, as scripts/gpu-check sets up.
 cudnn=$(python3 -c 'import nvidia.cudnn; print(list(nvidia.cudnn.__path__)[0])' 2>/dev/null)
 [ -n "$cudnn" ] && export LD_LIBRARY_PATH=$cudnn/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 blas=$root/.devdeps/root/usr/lib/x86_64-linux-gnu
-[ -d "$blas" ] && export LD_LIBRARY_PATH=$blas/openblas-pthread:$blas:$LD_LIBRARY_PATH
+[ -d "$blas" ] && export LD_LIBRARY_PATH=$blas/openblas-pthread:$blas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 
-raw=$out/${ATTEND_AB_OUT:-ab.jsonl}
+raw=$out/$(basename "${ATTEND_AB_OUT:-ab.jsonl}")  # a file name in $OUT
 : >"$raw"
 for round in $(seq "$rounds"); do
   for which in base new; do
@@ -64,20 +68,28 @@ for round in $(seq "$rounds"); do
 done
 
 python3 - "$raw" <<'PY'
-import json, statistics, sys
-runs, order = {}, []
+import json, math, statistics, sys
+runs, errors, order = {}, {}, []
 for line in open(sys.argv[1]):
     which, _, rest = line.partition(" ")
     row = json.loads(rest)
     if row["name"] not in order:
         order.append(row["name"])
-    runs.setdefault((row["name"], which), []).append((row.get("tflops") or float("nan"), row.get("ms") or float("nan")))
+    if row.get("error"):
+        errors.setdefault((row["name"], which), row["error"])
+    runs.setdefault((row["name"], which), []).append((row.get("tflops") or math.nan, row.get("ms") or math.nan))
+
+def median_ms(rounds):  # over the rounds that ran (a NaN would break the sort)
+    ran = [ms for _, ms in rounds if math.isfinite(ms)]
+    return statistics.median(ran) if ran else math.nan
+
 print("| shape | base (TFLOP/s per round) | new | base ms (median) | new ms | speed (base ms / new ms) |")
 print("|---|---|---|---|---|---|")
 for name in order:
     b, n = runs.get((name, "base"), []), runs.get((name, "new"), [])
-    bm = statistics.median(ms for _, ms in b) if b else float("nan")
-    nm = statistics.median(ms for _, ms in n) if n else float("nan")
+    bm, nm = median_ms(b), median_ms(n)
     print(f"| {name} | {', '.join(f'{t:.3g}' for t, _ in b)} | {', '.join(f'{t:.3g}' for t, _ in n)} | "
-          f"{bm:.4g} | {nm:.4g} | {bm / nm:.3f} |")
+          f"{bm:.4g} | {nm:.4g} | {bm / nm if nm else math.nan:.3f} |")
+for (name, which), error in errors.items():
+    print(f"{name} ({which}): {error}")
 PY
