@@ -93,6 +93,12 @@ if("${last_out}" MATCHES "flash_cpu")
   message(FATAL_ERROR "ATTEND_BACKEND=unfused_cpu bench ran flash_cpu:\n${last_out}")
 endif()
 unset(ENV{ATTEND_BACKEND})
+# A padding mask (one row for every query) is a mask too: explain and bench take it.
+expect_exit(0 explain --seqlen 40 --mask keep-keys)
+expect_exit(0 bench --seqlen 40 --heads 2 --head-dim 8 --dtype f32 --mask additive-keys --backend flash_cpu,reference --min-time 0 --reps 1)
+expect_match("${last_out}" "flash_cpu")
+expect_exit(2 explain --mask keys)
+expect_match("${last_err}" "^attend: --mask must be none, additive, keep, additive-keys or keep-keys; got 'keys'\n$")
 # A benchmark that timed nothing fails, with a reason: every backend skipped the call, or none of
 # those chosen runs on the device.
 expect_exit(2 bench --device cuda --backend reference --reps 1)

@@ -96,7 +96,8 @@ shape_only_call shape_only(const cli_options& o) {
   if (o.lse)
     a.maybe_lse = varlen ? fake(dtype::f32, {o.heads_q, total_q}) : fake(dtype::f32, {o.batch, o.heads_q, o.seqlen_q});
   if (o.mask != testing::mask_type::none)
-    a.maybe_mask = fake(o.mask == testing::mask_type::keep ? dtype::boolean : dtype::f32, {batch, o.heads_q, max_q, max_kv});
+    a.maybe_mask = fake(o.mask == testing::mask_type::keep ? dtype::boolean : dtype::f32,
+                        {batch, o.heads_q, o.mask_keys ? 1 : max_q, max_kv});
   return call;
 }
 

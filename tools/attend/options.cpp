@@ -110,12 +110,14 @@ const std::vector<flag_spec>& flags() {
          o.window_left = to_int("--window", parts[0], -1, k_max_size);
          o.window_right = to_int("--window", parts[1], -1, k_max_size);
        }},
-      {"--mask", "none|additive|keep", "random mask: additive float or boolean keep-mask",
+      {"--mask", "none|additive|keep|additive-keys|keep-keys",
+       "random mask: additive float or boolean keep-mask, [B, H, Sq, Skv]; *-keys: one row for every query, [B, H, 1, Skv] (a padding mask)",
        [](cli_options& o, const std::string& v) {
+         o.mask_keys = v == "additive-keys" || v == "keep-keys";
          if (v == "none") o.mask = testing::mask_type::none;
-         else if (v == "additive") o.mask = testing::mask_type::additive;
-         else if (v == "keep") o.mask = testing::mask_type::keep;
-         else throw usage_error("--mask must be none, additive or keep; got '" + v + "'");
+         else if (v == "additive" || v == "additive-keys") o.mask = testing::mask_type::additive;
+         else if (v == "keep" || v == "keep-keys") o.mask = testing::mask_type::keep;
+         else throw usage_error("--mask must be none, additive, keep, additive-keys or keep-keys; got '" + v + "'");
        }},
       {"--softcap", "X", "tanh capping of scores (0: off)", [](cli_options& o, const std::string& v) { o.softcap = to_real("--softcap", v); }},
       {"--scale", "X", "score scale (default 1/sqrt(head_dim))",
@@ -300,6 +302,7 @@ testing::case_spec to_case(const cli_options& o) {
   c.window_left = o.window_left;
   c.window_right = o.window_right;
   c.mask = o.mask;
+  c.mask_key_only = o.mask_keys;
   c.softcap = o.softcap;
   if (o.has_scale) c.maybe_scale = o.scale;
   c.lse = o.lse;

@@ -28,6 +28,7 @@ struct cli_options {
   attend::alignment alignment = attend::alignment::top_left;
   std::int64_t window_left = -1, window_right = -1;
   testing::mask_type mask = testing::mask_type::none;
+  bool mask_keys = false;  // the mask has one row for every query ([B, H, 1, Skv])
   double softcap = 0;
   bool has_scale = false;
   double scale = 0;
