@@ -186,6 +186,20 @@ TEST_P(EveryCpuBackend, ScoresOverflowingToMinusInfAreNaNNotEmpty) {
       ASSERT_TRUE(std::isfinite(got.first[i]) && std::abs(got.first[i] - ref.first[i]) <= 1e-4f)
           << "skv " << skv << " out[" << i << "] = " << got.first[i] << ", reference " << ref.first[i];
   }
+  // The same through a key mask (one term per key for every row: flash_cpu's column pass), every
+  // key at the lowest value, then the first half of them.
+  for (const std::int64_t lowest_keys : {70, 35}) {
+    test::dense_call c(1, 6, 70, 2, 1, 16, 16, test::test_seed() + 4);
+    std::vector<float> bias(70, 0.0f);
+    for (std::int64_t j = 0; j < lowest_keys; ++j) bias[static_cast<std::size_t>(j)] = std::numeric_limits<float>::lowest();
+    attention_params p = c.params;
+    p.maybe_mask = tensor_view::contiguous(bias.data(), dtype::f32, {1, 70});
+    const auto ref = run_named("reference", c, p);
+    const auto got = run_named(GetParam(), c, p);
+    for (std::size_t i = 0; i < ref.first.size(); ++i)
+      ASSERT_TRUE(std::isfinite(got.first[i]) && std::abs(got.first[i] - ref.first[i]) <= 1e-4f)
+          << lowest_keys << " lowest keys: out[" << i << "] = " << got.first[i] << ", reference " << ref.first[i];
+  }
   // A row the mask empties is still "no visible key" (0, -inf), not NaN.
   test::dense_call c(1, 4, 5, 1, 1, 16, 16, test::test_seed());
   std::vector<std::uint8_t> keep(4 * 5, 1);
