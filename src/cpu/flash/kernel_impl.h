@@ -645,14 +645,14 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         qk_wide<O>(hp.qbuf, rp, kbuf, dqk, dqk, nk, st);
       }
 
-      // Scale, softcap and mask in natural units (rare features; scalar). The mask term's offset
-      // walks the rows (heads of the group, then query positions) by additions, and its dtype is
-      // decided once per tile, not a division, a modulo and a switch per score: masked calls ran
-      // 1.22-1.47x faster (bench/RESULTS.md, "Masked calls: the mask walk").
+      // Scale, softcap and mask in natural units (rare features; scalar). A row's mask offset is
+      // computed once a tile and the dtype decided once a tile, not a division, a modulo and a
+      // switch per score, and a row's terms are read in order: masked calls ran 1.22-1.47x faster,
+      // then additive ones 1.40-1.61x more (bench/RESULTS.md, "Masked calls: the mask walk" and
+      // "Masks that vary by row: row by row").
       if (prepass) {
         const float scale = static_cast<float>(p.scale), cap = static_cast<float>(a.softcap);
         const bool keep = p.mask_dtype == dtype::boolean;
-        const std::int64_t next_head = p.mask.head, next_query = p.mask.q - gs * p.mask.head;
         // A term the same for every row of the tile's column (a key mask [B, 1 or H, 1, Skv]
         // under MHA, or [B, 1, 1, Skv] under GQA) without softcap: one term a column, the rows in
         // a loop the compiler vectorises (1.25-1.47x on key-masked MHA calls, bench/RESULTS.md).
@@ -675,25 +675,27 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
             }
             return;
           }
-          for (std::int64_t n = 0; n < nk; ++n) {
-            std::int64_t at = p.maybe_mask ? mask_offset(p, b, hk * gs, it.q_begin, j0 + n) : 0, g = 0;
-            for (std::int64_t m = 0; m < rows; ++m) {
+          if (!p.maybe_mask) {  // softcap alone: along the tile's columns
+            for (std::int64_t n = 0; n < nk; ++n)
+              for (std::int64_t m = 0; m < rows; ++m) st[n * rp + m] = cap * __builtin_tanhf(st[n * rp + m] * scale / cap);
+            return;
+          }
+          // Row by row: a row's mask terms are adjacent along keys in the usual layouts.
+          for (std::int64_t m = 0; m < rows; ++m) {
+            const std::int64_t at = mask_offset(p, b, hk * gs + m % gs, it.q_begin + m / gs, j0);
+            for (std::int64_t n = 0; n < nk; ++n) {
               float s = st[n * rp + m] * scale;
               if (cap > 0) s = cap * __builtin_tanhf(s / cap);
-              if (p.maybe_mask) {
-                const float mv = term(at);
-                if (keep) {
-                  s = mv != 0.0f ? s : k_neg_inf;
-                } else {
-                  // A finite score plus a finite bias (the dtype's lowest value is the usual
-                  // padding bias) stays finite in log2 units: below k_lowest_natural it would
-                  // become -inf there and read as "no key", where the reference weighs such keys.
-                  const float pre = s;
-                  s += mv;
-                  if (pre > k_neg_inf && mv > k_neg_inf && s < k_lowest_natural) s = k_lowest_natural;
-                }
-                at += next_head;  // row m + 1: the next head of the group, or the next query position
-                if (++g == gs) g = 0, at += next_query;
+              const float mv = term(at + n * p.mask.kv);
+              if (keep) {
+                s = mv != 0.0f ? s : k_neg_inf;
+              } else {
+                // A finite score plus a finite bias (the dtype's lowest value is the usual padding
+                // bias) stays finite in log2 units: below k_lowest_natural it would become -inf
+                // there and read as "no key", where the reference weighs such keys.
+                const float pre = s;
+                s += mv;
+                if (pre > k_neg_inf && mv > k_neg_inf && s < k_lowest_natural) s = k_lowest_natural;
               }
               st[n * rp + m] = s;
             }
