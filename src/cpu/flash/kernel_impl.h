@@ -735,7 +735,7 @@ void run_item_typed(const problem& p, const tile_config& c, const item& it, std:
         softmax_tile<O>(st, rp, nk, j0, full, mult, rs, next);
 
       // O = alpha·O + P·V
-      if ((!band_full || p.maybe_mask != nullptr) && any_zero_p(st, rp, rows, nk) &&
+      if (!c.v_finite && (!band_full || p.maybe_mask != nullptr) && any_zero_p(st, rp, rows, nk) &&
           has_non_finite<E>(vt, p.v.seq, p.v.dim, nk, dv)) {
         pv_guarded<E>(p, st, rp, rows, vt, nk, hp.obuf, c.dv_pad, rs);
         continue;

@@ -39,6 +39,9 @@ struct tile_config {
   std::int64_t block_kv = 1;  // keys per K/V tile
   std::int64_t dqk_pad = 1, dv_pad = 1;
   std::int64_t heads_per_item = 1;  // KV heads one item sweeps per K/V tile (Note [Flash head blocks])
+  // V holds no Inf or NaN, found by one scan of V before the items run (Note [Flash masked
+  // non-finite V]): the tiles then skip their own scans. False: not known, each tile scans.
+  bool v_finite = false;
   // Shared by the item's heads: K/V tiles, scores, bf16 P.
   std::size_t k_offset = 0, v_offset = 0, s_offset = 0, p_offset = 0;
   // Per head, relative to head_offset + hh · head_bytes: packed Q, output rows, softmax state.
