@@ -126,7 +126,7 @@ class flash_backend final : public backend {
     work_plan w = plan_work(p, threads, flash::chosen_isa());
     // Under a mask, tiles whose P has a zero scan their V tile for Inf/NaN (Note [Flash masked
     // non-finite V]), once for every row block of a sequence: where a sequence has several, one
-    // scan of V first spares them (keep masks 1.14x, additive 1.10x at S = 2048; bench/RESULTS.md).
+    // scan of V first spares them (masked calls 1.12-1.24x at S = 2048; bench/RESULTS.md).
     // A decode call (one row block) scans each tile once anyway.
     if (p.maybe_mask != nullptr && w.items > p.batch * head_blocks(p, w.tiles)) w.tiles.v_finite = v_all_finite(p, threads);
     if (ctx.workspace.size() < w.total_bytes)
