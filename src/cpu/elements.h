@@ -32,6 +32,12 @@ inline void store(void* base, dtype t, std::int64_t offset, double value) {
   }
 }
 
+// The exponent bits of an f32, bf16 or f16 element: all set means Inf or NaN (the non-finite
+// scans of flash_cpu, Note [Flash masked non-finite V]).
+constexpr std::uint32_t non_finite_exponent(dtype t) {
+  return t == dtype::f32 ? 0x7f800000u : t == dtype::bf16 ? 0x7f80u : t == dtype::f16 ? 0x7c00u : 0u;
+}
+
 // Offset of mask element (b, h, i, j) in local positions of sequence b.
 inline std::int64_t mask_offset(const problem& p, std::int64_t b, std::int64_t h, std::int64_t i, std::int64_t j) {
   return b * p.mask.batch + h * p.mask.head + i * p.mask.q + j * p.mask.kv;

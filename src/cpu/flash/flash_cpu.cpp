@@ -57,10 +57,11 @@ std::int64_t piece_floats(const problem& p, const tile_config& c) {
   return c.heads_per_item * c.rows * (p.head_dim_v + 2);
 }
 
-// Whether V holds no Inf or NaN over the keys of every sequence (an integer test on the exponent
-// bits, as the kernel's per-tile scan; Note [Flash masked non-finite V]).
+// Whether V holds no Inf or NaN over the keys of every sequence (the exponent test of the kernel's
+// per-tile scan, has_non_finite; Note [Flash masked non-finite V]).
 bool v_all_finite(const problem& p, int threads) {
-  auto scan = [&](auto bits_of_one, std::uint32_t exp_mask) {
+  const auto exp_mask = non_finite_exponent(p.dtype);
+  auto scan = [&](auto bits_of_one) {
     using bits_t = decltype(bits_of_one);
     const auto* v = static_cast<const bits_t*>(p.params.v.data);
     bool bad = false;
@@ -77,9 +78,9 @@ bool v_all_finite(const problem& p, int threads) {
     return !bad;
   };
   switch (p.dtype) {
-    case dtype::f32: return scan(std::uint32_t{}, 0x7f800000u);
-    case dtype::bf16: return scan(std::uint16_t{}, 0x7f80u);
-    case dtype::f16: return scan(std::uint16_t{}, 0x7c00u);
+    case dtype::f32: return scan(std::uint32_t{});
+    case dtype::bf16:
+    case dtype::f16: return scan(std::uint16_t{});
     default: return false;
   }
 }
